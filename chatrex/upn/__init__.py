@@ -1,0 +1,1 @@
+"""Universal Proposal Network (UPN): the DETR-family proposal model of ChatRex."""
