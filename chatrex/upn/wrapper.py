@@ -1,0 +1,230 @@
+"""``UPNWrapper``: images in, object proposals out.
+
+The user-facing inference API of the Universal Proposal Network, compatible with the official
+``UPNWrapper`` (``inference`` + ``filter``) but safer: images of any mode go through
+:func:`chatrex.utils.image.load_image` (EXIF orientation, grayscale/RGBA/palette, clear errors), the
+device is a choice, scores come as (B, Q), and ``filter`` keeps every image of a batch.
+
+Example::
+
+    upn = UPNWrapper("checkpoints/upn_large.pth")
+    props = upn.inference("street.jpg", prompt_type="coarse")
+    kept = upn.filter(props, min_score=0.3, nms_value=0.8)
+    kept["original_xyxy_boxes"][0], kept["scores"][0]
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from chatrex.upn.config import PROMPT_TYPES, canonical_prompt_type
+from chatrex.upn.postprocess import filter_proposals, postprocess
+from chatrex.upn.transforms import UPNTransform, batch_images
+from chatrex.utils.image import ImageInput, load_image
+
+#: Name of the default config preset (used to tell "not given" from an explicit choice).
+DEFAULT_CONFIG = "upn_large"
+
+
+def resolve_prompt_type(prompt_type: str, available: Sequence[str] = PROMPT_TYPES) -> str:
+    """Map ``"fine"``/``"coarse"`` (or the full names) to the model's prompt name; anything else is a
+    ``ValueError`` naming the valid choices (the official model would silently use a zero prompt)."""
+    return canonical_prompt_type(prompt_type, tuple(available))
+
+
+def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
+    """Parse ``device`` and check it exists here (e.g. refuse 'cuda' on a machine without a GPU)."""
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"invalid device {device!r}: {exc}") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} was requested but CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} does not exist; {torch.cuda.device_count()} CUDA device(s) found")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r} was requested but MPS is not available on this machine")
+    return dev
+
+
+def _load_model(ckpt_path: Union[str, os.PathLike], config: Any, device: torch.device) -> tuple[nn.Module, Any]:
+    """Build a UPN from an official ``.pth`` file or one of our ``save_pretrained`` directories."""
+    from chatrex.upn.checkpoint import from_pretrained, load_official_checkpoint
+    from chatrex.upn.config import resolve_config
+    from chatrex.upn.model import build_upn
+
+    path = Path(ckpt_path)
+    if not path.exists():
+        raise FileNotFoundError(f"UPN checkpoint '{path}' does not exist")
+    if path.is_dir():
+        model = from_pretrained(path, device=device)
+        cfg = getattr(model, "config", None)
+        if config is not None and not (isinstance(config, str) and config == DEFAULT_CONFIG):
+            wanted = resolve_config(config)
+            if cfg is not None and wanted != cfg:
+                raise ValueError(
+                    f"the checkpoint directory '{path}' carries its own config, which differs from the "
+                    f"config {config!r} given; leave the config out to use the directory's"
+                )
+        return model, cfg
+    cfg = resolve_config(config if config is not None else DEFAULT_CONFIG)
+    model = build_upn(cfg)
+    load_official_checkpoint(model, path, strict=True)
+    return model.to(device), cfg
+
+
+class UPNWrapper:
+    """Run a UPN on user images and return object proposals.
+
+    Args:
+        ckpt_path: an official checkpoint file (``{"model": state_dict}``, e.g. ``upn_large.pth``) or a
+            directory written by ``chatrex.upn.checkpoint.save_pretrained``.
+        config: preset name (``"upn_large"``), config JSON file (ours or the official schema), dict or
+            ``UPNConfig``. Used for ``.pth`` files; a directory carries its own config, and an explicit
+            config that differs from it is an error.
+        device: where the model runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``...).
+        resize: short side of the model input (official: 800).
+        max_size: bound on the long side of the model input (official: 1333).
+        batch_size: images per forward pass when a list is given (None: the whole list is one padded
+            batch, like the official wrapper). Padding changes the model input, so chunked results can
+            differ slightly from one big batch.
+    """
+
+    def __init__(
+        self,
+        ckpt_path: Union[str, os.PathLike],
+        config: Any = DEFAULT_CONFIG,
+        device: Union[str, torch.device] = "cpu",
+        resize: int = 800,
+        max_size: Optional[int] = 1333,
+        batch_size: Optional[int] = None,
+    ) -> None:
+        dev = resolve_device(device)
+        model, cfg = _load_model(ckpt_path, config, dev)
+        self._setup(model, cfg, dev, resize, max_size, batch_size)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: nn.Module,
+        cfg: Any = None,
+        device: Union[str, torch.device, None] = None,
+        resize: int = 800,
+        max_size: Optional[int] = 1333,
+        batch_size: Optional[int] = None,
+    ) -> "UPNWrapper":
+        """Wrap an in-memory UPN (training / evaluation). The model is not copied; with ``device=None``
+        it stays where it is. Its train/eval mode is restored after every ``inference`` call."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"from_model expects a torch.nn.Module, got {type(model).__name__}")
+        self = cls.__new__(cls)
+        if device is None:
+            param = next(model.parameters(), None)
+            dev = param.device if param is not None else torch.device("cpu")
+        else:
+            dev = resolve_device(device)
+            model = model.to(dev)
+        self._setup(model, cfg, dev, resize, max_size, batch_size, set_eval=False)
+        return self
+
+    def _setup(self, model, cfg, device, resize, max_size, batch_size, set_eval: bool = True) -> None:
+        if batch_size is not None and int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+        self.model = model.eval() if set_eval else model
+        self.cfg = cfg if cfg is not None else getattr(model, "config", None)
+        self.prompt_types = tuple(getattr(self.cfg, "prompt_types", None) or PROMPT_TYPES)
+        self.device = device
+        self.batch_size = None if batch_size is None else int(batch_size)
+        self.transform = UPNTransform(size=int(resize), max_size=None if max_size is None else int(max_size))
+
+    # ------------------------------------------------------------------------------------------
+    def preprocess(self, images: Sequence[ImageInput]) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+        """Load, transform and pad images.
+
+        Returns:
+            pixels: (B, 3, H, W) normalised, zero-padded bottom/right; mask: (B, H, W) bool, True =
+            padding; sizes: B pairs (H, W) of the loaded (EXIF-upright) originals.
+        """
+        pils = [load_image(im) for im in images]
+        sizes = [(im.height, im.width) for im in pils]
+        pixels, mask = batch_images([self.transform(im) for im in pils])
+        return pixels, mask, sizes
+
+    def _dtype(self) -> torch.dtype:
+        param = next(self.model.parameters(), None)
+        return param.dtype if param is not None and param.is_floating_point() else torch.float32
+
+    def _forward(self, images: Sequence[ImageInput], prompt_type: str) -> dict[str, np.ndarray]:
+        pixels, mask, sizes = self.preprocess(images)
+        pixels = pixels.to(device=self.device, dtype=self._dtype())
+        mask = mask.to(self.device)
+        with torch.inference_mode():
+            outputs = self.model(pixels, mask, prompt_type)
+        return postprocess({k: outputs[k].float() for k in ("pred_logits", "pred_boxes")}, sizes)
+
+    def inference(
+        self,
+        image: Union[ImageInput, Sequence[ImageInput]],
+        prompt_type: str = "fine_grained_prompt",
+    ) -> dict[str, np.ndarray]:
+        """Propose boxes for one image or a list of images.
+
+        Args:
+            image: a path, PIL image, numpy array or tensor, or a list of them (one padded batch, or
+                chunks of ``batch_size``).
+            prompt_type: ``"fine_grained_prompt"`` / ``"fine"`` (parts and small objects) or
+                ``"coarse_grained_prompt"`` / ``"coarse"`` (whole objects).
+
+        Returns:
+            ``{"original_xyxy_boxes": (B, Q, 4) float32 ndarray, "scores": (B, Q) float32 ndarray}`` —
+            every query's box in pixels of the (EXIF-upright) original image, sorted by score.
+
+        Raises:
+            ImageLoadError: an image is missing, corrupt or unusable. ValueError: bad prompt_type.
+        """
+        prompt = resolve_prompt_type(prompt_type, self.prompt_types)
+        images = list(image) if isinstance(image, (list, tuple)) else [image]
+        if not images:
+            raise ValueError("inference got an empty list of images")
+        step = self.batch_size or len(images)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            parts = [self._forward(images[i : i + step], prompt) for i in range(0, len(images), step)]
+        finally:
+            self.model.train(was_training)
+        return {key: np.concatenate([p[key] for p in parts], axis=0) for key in ("original_xyxy_boxes", "scores")}
+
+    __call__ = inference
+
+    @staticmethod
+    def filter(result: Mapping[str, Any], min_score: float = 0.3, nms_value: float = 0.8) -> dict[str, list]:
+        """Keep boxes with score >= ``min_score`` and apply NMS at IoU ``nms_value`` (<= 0: off).
+
+        Returns per-image lists (``"original_xyxy_boxes"``: int boxes, ``"scores"``: floats rounded to 2
+        decimals); an image with nothing left gets empty lists. See
+        :func:`chatrex.upn.postprocess.filter_proposals`.
+        """
+        return filter_proposals(result, min_score=min_score, nms_value=nms_value)
+
+    def propose(
+        self,
+        image: Union[ImageInput, Sequence[ImageInput]],
+        prompt_type: str = "fine_grained_prompt",
+        min_score: float = 0.3,
+        nms_value: float = 0.8,
+    ) -> dict[str, list]:
+        """``inference`` followed by ``filter``."""
+        return self.filter(self.inference(image, prompt_type), min_score=min_score, nms_value=nms_value)
+
+
+__all__ = ["UPNWrapper", "resolve_prompt_type", "resolve_device"]
