@@ -18,7 +18,9 @@ class Granularity(str, Enum):
 def _fail(message: str) -> None:
     from rich.console import Console
 
-    Console(stderr=True).print(f"[bold red]error:[/bold red] {message}", highlight=False, markup=True)
+    from rich.markup import escape
+
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False)
     raise typer.Exit(code=1)
 
 
