@@ -1,0 +1,93 @@
+"""Training configuration: one plain dataclass shared by every task (UPN, ChatRex stages)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+
+@dataclass
+class TrainConfig:
+    """How to train; what to train is the task's business (see ``chatrex.training.task``).
+
+    Attributes:
+        output_dir: run folder: checkpoints/, metrics.jsonl, loss.png and the exported model.
+        max_steps: optimizer steps to run.
+        batch_size: samples per process per micro-step.
+        grad_accum: micro-steps per optimizer step.
+        lr: peak learning rate (tasks may scale it per parameter group).
+        weight_decay: AdamW weight decay (not applied to norms, biases and embeddings).
+        warmup_steps: linear warm-up steps, then cosine decay to ``lr * min_lr_ratio``.
+        grad_clip: max global gradient norm (<= 0 disables clipping).
+        precision: "fp32" or "bf16" (autocast; master weights stay fp32).
+        gradient_checkpointing: trade compute for memory where the model supports it.
+        strategy: "auto" (DDP when several processes, else none), "none", "ddp" or "fsdp".
+        save_every: checkpoint every N optimizer steps (and always at the end).
+        keep_checkpoints: how many step checkpoints to keep on disk.
+        log_every: write a metrics line every N optimizer steps.
+        seed: seeds model init, data order and augmentation.
+        num_workers: DataLoader workers per process.
+        betas: AdamW betas.
+    """
+
+    output_dir: str = "runs/default"
+    max_steps: int = 1000
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    precision: str = "fp32"
+    gradient_checkpointing: bool = False
+    strategy: str = "auto"
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+    num_workers: int = 2
+    betas: tuple[float, float] = (0.9, 0.999)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.strategy not in ("auto", "none", "ddp", "fsdp"):
+            raise ValueError(f"strategy must be auto, none, ddp or fsdp, got {self.strategy!r}")
+        for name in ("max_steps", "batch_size", "grad_accum", "save_every", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.betas = tuple(self.betas)  # JSON gives lists
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown training options: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**d)
+
+
+def load_recipe(path: str | Path, overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Read a recipe JSON (``{"task": {...}, "train": {...}}``) and apply ``section.key=value`` overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe not found: {path}")
+    try:
+        recipe = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"recipe {path} is not valid JSON: {exc}") from exc
+    if not isinstance(recipe, dict) or "train" not in recipe or "task" not in recipe:
+        raise ValueError(f"recipe {path} must be an object with 'task' and 'train' sections")
+    for key, value in (overrides or {}).items():
+        section, _, name = key.partition(".")
+        if section not in ("task", "train") or not name:
+            raise ValueError(f"override {key!r} must look like 'train.lr' or 'task.data'")
+        recipe[section][name] = value
+    return recipe

@@ -1,0 +1,64 @@
+"""What a trainer needs to know about a task (UPN, ChatRex stage 1, ChatRex stage 2, ...)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Optional, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+
+@runtime_checkable
+class TrainTask(Protocol):
+    """A training task. The trainer owns the loop, precision, distribution and checkpoints.
+
+    ``build_model`` must be deterministic given the seed already set by the trainer: on resume the
+    model is rebuilt and only the trainable parameters are restored from the checkpoint.
+    """
+
+    name: str
+
+    def build_model(self) -> nn.Module:
+        """The module to train (it may wrap the exported model together with training-only parts)."""
+
+    def build_dataset(self) -> torch.utils.data.Dataset:
+        """The training dataset; items are fetched with ``SeededIndex`` keys (see sampler.py)."""
+
+    def collate(self, samples: list[Any]) -> Any:
+        """Batch a list of dataset items."""
+
+    def compute_loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+        """Move ``batch`` to ``device``, run ``model`` (possibly DDP/FSDP-wrapped) and return the loss
+        to minimise plus scalar logs (e.g. loss components)."""
+
+    def export(self, model: nn.Module, out_dir: Path) -> None:
+        """Write the trained model in its user-facing format (``save_pretrained``)."""
+
+
+def default_param_groups(model: nn.Module, lr: float, weight_decay: float,
+                         lr_multipliers: Optional[dict[str, float]] = None) -> list[dict[str, Any]]:
+    """AdamW groups: no decay for biases, norms and embeddings; per-prefix learning-rate multipliers.
+
+    Args:
+        lr_multipliers: ``{name_prefix: factor}``; the first matching prefix scales that parameter's lr.
+    """
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = p.ndim <= 1 or "embed" in name or "norm" in name or name.endswith(".bias")
+        factor = 1.0
+        for prefix, f in (lr_multipliers or {}).items():
+            if name.startswith(prefix):
+                factor = f
+                break
+        key = (lr * factor, 0.0 if no_decay else weight_decay)
+        groups.setdefault(key, []).append(p)
+    if not groups:
+        raise ValueError("the model has no trainable parameters")
+    return [{"params": ps, "lr": k[0], "weight_decay": k[1]} for k, ps in groups.items()]
+
+
+def count_parameters(params: Iterable[nn.Parameter]) -> int:
+    return sum(p.numel() for p in params)

@@ -1,0 +1,314 @@
+"""One training loop for every task: CPU or GPU, one process or many (DDP / FSDP), bf16 autocast,
+gradient accumulation and clipping, checkpoints with exact resume, loss curves.
+
+Exact resume: the data order depends only on (seed, step) (:mod:`chatrex.training.sampler`), and a
+checkpoint holds the trainable weights, the optimizer and scheduler states and every RNG state, so a
+run that is killed and resumed ends with the same weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from chatrex.training.config import TrainConfig
+from chatrex.training.curves import append_metrics, plot_curves, truncate_metrics
+from chatrex.training.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from chatrex.training.sampler import ResumableBatchSampler
+from chatrex.training.task import TrainTask, count_parameters, default_param_groups
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def lr_lambda(warmup: int, total: int, min_ratio: float):
+    """Linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total``."""
+
+    def f(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def find_latest_checkpoint(output_dir: Path) -> Optional[Path]:
+    root = Path(output_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return None
+    done = [p for p in root.iterdir() if p.name.startswith("step_") and (p / "complete").exists()]
+    return max(done, key=lambda p: int(p.name.split("_")[1])) if done else None
+
+
+class Trainer:
+    """Runs ``task`` under ``config``.
+
+    Args:
+        task: a :class:`~chatrex.training.task.TrainTask`.
+        config: the :class:`~chatrex.training.config.TrainConfig`.
+        device: "cpu", "cuda" or None (GPU when available).
+        progress: show a progress bar on the main process.
+    """
+
+    def __init__(self, task: TrainTask, config: TrainConfig, device: Optional[str] = None, progress: bool = True) -> None:
+        self.task = task
+        self.cfg = config
+        self.dist: DistInfo = init_distributed(device)
+        self.out = Path(config.output_dir)
+        self.progress = progress and self.dist.is_main
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        barrier()
+
+    # ---------------------------------------------------------------- setup
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        strategy = self.cfg.strategy
+        if strategy == "auto":
+            strategy = "ddp" if self.dist.distributed else "none"
+        self.strategy = strategy
+        if strategy == "none":
+            return model
+        if not self.dist.distributed:
+            raise RuntimeError(f"strategy {strategy!r} needs several processes; launch with torchrun")
+        if strategy == "ddp":
+            ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
+            unused = bool(getattr(self.task, "find_unused_parameters", False))
+            return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused)
+        from torch.distributed.fsdp import fully_shard
+
+        blocks = getattr(self.task, "fsdp_blocks", None)
+        for block in (blocks(model) if callable(blocks) else []):
+            fully_shard(block)
+        fully_shard(model)
+        return model
+
+    def _no_sync(self, model: nn.Module, sync: bool):
+        if sync or self.strategy == "none":
+            return contextlib.nullcontext()
+        if self.strategy == "ddp":
+            return model.no_sync()
+        model.set_requires_gradient_sync(False)
+
+        @contextlib.contextmanager
+        def restore():
+            try:
+                yield
+            finally:
+                model.set_requires_gradient_sync(True)
+
+        return restore()
+
+    # ---------------------------------------------------------------- checkpoints
+    def _save(self, model: nn.Module, optimizer, scheduler, step: int) -> None:
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+        msd = get_model_state_dict(model, options=opts)
+        osd = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        root = self.out / CHECKPOINT_DIR
+        final = root / f"step_{step:07d}"
+        tmp = root / f".tmp_step_{step:07d}"
+        if self.dist.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            torch.save({"model": msd, "optimizer": osd, "scheduler": scheduler.state_dict(), "step": step,
+                        "config": self.cfg.to_dict()}, tmp / "trainer_state.pt")
+        barrier()
+        torch.save(_rng_state(), tmp / f"rng_rank{self.dist.rank}.pt")
+        barrier()
+        if self.dist.is_main:
+            (tmp / "complete").write_text(str(step))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            kept = sorted((p for p in root.iterdir() if p.name.startswith("step_")), key=lambda p: p.name)
+            for old in kept[: -self.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        barrier()
+
+    def _load(self, path: Path, model: nn.Module, optimizer, scheduler) -> int:
+        state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        saved = set(state["model"])
+        missing = sorted(n for n in trainable if n not in saved and n.replace("module.", "", 1) not in saved)
+        if missing:
+            raise RuntimeError(f"checkpoint {path} lacks trainable parameters: {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        set_model_state_dict(model, state["model"], options=StateDictOptions(full_state_dict=True, strict=False))
+        set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+        scheduler.load_state_dict(state["scheduler"])
+        rng = path / f"rng_rank{self.dist.rank}.pt"
+        if rng.exists():
+            _set_rng_state(torch.load(rng, weights_only=False))
+        return int(state["step"])
+
+    # ---------------------------------------------------------------- loop
+    def fit(self, resume: bool = True, stop_after: Optional[int] = None) -> nn.Module:
+        """Train to ``max_steps`` (resuming from the latest checkpoint when ``resume``).
+
+        Args:
+            stop_after: stop (with a checkpoint) after this many optimizer steps of the whole run —
+                used to simulate an interruption in tests.
+
+        Returns:
+            The trained (unwrapped) model.
+        """
+        cfg, dev = self.cfg, self.dist.device
+        seed_everything(cfg.seed)
+        model = self.task.build_model().to(dev)
+        if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+            model.gradient_checkpointing_enable()
+        n_train = count_parameters(p for p in model.parameters() if p.requires_grad)
+        raw_model = model
+        model = self._wrap(model)
+        groups_fn = getattr(self.task, "param_groups", None)
+        groups = groups_fn(raw_model, cfg) if callable(groups_fn) else default_param_groups(raw_model, cfg.lr, cfg.weight_decay)
+        fused = dev.type == "cuda" and self.strategy != "fsdp"
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused or None)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio))
+
+        step = 0
+        ckpt = find_latest_checkpoint(self.out) if resume else None
+        if ckpt is not None:
+            step = self._load(ckpt, model, optimizer, scheduler)
+        metrics_path = self.out / "metrics.jsonl"
+        if self.dist.is_main:
+            if step == 0 and metrics_path.exists():
+                metrics_path.unlink()
+            elif step > 0:
+                truncate_metrics(metrics_path, step)
+
+        dataset = self.task.build_dataset()
+        sampler = ResumableBatchSampler(len(dataset), cfg.batch_size, self.dist.world_size, self.dist.rank, cfg.seed,
+                                        start_micro_step=step * cfg.grad_accum,
+                                        num_micro_steps=cfg.max_steps * cfg.grad_accum)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=self.task.collate,
+                                             num_workers=cfg.num_workers, pin_memory=dev.type == "cuda",
+                                             persistent_workers=False,
+                                             # own generator: worker seeding must not draw from the global
+                                             # RNG, whose state a checkpoint restores
+                                             generator=torch.Generator().manual_seed(cfg.seed))
+        amp = torch.autocast(dev.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
+        end = cfg.max_steps if stop_after is None else min(cfg.max_steps, stop_after)
+        bar = self._progress(step, cfg.max_steps, n_train, ckpt)
+        model.train()
+        acc: dict[str, float] = {}
+        n_acc, bad_steps, t0, seen = 0, 0, time.perf_counter(), 0
+        for micro, batch in enumerate(loader):
+            if step >= end:
+                break
+            sync = (micro + 1) % cfg.grad_accum == 0
+            with self._no_sync(model, sync):
+                with amp:
+                    loss, logs = self.task.compute_loss(model, batch, dev)
+                (loss / cfg.grad_accum).backward()
+            seen += cfg.batch_size
+            for k, v in {"loss": float(loss.detach()), **logs}.items():
+                acc[k] = acc.get(k, 0.0) + float(v)
+            n_acc += 1
+            if not sync:
+                continue
+            grad_norm = None
+            if cfg.grad_clip > 0:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+            finite = math.isfinite(acc["loss"]) and (grad_norm is None or math.isfinite(grad_norm))
+            if finite:
+                optimizer.step()
+                bad_steps = 0
+            else:
+                bad_steps += 1
+                if bad_steps > 10:
+                    raise FloatingPointError(f"loss or gradient not finite for {bad_steps} steps in a row (step {step})")
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            if step % cfg.log_every == 0 or step == end:
+                logs_mean = all_reduce_mean({k: v / n_acc for k, v in acc.items()}, dev)
+                dt = time.perf_counter() - t0
+                record = {"step": step, "lr": scheduler.get_last_lr()[0], **logs_mean,
+                          "samples_per_s": seen * self.dist.world_size / max(dt, 1e-9), "skipped": not finite}
+                if grad_norm is not None:
+                    record["grad_norm"] = grad_norm
+                if self.dist.is_main:
+                    append_metrics(metrics_path, record)
+                acc, n_acc, t0, seen = {}, 0, time.perf_counter(), 0
+                if bar is not None:
+                    bar[0].update(bar[1], completed=step, description=f"{self.task.name} loss {record['loss']:.4f}")
+            elif bar is not None:
+                bar[0].update(bar[1], completed=step)
+            if step % cfg.save_every == 0 or step == end:
+                self._save(model, optimizer, scheduler, step)
+                if self.dist.is_main:
+                    plot_curves(metrics_path, self.out / "loss.png", title=self.task.name)
+        if bar is not None:
+            bar[0].stop()
+        if step >= cfg.max_steps:
+            self._export(model, raw_model)
+        return raw_model
+
+    def _export(self, model: nn.Module, raw_model: nn.Module) -> None:
+        if self.strategy == "fsdp":
+            full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            if self.dist.is_main:
+                export_model = self.task.build_model()
+                export_model.load_state_dict(full)
+                self.task.export(export_model, self.out / "final")
+        elif self.dist.is_main:
+            self.task.export(raw_model, self.out / "final")
+        barrier()
+
+    def _progress(self, start: int, total: int, n_train: int, ckpt: Optional[Path]):
+        if not self.progress:
+            return None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        console = Console(stderr=True)
+        where = f"resumed from {ckpt.name}" if ckpt else "from scratch"
+        console.print(f"[bold]{self.task.name}[/]: {n_train:,} trainable parameters, {self.dist.world_size} process(es) "
+                      f"on {self.dist.device.type}, {self.strategy}, {self.cfg.precision}, {where}")
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       TimeRemainingColumn(), console=console, transient=False)
+        tid = bar.add_task(self.task.name, total=total, completed=start)
+        bar.start()
+        return bar, tid

@@ -1,0 +1,144 @@
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from chatrex.training.config import TrainConfig, load_recipe
+from chatrex.training.sampler import ResumableBatchSampler, SeededIndex
+from chatrex.training.trainer import Trainer, find_latest_checkpoint, lr_lambda
+from tests.training.toy_task import ToyTask
+
+
+def _cfg(tmp_path, name, **kw):
+    base = dict(output_dir=str(tmp_path / name), max_steps=12, batch_size=4, grad_accum=2, lr=1e-2,
+                warmup_steps=2, save_every=5, log_every=1, num_workers=0, seed=7)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+    full = Trainer(ToyTask(), _cfg(tmp_path, "full"), device="cpu", progress=False).fit()
+    # Interrupted after 7 steps (checkpoint at 7), then resumed to the end from the latest checkpoint.
+    Trainer(ToyTask(), _cfg(tmp_path, "cut"), device="cpu", progress=False).fit(stop_after=7)
+    assert find_latest_checkpoint(tmp_path / "cut").name == "step_0000007"
+    resumed = Trainer(ToyTask(), _cfg(tmp_path, "cut"), device="cpu", progress=False).fit()
+    a, b = _weights(full), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # The metrics file of the resumed run has one line per step, no duplicates.
+    steps = [json.loads(line)["step"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 13))
+    assert (tmp_path / "cut" / "loss.png").stat().st_size > 1000
+    assert (tmp_path / "cut" / "final" / "model.pt").exists()
+
+
+def test_resume_with_frozen_parameters_saves_only_trainable(tmp_path):
+    Trainer(ToyTask(frozen_first=True), _cfg(tmp_path, "f"), device="cpu", progress=False).fit(stop_after=5)
+    state = torch.load(find_latest_checkpoint(tmp_path / "f") / "trainer_state.pt", weights_only=False)
+    assert set(state["model"]) == {"3.weight", "3.bias"}
+    full = Trainer(ToyTask(frozen_first=True), _cfg(tmp_path, "g"), device="cpu", progress=False).fit()
+    resumed = Trainer(ToyTask(frozen_first=True), _cfg(tmp_path, "f"), device="cpu", progress=False).fit()
+    for k, v in _weights(full).items():
+        assert torch.equal(v, _weights(resumed)[k]), k
+
+
+def test_training_reduces_loss(tmp_path):
+    cfg = _cfg(tmp_path, "l", max_steps=200, grad_accum=1, save_every=200, lr=3e-2, batch_size=8)
+    Trainer(ToyTask(), cfg, device="cpu", progress=False).fit()
+    rows = [json.loads(x) for x in (tmp_path / "l" / "metrics.jsonl").read_text().splitlines()]
+    first = sum(r["loss"] for r in rows[:10]) / 10
+    last = sum(r["loss"] for r in rows[-10:]) / 10
+    assert last < 0.3 * first
+
+
+def test_sampler_is_a_partition_per_epoch_and_resumable():
+    s = ResumableBatchSampler(10, batch_size=2, world_size=2, rank=0, seed=3, num_micro_steps=5)
+    r = ResumableBatchSampler(10, batch_size=2, world_size=2, rank=1, seed=3, num_micro_steps=5)
+    b0, b1 = list(s), list(r)
+    # two steps per epoch (10 // 4); each epoch's 8 indices are distinct across ranks
+    epoch0 = [x.index for b in b0[:2] + b1[:2] for x in b]
+    assert len(set(epoch0)) == 8
+    late = list(ResumableBatchSampler(10, 2, 2, 0, seed=3, start_micro_step=3, num_micro_steps=5))
+    assert late == b0[3:]
+    assert all(isinstance(x, SeededIndex) for b in b0 for x in b)
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        ResumableBatchSampler(3, 2, 2, 0)
+
+
+def test_lr_schedule_and_config_validation(tmp_path):
+    f = lr_lambda(warmup=4, total=20, min_ratio=0.1)
+    assert f(0) == pytest.approx(0.25) and f(3) == pytest.approx(1.0)
+    assert f(20) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp16")
+    with pytest.raises(ValueError, match="unknown training options: lr_typo"):
+        TrainConfig.from_dict({"lr_typo": 1})
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps({"task": {"a": 1}, "train": {"lr": 1.0}}))
+    assert load_recipe(p, {"train.lr": 2.0})["train"]["lr"] == 2.0
+    with pytest.raises(ValueError, match="train.lr"):
+        load_recipe(p, {"lr": 3})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, world, port, out_dir, strategy):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    cfg = TrainConfig(output_dir=out_dir, max_steps=6, batch_size=2, lr=1e-2, warmup_steps=1, save_every=3,
+                      log_every=1, num_workers=0, seed=1, strategy=strategy)
+    try:
+        model = Trainer(ToyTask(), cfg, device="cpu", progress=False).fit()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if rank == 0 or strategy == "ddp":  # full state dicts are gathered on rank 0 only
+            sd = sd if sd else model.state_dict()
+            torch.save({k: v.detach().clone() for k, v in sd.items()}, os.path.join(out_dir, f"weights_rank{rank}.pt"))
+    finally:
+        from chatrex.training.distributed import cleanup
+
+        cleanup()
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_gloo(tmp_path, strategy):
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    out = tmp_path / strategy
+    procs = [ctx.Process(target=_worker, args=(r, 2, port, str(out), strategy)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+        assert p.exitcode == 0
+    w0 = torch.load(out / "weights_rank0.pt")
+    exported = torch.load(out / "final" / "model.pt")
+    assert w0.keys() == exported.keys()
+    for k in w0:
+        assert torch.equal(w0[k], exported[k]), k
+    if strategy == "ddp":
+        w1 = torch.load(out / "weights_rank1.pt")
+        for k in w0:
+            assert torch.equal(w0[k], w1[k]), k  # replicas agree
+    from chatrex.training.trainer import seed_everything
+
+    seed_everything(1)
+    init = ToyTask().build_model().state_dict()
+    assert not torch.equal(w0["3.weight"], init["3.weight"])  # it trained
+    rows = [json.loads(x) for x in (tmp_path / strategy / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert (tmp_path / strategy / "final" / "model.pt").exists()
