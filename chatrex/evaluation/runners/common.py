@@ -1,0 +1,145 @@
+"""Batched querying of a predictor and robust reading of its answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+from chatrex.evaluation.boxes import BoxError, as_boxes
+
+
+class PredictorError(RuntimeError):
+    """The predictor returned something the evaluation cannot read (wrong count, malformed boxes)."""
+
+
+@dataclass
+class Query:
+    """One request: an image file, the question, and optionally the boxes to give the model."""
+
+    image: str
+    question: str
+    boxes: Optional[list] = None
+
+
+@dataclass
+class Answer:
+    """A predictor's answer in plain data.
+
+    ``groundings`` are ``(phrase, indices)`` with only the indices that exist among ``boxes``;
+    ``invalid_indices`` counts those dropped for pointing past the box list.
+    """
+
+    text: str
+    raw_text: str
+    boxes: list
+    scores: Optional[list]
+    groundings: list = field(default_factory=list)
+    invalid_indices: int = 0
+    dropped: list = field(default_factory=list)
+
+    def boxes_of(self, indices: Sequence[int]) -> list:
+        return [self.boxes[i] for i in indices]
+
+    def score_of(self, index: int) -> float:
+        return float(self.scores[index]) if self.scores is not None else 1.0
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "raw_text": self.raw_text,
+                "groundings": [{"phrase": p, "indices": list(ix)} for p, ix in self.groundings],
+                "invalid_indices": self.invalid_indices, "dropped": list(self.dropped)}
+
+
+def to_answer(result: Any, where: str = "result") -> Answer:
+    """Read a pipeline result (``.answer``/``.raw_text``/``.boxes``/``.scores``).
+
+    A result without a parsed ``answer`` has its ``raw_text`` parsed with
+    :func:`chatrex.grounding.parse_grounded`. Indices outside the box list are dropped and counted.
+    """
+    raw = getattr(result, "raw_text", None)
+    raw = "" if raw is None else str(raw)
+    try:
+        boxes = as_boxes(getattr(result, "boxes", None), f"{where}.boxes").tolist()
+    except BoxError as exc:
+        raise PredictorError(f"the predictor returned malformed boxes: {exc}") from None
+    scores = getattr(result, "scores", None)
+    if scores is not None:
+        scores = [float(s) for s in list(scores)]
+        if len(scores) != len(boxes):
+            raise PredictorError(f"{where}: {len(boxes)} boxes but {len(scores)} scores")
+    answer = getattr(result, "answer", None)
+    if answer is None:
+        from chatrex.grounding.parser import parse_grounded
+
+        answer = parse_grounded(raw, num_boxes=len(boxes))
+    groundings, invalid = [], 0
+    for g in getattr(answer, "groundings", None) or []:
+        ix = [int(i) for i in (getattr(g, "indices", None) or [])]
+        ok = [i for i in ix if 0 <= i < len(boxes)]
+        invalid += len(ix) - len(ok)
+        groundings.append((str(getattr(g, "phrase", "") or ""), list(dict.fromkeys(ok))))
+    return Answer(text=str(getattr(answer, "text", "") or ""), raw_text=raw, boxes=boxes, scores=scores,
+                  groundings=groundings, invalid_indices=invalid,
+                  dropped=list(getattr(answer, "dropped", None) or []))
+
+
+def batches(items: Sequence[Any], size: int):
+    if size < 1:
+        raise ValueError(f"batch size must be at least 1, got {size}")
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def progress_bar(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="query", disable=not enabled, leave=False)
+
+
+def run_queries(
+    predictor: Callable[..., Sequence[Any]],
+    queries: Sequence[Query],
+    batch_size: int = 8,
+    granularity: str = "fine",
+    min_score: float = 0.3,
+    max_boxes: int = 100,
+    desc: str = "evaluating",
+    progress: bool = True,
+) -> list[Answer]:
+    """Ask ``predictor`` every query, ``batch_size`` at a time, and read the answers.
+
+    Images are loaded with :func:`chatrex.utils.image.load_image` (each file once per batch). Queries
+    with ``boxes`` pass them to the predictor (the whole batch must then carry boxes).
+    """
+    from chatrex.utils.image import load_image
+
+    answers: list[Answer] = []
+    with progress_bar(len(queries), desc, progress) as bar:
+        for chunk in batches(list(queries), batch_size):
+            cache: dict = {}
+            images = []
+            for q in chunk:
+                if q.image not in cache:
+                    cache[q.image] = load_image(q.image)
+                images.append(cache[q.image])
+            with_boxes = [q.boxes is not None for q in chunk]
+            if any(with_boxes) and not all(with_boxes):
+                raise ValueError("a batch mixes queries with and without boxes")
+            boxes = [q.boxes for q in chunk] if all(with_boxes) else None
+            results = predictor(images, [q.question for q in chunk], boxes=boxes, granularity=granularity,
+                                min_score=min_score, max_boxes=max_boxes)
+            results = list(results)
+            if len(results) != len(chunk):
+                raise PredictorError(f"the predictor returned {len(results)} results for {len(chunk)} queries")
+            answers.extend(to_answer(r, f"result for '{q.image}'") for r, q in zip(results, chunk))
+            bar.update(len(chunk))
+    return answers
+
+
+def limit_items(items: Sequence[Any], limit: Optional[int]) -> list:
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be non-negative, got {limit}")
+    return list(items) if limit is None else list(items)[:limit]
+
+
+def rounded_box(box: Sequence[float]) -> list:
+    return [round(float(v), 2) for v in box]
