@@ -1,0 +1,116 @@
+"""UPN training data: images with boxes of both granularities, from records (``chatrex.data.schema``).
+
+Coarse-grained targets are the instances; fine-grained targets are the parts, or (default) every
+region — instances and parts — as SA-1B-style data annotates every level.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from PIL import Image
+
+from chatrex.data.jsonl import read_records, resolve_image_path
+from chatrex.training.sampler import split_index
+from chatrex.upn.transforms import UPNTransform, batch_images
+from chatrex.utils.image import load_image
+
+GRANULARITIES = ("fine", "coarse")
+PROMPT_OF = {"fine": "fine_grained_prompt", "coarse": "coarse_grained_prompt"}
+
+
+@dataclass
+class UPNDataConfig:
+    """Attributes:
+        files: JSONL record files (images relative to each file's folder).
+        scales: short-side sizes sampled per image (training multi-scale).
+        max_size: cap of the long side.
+        flip: horizontal flip probability.
+        fine_targets: "all" (instances + parts) or "parts".
+        granularities: the prompts trained on every batch ("fine", "coarse").
+        min_box_size: boxes smaller than this (px, after resizing) are dropped.
+    """
+
+    files: list[str] = field(default_factory=list)
+    scales: list[int] = field(default_factory=lambda: [480, 512, 544, 576, 608, 640])
+    max_size: int = 1024
+    flip: float = 0.5
+    fine_targets: str = "all"
+    granularities: list[str] = field(default_factory=lambda: ["fine", "coarse"])
+    min_box_size: float = 1.0
+
+
+def region_boxes(record: dict, granularity: str, fine_targets: str = "all") -> list[list[float]]:
+    """The record's boxes (xyxy px) that a prompt of ``granularity`` must propose."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be 'fine' or 'coarse', got {granularity!r}")
+    out = []
+    for r in record.get("regions", []):
+        level = r.get("level", "instance")
+        if granularity == "coarse":
+            keep = level == "instance"
+        else:
+            keep = level == "part" or (fine_targets == "all")
+        if keep:
+            out.append([float(v) for v in r["box"]])
+    return out
+
+
+class UPNDataset(torch.utils.data.Dataset):
+    """Items: ``{"image": (3,H,W) normalised, "boxes": {"fine": (N,4), "coarse": (M,4)} cxcywh in [0,1],
+    "seed": int}``."""
+
+    def __init__(self, cfg: UPNDataConfig, records: Optional[Sequence[tuple[dict, Path]]] = None) -> None:
+        if cfg.fine_targets not in ("all", "parts"):
+            raise ValueError(f"fine_targets must be 'all' or 'parts', got {cfg.fine_targets!r}")
+        self.cfg = cfg
+        if records is None:
+            records = []
+            for f in cfg.files:
+                records.extend((r, resolve_image_path(r, f)) for r in read_records(f, validate=False))
+        if not records:
+            raise ValueError("the UPN dataset is empty: give at least one JSONL file with records")
+        self.records = list(records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, item) -> dict[str, Any]:
+        index, seed = split_index(item)
+        rng = random.Random(seed if seed is not None else index)
+        record, path = self.records[index]
+        image = load_image(path)
+        size = rng.choice(self.cfg.scales)
+        transform = UPNTransform(size=size, max_size=self.cfg.max_size)
+        flip = rng.random() < self.cfg.flip
+        if flip:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        tensor = transform(image)
+        W, H = image.width, image.height
+        h, w = tensor.shape[1:]
+        boxes = {}
+        for g in GRANULARITIES:
+            b = torch.tensor(region_boxes(record, g, self.cfg.fine_targets), dtype=torch.float32).reshape(-1, 4)
+            if flip and len(b):
+                b = torch.stack([W - b[:, 2], b[:, 1], W - b[:, 0], b[:, 3]], dim=1)
+            b = b / torch.tensor([W, H, W, H], dtype=torch.float32)
+            b = b.clamp(0, 1)
+            keep = ((b[:, 2] - b[:, 0]) * w >= self.cfg.min_box_size) & ((b[:, 3] - b[:, 1]) * h >= self.cfg.min_box_size)
+            b = b[keep]
+            boxes[g] = torch.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], 1) if len(b) else b
+        return {"image": tensor, "boxes": boxes, "seed": seed if seed is not None else index}
+
+
+def collate_upn(samples: list[dict[str, Any]], granularities: Sequence[str] = GRANULARITIES) -> dict[str, Any]:
+    """Pad images into a batch: ``images`` (B,3,H,W), ``mask`` (B,H,W) True = padding, and
+    ``targets`` = {granularity: B tensors (N_b,4) normalised cxcywh}."""
+    for g in granularities:
+        if g not in GRANULARITIES:
+            raise ValueError(f"unknown granularity {g!r}; expected fine or coarse")
+    images, mask = batch_images([s["image"] for s in samples])
+    return {"images": images, "mask": mask,
+            "targets": {g: [s["boxes"][g] for s in samples] for g in granularities}}

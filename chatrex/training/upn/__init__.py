@@ -1,0 +1,1 @@
+"""UPN training: Hungarian matching, set losses, contrastive denoising queries, the training task."""

@@ -1,0 +1,139 @@
+"""The UPN training task: model + denoising generator, losses, data, export."""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from chatrex.data.upn_dataset import PROMPT_OF, UPNDataConfig, UPNDataset, collate_upn
+from chatrex.training.task import default_param_groups
+from chatrex.training.upn.criterion import CriterionConfig, UPNCriterion
+from chatrex.training.upn.denoising import DenoisingConfig, DenoisingGenerator
+from chatrex.training.upn.matcher import MatcherConfig
+
+
+@dataclass
+class UPNTaskConfig:
+    """Attributes:
+        model: a UPN preset name, config JSON path or dict (``chatrex.upn.config.resolve_config``).
+        data: the data options (``UPNDataConfig``).
+        denoising, criterion: CDN and loss options.
+        init_checkpoint: optional weights to start from (official .pth or our directory).
+        backbone_lr_mult: learning-rate factor of the Swin backbone.
+        inference_resize, inference_max_size: the resize written into the exported model's
+            preprocessor config (what the wrapper should use at inference).
+    """
+
+    model: Any = "upn_small"
+    data: UPNDataConfig = field(default_factory=UPNDataConfig)
+    denoising: DenoisingConfig = field(default_factory=DenoisingConfig)
+    criterion: CriterionConfig = field(default_factory=CriterionConfig)
+    init_checkpoint: Optional[str] = None
+    backbone_lr_mult: float = 1.0
+    inference_resize: int = 800
+    inference_max_size: int = 1333
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "UPNTaskConfig":
+        d = dict(d)
+        d.pop("type", None)
+        data = UPNDataConfig(**d.pop("data", {}))
+        dn = DenoisingConfig(**d.pop("denoising", {}))
+        crit = dict(d.pop("criterion", {}))
+        matcher = MatcherConfig(**crit.pop("matcher", {}))
+        return cls(data=data, denoising=dn, criterion=CriterionConfig(matcher=matcher, **crit), **d)
+
+
+class UPNTrainingModule(nn.Module):
+    """UPN plus the training-only denoising generator, so one DDP/FSDP wrapper covers both.
+
+    The encoder is prompt-independent, so one forward runs the backbone and encoder once and the
+    decoder once per granularity, each with its own targets and denoising queries.
+    """
+
+    def __init__(self, upn: nn.Module, denoising: DenoisingGenerator) -> None:
+        super().__init__()
+        self.upn = upn
+        self.denoising = denoising
+
+    def forward(self, images: torch.Tensor, mask: torch.Tensor,
+                targets: dict[str, list[torch.Tensor]]) -> dict[str, dict[str, Any]]:
+        """Args:
+            images (B,3,H,W), mask (B,H,W) True = padding;
+            targets: {"fine"|"coarse": B tensors (N_b,4) normalised cxcywh}.
+        Returns:
+            {granularity: training outputs of ``UPN.forward_decoder`` (+ ``dn_meta``)}.
+        """
+        state = self.upn.forward_encoder(images, mask)
+        outs = {}
+        for granularity, tgts in targets.items():
+            dn = self.denoising(tgts, self.upn.config.num_queries)
+            kwargs = {}
+            if dn is not None:
+                kwargs = {k: dn[k] for k in ("dn_content", "dn_refpoints", "dn_attn_mask")}
+            out = self.upn.forward_decoder(state, PROMPT_OF[granularity], return_aux=True, **kwargs)
+            if dn is not None:
+                out["dn_meta"] = dn["meta"]
+            outs[granularity] = out
+        return outs
+
+
+class UPNTask:
+    """``TrainTask`` for the UPN (see ``chatrex.training.task``)."""
+
+    name = "upn"
+
+    def __init__(self, cfg: UPNTaskConfig) -> None:
+        self.cfg = cfg
+        self.criterion = UPNCriterion(cfg.criterion)
+
+    def build_model(self) -> nn.Module:
+        from chatrex.upn.config import resolve_config
+        from chatrex.upn.model import build_upn
+
+        upn_cfg = resolve_config(self.cfg.model)
+        upn = build_upn(upn_cfg)
+        if self.cfg.init_checkpoint:
+            from chatrex.upn.wrapper import _load_model
+
+            loaded, _ = _load_model(self.cfg.init_checkpoint, upn_cfg, torch.device("cpu"))
+            upn.load_state_dict(loaded.state_dict())
+        self.upn_config = upn_cfg
+        return UPNTrainingModule(upn, DenoisingGenerator(upn_cfg.d_model, self.cfg.denoising))
+
+    def build_dataset(self) -> UPNDataset:
+        return UPNDataset(self.cfg.data)
+
+    def collate(self, samples):
+        return collate_upn(samples, self.cfg.data.granularities)
+
+    def param_groups(self, model: nn.Module, train_cfg) -> list[dict[str, Any]]:
+        return default_param_groups(model, train_cfg.lr, train_cfg.weight_decay,
+                                    {"upn.backbone.": self.cfg.backbone_lr_mult})
+
+    def compute_loss(self, model, batch, device):
+        images = batch["images"].to(device, non_blocking=True)
+        mask = batch["mask"].to(device, non_blocking=True)
+        targets = {g: [t.to(device) for t in ts] for g, ts in batch["targets"].items()}
+        outs = model(images, mask, targets)
+        total, logs = 0.0, {}
+        for g, out in outs.items():
+            loss, parts = self.criterion(out, targets[g])
+            total = total + loss
+            logs[f"loss_{g}"] = float(loss.detach())
+            logs.update({f"{k}_{g}": v for k, v in parts.items()})
+        return total, logs
+
+    def export(self, model: nn.Module, out_dir: Path) -> None:
+        from chatrex.upn.checkpoint import save_pretrained
+
+        upn = model.upn if isinstance(model, UPNTrainingModule) else model
+        save_pretrained(upn, upn.config, out_dir)
+        (Path(out_dir) / "preprocessor_config.json").write_text(json.dumps(
+            {"resize": self.cfg.inference_resize, "max_size": self.cfg.inference_max_size}, indent=2))

@@ -1,0 +1,117 @@
+import json
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from chatrex.data.upn_dataset import UPNDataConfig, UPNDataset, collate_upn, region_boxes
+from chatrex.training.config import TrainConfig
+from chatrex.training.sampler import SeededIndex
+from chatrex.training.trainer import Trainer
+from chatrex.training.upn.criterion import UPNCriterion
+from chatrex.training.upn.denoising import DenoisingConfig, DenoisingGenerator, dn_positive_indices, inverse_sigmoid
+from chatrex.training.upn.matcher import hungarian_match
+from chatrex.training.upn.task import UPNTask, UPNTaskConfig
+
+
+def _records(tmp_path, n=4):
+    (tmp_path / "images").mkdir(exist_ok=True)
+    lines = []
+    for i in range(n):
+        im = Image.new("RGB", (96, 64), (30, 30, 30))
+        d = ImageDraw.Draw(im)
+        box = [10 + 5 * i, 8, 50 + 5 * i, 40]
+        part = [12 + 5 * i, 10, 30 + 5 * i, 24]
+        d.rectangle(box, fill=(200, 40, 40))
+        d.rectangle(part, fill=(40, 200, 40))
+        im.save(tmp_path / "images" / f"{i}.png")
+        lines.append({"id": str(i), "image": f"images/{i}.png", "width": 96, "height": 64,
+                      "regions": [{"id": 0, "box": box, "category": "block", "level": "instance"},
+                                  {"id": 1, "box": part, "category": "patch", "level": "part", "parent": 0}]})
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return path
+
+
+def test_region_boxes_by_granularity():
+    rec = {"regions": [{"id": 0, "box": [0, 0, 4, 4], "level": "instance"},
+                       {"id": 1, "box": [1, 1, 2, 2], "level": "part", "parent": 0}]}
+    assert region_boxes(rec, "coarse") == [[0, 0, 4, 4]]
+    assert len(region_boxes(rec, "fine")) == 2
+    assert region_boxes(rec, "fine", "parts") == [[1, 1, 2, 2]]
+    with pytest.raises(ValueError, match="granularity"):
+        region_boxes(rec, "medium")
+
+
+def test_dataset_flip_and_normalisation(tmp_path):
+    path = _records(tmp_path, 1)
+    ds = UPNDataset(UPNDataConfig(files=[str(path)], scales=[64], max_size=200, flip=0.0))
+    item = ds[SeededIndex(0, 5)]
+    assert item["image"].shape == (3, 64, 96)
+    torch.testing.assert_close(item["boxes"]["coarse"], torch.tensor([[30 / 96, 24 / 64, 40 / 96, 32 / 64]]))
+    flipped = UPNDataset(UPNDataConfig(files=[str(path)], scales=[64], max_size=200, flip=1.0))[SeededIndex(0, 5)]
+    torch.testing.assert_close(flipped["boxes"]["coarse"][0, 0], 1 - item["boxes"]["coarse"][0, 0])
+    batch = collate_upn([item, flipped])
+    assert batch["images"].shape == (2, 3, 64, 96) and not batch["mask"].any()
+    assert len(batch["targets"]["fine"][0]) == 2
+
+
+def test_matcher_recovers_permutation():
+    tgt = torch.tensor([[0.2, 0.2, 0.1, 0.1], [0.7, 0.6, 0.2, 0.3]])
+    boxes = torch.tensor([[[0.5, 0.5, 0.3, 0.3], [0.7, 0.6, 0.2, 0.3], [0.2, 0.2, 0.1, 0.1]]])
+    logits = torch.zeros(1, 3, 1)
+    (qi, ti), = hungarian_match(logits, boxes, [tgt])
+    assert dict(zip(ti.tolist(), qi.tolist())) == {0: 2, 1: 1}
+    (qe, te), = hungarian_match(logits, boxes, [torch.zeros(0, 4)])
+    assert qe.numel() == 0
+
+
+def test_criterion_perfect_vs_wrong_predictions():
+    tgt = [torch.tensor([[0.3, 0.3, 0.2, 0.2]])]
+    good = {"pred_logits": torch.tensor([[[8.0], [-8.0]]]), "pred_boxes": torch.tensor([[[0.3, 0.3, 0.2, 0.2], [0.8, 0.8, 0.1, 0.1]]])}
+    bad = {"pred_logits": torch.tensor([[[-8.0], [8.0]]]), "pred_boxes": torch.tensor([[[0.6, 0.6, 0.2, 0.2], [0.8, 0.8, 0.1, 0.1]]])}
+    crit = UPNCriterion()
+    lg, logs = crit(good, tgt)
+    lb, _ = crit(bad, tgt)
+    assert logs["loss_l1"] == pytest.approx(0.0, abs=1e-6) and logs["loss_giou"] == pytest.approx(0.0, abs=1e-5)
+    assert float(lb) > float(lg) + 1.0
+
+
+def test_denoising_queries_layout_and_mask():
+    gen = DenoisingGenerator(8, DenoisingConfig(num_queries=12, box_noise_scale=0.4)).train()
+    targets = [torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.2, 0.3, 0.1, 0.2]]), torch.zeros(0, 4)]
+    dn = gen(targets, num_matching_queries=5, generator=torch.Generator().manual_seed(0))
+    meta = dn["meta"]
+    assert meta == {"pad_size": 12, "num_groups": 3, "max_gt": 2, "num_gt": [2, 0]}
+    assert dn["dn_content"].shape == (2, 12, 8) and dn["dn_refpoints"].shape == (2, 12, 4)
+    m = dn["dn_attn_mask"]
+    assert m.shape == (17, 17)
+    assert m[12:, :12].all() and not m[12:, 12:].any()  # matching queries never see dn queries
+    assert not m[0:4, 0:4].any() and m[0:4, 4:12].all()  # group 0 sees only itself
+    # positives stay close to their box, negatives are farther
+    boxes = dn["dn_refpoints"].sigmoid()[0]
+    pos_err = (boxes[0] - targets[0][0]).abs().max()
+    assert pos_err <= 0.2 * 0.4 / 2 * 2 + 1e-4
+    idx = dn_positive_indices(meta)
+    assert idx[0][0].tolist() == [0, 1, 4, 5, 8, 9] and idx[0][1].tolist() == [0, 1, 0, 1, 0, 1]
+    assert idx[1][0].numel() == 0
+    assert gen.eval()(targets, 5) is None
+    assert torch.allclose(inverse_sigmoid(torch.tensor([0.5])), torch.tensor([0.0]))
+
+
+def test_upn_training_step_and_export(tmp_path):
+    path = _records(tmp_path, 4)
+    task = UPNTask(UPNTaskConfig.from_dict({"model": "upn_tiny", "data": {"files": [str(path)], "scales": [64, 72]},
+                                            "denoising": {"num_queries": 8}}))
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), max_steps=3, batch_size=2, lr=1e-4, warmup_steps=1,
+                      save_every=3, log_every=1, num_workers=0)
+    model = Trainer(task, cfg, device="cpu", progress=False).fit()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3
+    for key in ("loss", "loss_fine", "loss_coarse", "loss_dn_fine", "loss_aux_coarse"):
+        assert key in rows[0] and rows[0][key] > 0, key
+    from chatrex.upn.wrapper import UPNWrapper
+
+    wrapper = UPNWrapper(str(tmp_path / "run" / "final"), device="cpu", resize=64, max_size=128)
+    props = wrapper.inference(str(tmp_path / "images" / "0.png"), prompt_type="coarse")
+    assert props["original_xyxy_boxes"].shape == (1, 20, 4)
