@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -95,6 +96,14 @@ def progress_bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="query", disable=not enabled, leave=False)
 
 
+def _takes_batch_size(predictor: Any) -> bool:
+    """Whether the predictor names a ``batch_size`` parameter (the pipeline does; stand-ins may not)."""
+    try:
+        return "batch_size" in inspect.signature(predictor).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def run_queries(
     predictor: Callable[..., Sequence[Any]],
     queries: Sequence[Query],
@@ -112,6 +121,9 @@ def run_queries(
     """
     from chatrex.utils.image import load_image
 
+    extra = {}
+    if _takes_batch_size(predictor):
+        extra["batch_size"] = batch_size
     answers: list[Answer] = []
     with progress_bar(len(queries), desc, progress) as bar:
         for chunk in batches(list(queries), batch_size):
@@ -126,7 +138,7 @@ def run_queries(
                 raise ValueError("a batch mixes queries with and without boxes")
             boxes = [q.boxes for q in chunk] if all(with_boxes) else None
             results = predictor(images, [q.question for q in chunk], boxes=boxes, granularity=granularity,
-                                min_score=min_score, max_boxes=max_boxes)
+                                min_score=min_score, max_boxes=max_boxes, **extra)
             results = list(results)
             if len(results) != len(chunk):
                 raise PredictorError(f"the predictor returned {len(results)} results for {len(chunk)} queries")

@@ -1,0 +1,273 @@
+"""``chatrex eval TASK``: the paper's evaluation protocols, and ``chatrex eval summary``.
+
+Each task command loads the model (``ChatRexPipeline.from_pretrained``; the proposals task only the
+UPN) and hands it to :func:`chatrex.evaluation.evaluate.evaluate`, which does the work and can be
+called directly with any stand-in predictor.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import typer
+
+class Granularity(str, Enum):
+    fine = "fine"
+    coarse = "coarse"
+
+
+class Level(str, Enum):
+    instance = "instance"
+    part = "part"
+    all = "all"
+
+
+class BoxKind(str, Enum):
+    instances = "instances"
+    parts = "parts"
+    all = "all"
+
+
+class CaptionKind(str, Enum):
+    brief = "brief"
+    detailed = "detailed"
+
+
+def _fail(message: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False)
+    raise typer.Exit(code=1)
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_pipeline(model: Path, device: Optional[str]) -> Any:
+    """``ChatRexPipeline.from_pretrained(model, device=...)`` with a clear error on failure."""
+    from chatrex.interfaces.pipeline import ChatRexPipeline
+
+    try:
+        return ChatRexPipeline.from_pretrained(model, device=device or _default_device())
+    except Exception as exc:  # any failure is a bad model dir / device: report it, don't trace
+        _fail(f"could not load the ChatRex model from '{model}': {type(exc).__name__}: {exc}")
+
+
+def load_upn(model: Path, device: Optional[str], config: str) -> Any:
+    """The UPN of a ChatRex model directory (``model/upn``), a UPN directory, or an official ``.pth``."""
+    from chatrex.upn.wrapper import UPNWrapper
+
+    path = model / "upn" if (model / "upn").is_dir() else model
+    try:
+        return UPNWrapper(path, config=None if path.is_dir() else config, device=device or _default_device())
+    except Exception as exc:  # bad checkpoint / config / device
+        _fail(f"could not load the UPN from '{path}': {type(exc).__name__}: {exc}")
+
+
+def run_eval_command(
+    task: str,
+    predictor: Any,
+    data: Path,
+    images: Optional[Path],
+    out: Optional[Path],
+    limit: Optional[int],
+    batch_size: int,
+    model_name: Optional[str] = None,
+    progress: bool = True,
+    **options: Any,
+) -> dict:
+    """What every task command does once its model is loaded: evaluate, write, print the headline.
+
+    Bad data, bad options and unreadable model output end with a one-line error (exit code 1).
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from chatrex.evaluation.boxes import BoxError
+    from chatrex.evaluation.coco import CocoFormatError
+    from chatrex.evaluation.datasets import EvalDataError
+    from chatrex.evaluation.evaluate import evaluate
+    from chatrex.evaluation.report import format_value, scalar_metrics
+    from chatrex.evaluation.runners.common import PredictorError
+    from chatrex.utils.image import ImageLoadError
+
+    out = out or Path("results") / f"{task}.json"
+    if out.suffix.lower() != ".json":
+        _fail(f"--out must be a .json file, got '{out}'")
+    try:
+        result = evaluate(task, predictor, data, images=images, out=out, limit=limit, batch_size=batch_size,
+                          progress=progress, model_name=model_name, **options)
+    except (EvalDataError, CocoFormatError, BoxError, ImageLoadError, PredictorError, ValueError, OSError) as exc:
+        _fail(f"{task}: {exc}")
+    table = Table(title=f"{task} ({result['config'].get('data_kind')})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    flat = scalar_metrics(result["metrics"])
+    for key in result.get("headline") or list(flat):
+        if key in flat:
+            table.add_row(key, format_value(flat[key]))
+    console = Console()
+    console.print(table)
+    console.print(f"wrote {result['files']['json']} and {result['files']['markdown']}", highlight=False)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared options
+# ------------------------------------------------------------------------------------------------
+_MODEL = typer.Option(..., "--model", "-m", help="Model directory (ChatRexPipeline.save layout: upn/ + chatrex/).")
+_DATA = typer.Option(..., "--data", "-d", help="JSONL records, a COCO annotation .json, or a RefCOCO-style .json.")
+_IMAGES = typer.Option(None, "--images", help="Image folder for COCO/RefCOCO files (default: the data file's folder).")
+_OUT = typer.Option(None, "--out", "-o", help="Results JSON (default results/TASK.json); a .md table is written beside it.")
+_LIMIT = typer.Option(None, "--limit", min=0, help="Evaluate only the first N images/samples.")
+_BATCH = typer.Option(8, "--batch-size", "-b", min=1, help="Queries per inference call.")
+_DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 … (default: cuda when available).")
+_GRAN = typer.Option(Granularity.fine, "--granularity", "-g", help="UPN proposals: fine (paper default) or coarse.")
+_MIN_SCORE = typer.Option(0.3, "--min-score", min=0.0, max=1.0, help="UPN score threshold for proposals.")
+_MAX_BOXES = typer.Option(100, "--max-boxes", min=1, max=100, help="Most proposals given to the model.")
+_LEVEL = typer.Option(Level.instance, "--level", help="World records: which regions count (instance, part, all).")
+
+
+def _pipeline_task(task: str) -> Callable[..., dict]:
+    """Common body of the commands that evaluate the full pipeline."""
+
+    def body(model: Path, data: Path, images, out, limit, batch_size, device, **options) -> dict:
+        if not data.is_file():
+            _fail(f"data file '{data}' does not exist")
+        pipe = load_pipeline(model, device)
+        return run_eval_command(task, pipe, data, images, out, limit, batch_size, model_name=str(model), **options)
+
+    return body
+
+
+def detection_cmd(
+    model: Path = _MODEL, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
+    limit: Optional[int] = _LIMIT, batch_size: int = _BATCH, device: Optional[str] = _DEVICE,
+    level: Level = _LEVEL, granularity: Granularity = _GRAN, min_score: float = _MIN_SCORE,
+    max_boxes: int = _MAX_BOXES,
+) -> None:
+    """Detection: ground-truth categories asked over UPN proposals; P/R@0.5 per class (macro) and mAP."""
+    _pipeline_task("detection")(model, data, images, out, limit, batch_size, device, level=level.value,
+                                granularity=granularity.value, min_score=min_score, max_boxes=max_boxes)
+
+
+def proposals_cmd(
+    model: Path = typer.Option(..., "--model", "-m", help="Model directory with upn/, a UPN directory, or a UPN .pth."),
+    data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
+    limit: Optional[int] = _LIMIT, batch_size: int = _BATCH, device: Optional[str] = _DEVICE,
+    boxes: BoxKind = typer.Option(BoxKind.all, "--boxes", help="World records: instances, parts or all regions."),
+    granularity: Optional[List[Granularity]] = typer.Option(None, "--granularity", "-g",
+                                                            help="Repeatable; default both fine and coarse."),
+    upn_config: str = typer.Option("upn_large", "--upn-config", help="Config preset for an official .pth."),
+) -> None:
+    """Proposal recall of the UPN: AR@10/100/300/900 and recall@0.5, per granularity."""
+    if not data.is_file():
+        _fail(f"data file '{data}' does not exist")
+    if not model.exists():
+        _fail(f"model '{model}' does not exist")
+    upn = load_upn(model, device, upn_config)
+    grans = [g.value for g in granularity] if granularity else ["fine", "coarse"]
+    run_eval_command("proposals", upn, data, images, out, limit, batch_size, model_name=str(model),
+                     kind=boxes.value, granularities=grans)
+
+
+def referring_cmd(
+    model: Path = _MODEL, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
+    limit: Optional[int] = _LIMIT, batch_size: int = _BATCH, device: Optional[str] = _DEVICE,
+    granularity: Granularity = _GRAN, min_score: float = _MIN_SCORE, max_boxes: int = _MAX_BOXES,
+) -> None:
+    """Referring expressions: Acc@0.5 of the first grounded box."""
+    _pipeline_task("referring")(model, data, images, out, limit, batch_size, device, granularity=granularity.value,
+                                min_score=min_score, max_boxes=max_boxes)
+
+
+def region_cmd(
+    model: Path = _MODEL, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
+    limit: Optional[int] = _LIMIT, batch_size: int = _BATCH, device: Optional[str] = _DEVICE,
+    tasks: str = typer.Option("category,phrase,brief,sentence", "--tasks",
+                              help="Comma-separated: category, phrase, brief, sentence."),
+) -> None:
+    """Region understanding: category accuracy, SS / S-IoU, caption BLEU/METEOR/ROUGE-L/CIDEr."""
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    _pipeline_task("region")(model, data, images, out, limit, batch_size, device, tasks=names)
+
+
+def grounded_caption_cmd(
+    model: Path = _MODEL, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
+    limit: Optional[int] = _LIMIT, batch_size: int = _BATCH, device: Optional[str] = _DEVICE,
+    kind: CaptionKind = typer.Option(CaptionKind.brief, "--kind", help="brief or detailed captions."),
+    granularity: Granularity = _GRAN, min_score: float = _MIN_SCORE, max_boxes: int = _MAX_BOXES,
+) -> None:
+    """Grounded captions: phrase–box F1 (IoU 0.5, same phrase or synonym) and caption text scores."""
+    _pipeline_task("grounded-caption")(model, data, images, out, limit, batch_size, device, kind=kind.value,
+                                       granularity=granularity.value, min_score=min_score, max_boxes=max_boxes)
+
+
+def counting_cmd(
+    model: Path = _MODEL, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
+    limit: Optional[int] = _LIMIT, batch_size: int = _BATCH, device: Optional[str] = _DEVICE,
+    level: Level = _LEVEL, granularity: Granularity = _GRAN, min_score: float = _MIN_SCORE,
+    max_boxes: int = _MAX_BOXES,
+) -> None:
+    """Counting: exact-match accuracy of the number stated in the answer."""
+    _pipeline_task("counting")(model, data, images, out, limit, batch_size, device, level=level.value,
+                               granularity=granularity.value, min_score=min_score, max_boxes=max_boxes)
+
+
+def pope_cmd(
+    model: Path = _MODEL, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
+    limit: Optional[int] = _LIMIT, batch_size: int = _BATCH, device: Optional[str] = _DEVICE,
+    settings: str = typer.Option("random,popular,adversarial", "--settings", help="Comma-separated negative sampling."),
+    per_image: int = typer.Option(3, "--per-image", min=1, help="Yes questions (and as many no questions) per image."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    level: Level = _LEVEL, granularity: Granularity = _GRAN,
+) -> None:
+    """POPE-style existence yes/no: accuracy, precision, recall, F1, yes-ratio per setting."""
+    names = [s.strip() for s in settings.split(",") if s.strip()]
+    _pipeline_task("pope")(model, data, images, out, limit, batch_size, device, settings=names,
+                           num_per_image=per_image, seed=seed, level=level.value, granularity=granularity.value)
+
+
+def summary_cmd(
+    results: List[Path] = typer.Argument(..., help="Result JSON files written by 'chatrex eval TASK'."),
+    out: Path = typer.Option(Path("summary.md"), "--out", "-o", help="Markdown file to write."),
+) -> None:
+    """Merge result files into one markdown table (headline metrics of each)."""
+    from rich.console import Console
+
+    from chatrex.evaluation.report import ResultFileError, write_summary
+
+    try:
+        path = write_summary(results, out)
+    except (ResultFileError, OSError) as exc:
+        _fail(str(exc))
+    Console().print(f"merged {len(results)} result file(s) -> {path}", highlight=False)
+
+
+def build_eval_app() -> typer.Typer:
+    """The ``eval`` command group: one command per task plus ``summary``."""
+    eval_app = typer.Typer(
+        name="eval",
+        help="Evaluate a model with the paper's protocols; each task writes a JSON (metrics + predictions) "
+        "and a markdown table.",
+        no_args_is_help=True,
+    )
+    eval_app.command("detection")(detection_cmd)
+    eval_app.command("proposals")(proposals_cmd)
+    eval_app.command("referring")(referring_cmd)
+    eval_app.command("region")(region_cmd)
+    eval_app.command("grounded-caption")(grounded_caption_cmd)
+    eval_app.command("counting")(counting_cmd)
+    eval_app.command("pope")(pope_cmd)
+    eval_app.command("summary")(summary_cmd)
+    return eval_app
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(build_eval_app(), name="eval")
