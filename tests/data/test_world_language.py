@@ -371,3 +371,16 @@ def test_empty_scene():
     assert validate_record(record) == []
     assert record["captions"][0]["text"] and not record["captions"][0]["groundings"]
     assert any(qa["kind"] == "exist_no" for qa in record["conversations"])
+
+
+def test_setting_from_background_or_free_text():
+    base = _record([_region(0, (10, 10, 50, 50), "cat", color="red", pattern="plain", size="small",
+                            orientation="facing left")])
+    flat = annotate({**copy.deepcopy(base), "background": "flat"}, random.Random(0))
+    assert re.search(r"(plain|single-colour|flat) (background|backdrop)", flat["captions"][0]["text"])
+    park = annotate({**copy.deepcopy(base), "setting": "a sunny park"}, random.Random(0))
+    assert "a sunny park" in park["captions"][0]["text"]
+    plain = annotate(copy.deepcopy(base), random.Random(0))
+    assert "background" not in plain["captions"][0]["text"]
+    for r in (flat, park, plain):
+        assert validate_record(r) == []

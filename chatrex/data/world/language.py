@@ -55,6 +55,7 @@ from chatrex.data.world.phrasing import (
     with_article,
 )
 from chatrex.data.world.templates import (
+    BACKGROUND_SETTINGS,
     IMAGE_POSITIONS,
     IMAGE_WORDS,
     ORDINAL_PHRASES,
@@ -791,6 +792,8 @@ class _Texts:
             value = ix.attributes(rid)[field]
             if field == "orientation":
                 value = _pose_phrase(value, rng)
+            else:
+                value = _adjective(field, value)
             q = GroundedText()
             q.sentence(self.pick(f"q_{field}"), {"obj": self.refs[rid].text})
             a = GroundedText()
@@ -829,8 +832,13 @@ def annotate(record: dict, rng: random.Random) -> dict:
     """Fill every language field of a world record in place and return it.
 
     Sets ``phrase``, ``description`` and ``referring`` on every region, and ``captions`` (brief +
-    detailed), ``conversations`` and ``synonyms`` on the record. Deterministic given ``rng``. An
-    optional ``record["setting"]`` string ("a sunny park") is mentioned in the brief caption.
+    detailed), ``conversations`` and ``synonyms`` on the record. Each conversation also carries a
+    ``kind`` ("color", "count", "relation", "exist_yes", "exist_no", "pattern", "size", "orientation"
+    or "describe"). Deterministic given ``rng``.
+
+    The brief caption mentions the setting when the record has one: a free-text
+    ``record["setting"]`` ("a sunny park"), else the world's ``record["background"]`` kind
+    ("flat", "gradient", "noise", "photo"); without either it names no setting.
     """
     if not isinstance(rng, random.Random):
         raise LanguageError(f"annotate needs a random.Random, got {type(rng).__name__}")
@@ -843,6 +851,8 @@ def annotate(record: dict, rng: random.Random) -> dict:
         r["description"] = texts.description(rid).text
         r["referring"] = refs[rid].text if refs[rid] is not None else None
     setting = record.get("setting") if isinstance(record.get("setting"), str) else None
+    if setting is None and record.get("background") in BACKGROUND_SETTINGS:
+        setting = rng.choice(BACKGROUND_SETTINGS[record["background"]])
     brief, detailed = texts.brief(setting), texts.detailed()
     record["captions"] = [{"kind": "brief", **brief.to_dict()}, {"kind": "detailed", **detailed.to_dict()}]
     present = {index.category(i) for i in index.instances()}

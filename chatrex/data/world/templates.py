@@ -148,12 +148,13 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "Tell me the size of {obj}.",
         "How large is {obj} in the image?",
     ),
+    # value: "small" / "medium-sized" / "large".
     "a_size": (
         "{subj} is {value}.",
-        "{subj} is {value} in size.",
-        "In size, {subj} is {value}.",
-        "{subj} looks {value} compared with the image.",
-        "The size of {subj} is {value}.",
+        "{subj} looks {value}.",
+        "In terms of size, {subj} is {value}.",
+        "{subj} is rather {value}.",
+        "{subj} appears {value} in the picture.",
     ),
     "q_orientation": (
         "How is {obj} oriented?",
@@ -314,5 +315,13 @@ ORDINAL_PHRASES: dict[str, dict[str, tuple[str, ...]]] = {
                  "nth": ("the {nth} smallest {np}",)},
 }
 
-#: Setting phrases (appended to brief captions) by background name, when the record names one.
-SETTING_PHRASES: tuple[str, ...] = (" in {setting}", " set in {setting}", " against {setting}")
+#: Setting phrases appended to brief captions; ``{setting}`` is a noun phrase ("a plain background").
+SETTING_PHRASES: tuple[str, ...] = (" against {setting}", " on {setting}", " in front of {setting}")
+
+#: World background kinds (``chatrex.data.world.backgrounds.BACKGROUND_KINDS``) -> setting phrases.
+BACKGROUND_SETTINGS: dict[str, tuple[str, ...]] = {
+    "flat": ("a plain background", "a single-colour backdrop", "a flat background"),
+    "gradient": ("a smoothly shaded background", "a gradient backdrop", "a softly fading background"),
+    "noise": ("a speckled background", "a grainy backdrop", "a noisy textured background"),
+    "photo": ("a photographic backdrop", "a textured photo background", "a busy photographic background"),
+}
