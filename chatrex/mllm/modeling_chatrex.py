@@ -1,0 +1,447 @@
+"""The ChatRex multimodal LLM: two vision towers, two projectors and a causal LM.
+
+Parameter layout (LLaVA / RexSeek style)::
+
+    model.*                  the LLM body (e.g. LlamaModel / Qwen2Model)
+    lm_head.*                the LLM's output projection
+    vision_tower.*           CLIP ViT (vision_tower.vision_tower.{embeddings,pre_layrnorm,encoder,post_layernorm}.*)
+    vision_tower_aux.*       ConvNeXt trunk (vision_tower_aux.trunk.*)
+    mm_projector.{0,2}.*     Linear(C_clip + C_last → H), GELU, Linear(H → H)
+    mm_object_projector.{0,2}.*  Linear(C_total → H), GELU, Linear(H → H)
+
+Sequence layout: the processor writes g² ``<image>`` placeholders (one per image token) and one
+``<objfeat>`` placeholder per box; :meth:`ChatRexForConditionalGeneration.merge_multimodal_embeddings`
+replaces them with the projected image tokens and object tokens, once, before the LLM runs (at the
+prefill step during generation).
+
+The LLM is any transformers causal LM whose ``*ForCausalLM`` class is a base model plus a linear
+``lm_head`` (Llama, Qwen2, Mistral, …); model-specific logit post-processing (e.g. Gemma's soft-capping)
+is not applied.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from chatrex.mllm.configuration_chatrex import ChatRexConfig
+from chatrex.mllm.object_encoder import encode_objects, validate_boxes
+from chatrex.mllm.vision_towers import CLIPVisionTower, ConvNeXtTower, ConvNeXtTowerConfig
+
+#: Maps the original LLaVA training layout (everything but ``lm_head`` under ``model.``) to ours.
+LLAVA_KEY_MAPPING: dict[str, str] = {
+    r"^model\.vision_tower\.vision_tower\.vision_model\.": "vision_tower.vision_tower.",
+    r"^model\.vision_tower\.": "vision_tower.",
+    r"^model\.vision_tower_aux\.": "vision_tower_aux.",
+    r"^model\.mm_projector\.": "mm_projector.",
+    r"^model\.mm_object_projector\.": "mm_object_projector.",
+}
+#: Maps an open_clip ConvNeXt checkpoint (``visual.trunk.*``) onto the high-resolution tower.
+OPEN_CLIP_CONVNEXT_KEY_MAPPING: dict[str, str] = {r"^visual\.trunk\.": "vision_tower_aux.trunk."}
+#: Maps a transformers ``CLIPVisionModel`` checkpoint (old ``vision_model.*`` or new flat keys) onto the CLIP tower.
+HF_CLIP_KEY_MAPPING: dict[str, str] = {r"^(vision_model\.)?": "vision_tower.vision_tower."}
+
+KeyMapping = Mapping[str, str] | Callable[[str], str | None] | None
+
+
+def apply_key_mapping(state_dict: Mapping[str, torch.Tensor], key_mapping: KeyMapping) -> dict[str, torch.Tensor]:
+    """Rename checkpoint keys.
+
+    ``key_mapping`` is either a dict ``{regex: replacement}`` (applied in order with ``re.sub``, the first
+    pattern that matches wins) or a callable ``key -> new key`` (return ``None`` to drop the key).
+    """
+    if key_mapping is None:
+        return dict(state_dict)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if callable(key_mapping):
+            new = key_mapping(key)
+        else:
+            new = key
+            for pattern, repl in key_mapping.items():
+                if re.search(pattern, key):
+                    new = re.sub(pattern, repl, key)
+                    break
+        if new is not None:
+            out[new] = value
+    return out
+
+
+@dataclass
+class LoadReport:
+    """What happened when a state dict was loaded."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def summary(self, limit: int = 10) -> str:
+        def show(keys):
+            keys = list(keys)
+            head = ", ".join(str(k) for k in keys[:limit])
+            return head + (f", … ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+        lines = [f"loaded {len(self.loaded)} tensors"]
+        if self.missing:
+            lines.append(f"missing {len(self.missing)} (left as initialised): {show(self.missing)}")
+        if self.unexpected:
+            lines.append(f"unexpected {len(self.unexpected)} (ignored): {show(self.unexpected)}")
+        if self.mismatched:
+            lines.append(
+                f"shape mismatch {len(self.mismatched)} (not loaded): "
+                + show(f"{k} checkpoint {a} vs model {b}" for k, a, b in self.mismatched)
+            )
+        return "\n".join(lines)
+
+
+def _read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+        if not files:
+            files = sorted(f for f in os.listdir(path) if f.endswith((".bin", ".pt", ".pth")))
+        if not files:
+            raise FileNotFoundError(f"no .safetensors/.bin/.pt checkpoint files in folder '{path}'")
+        out: dict[str, torch.Tensor] = {}
+        for f in files:
+            out.update(_read_checkpoint(os.path.join(path, f)))
+        return out
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint '{path}' does not exist")
+    if path.endswith(".safetensors"):
+        return load_file(path)
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - re-raised with the file named
+        raise ValueError(f"cannot read checkpoint '{path}': {err}") from err
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ValueError(f"checkpoint '{path}' does not hold a state dict (got {type(sd).__name__})")
+    return sd
+
+
+@torch.no_grad()
+def load_state_dict_report(
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor] | str | os.PathLike,
+    key_mapping: KeyMapping = None,
+    strict: bool = False,
+) -> LoadReport:
+    """Load (part of) a checkpoint into ``model`` and report missing / unexpected / mismatched keys.
+
+    Args:
+        state_dict: tensors, or a path to a ``.safetensors`` / ``.bin`` file or a folder of them.
+        key_mapping: see :func:`apply_key_mapping`.
+        strict: raise ``ValueError`` with the report when anything is missing, unexpected or mismatched.
+    Tensors with matching names and shapes are copied; nothing else is touched.
+    """
+    if not isinstance(state_dict, Mapping):
+        state_dict = _read_checkpoint(state_dict)
+    sd = apply_key_mapping(state_dict, key_mapping)
+    own = model.state_dict()
+    report = LoadReport()
+    to_load = {}
+    for key, value in sd.items():
+        if key not in own:
+            report.unexpected.append(key)
+        elif tuple(own[key].shape) != tuple(value.shape):
+            report.mismatched.append((key, tuple(value.shape), tuple(own[key].shape)))
+        else:
+            to_load[key] = value
+            report.loaded.append(key)
+    tied = dict(getattr(model, "all_tied_weights_keys", {}) or {})  # target -> source
+    report.missing = [k for k in own if k not in sd and not (k in tied and tied[k] in sd)]
+    model.load_state_dict(to_load, strict=False)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    if strict and not report.ok:
+        raise ValueError("checkpoint does not match the model:\n" + report.summary())
+    return report
+
+
+def _projector(in_dim: int, hidden: int, act: str) -> nn.Sequential:
+    from transformers.activations import ACT2FN
+
+    return nn.Sequential(nn.Linear(in_dim, hidden), ACT2FN[act], nn.Linear(hidden, hidden))
+
+
+class ChatRexPreTrainedModel(PreTrainedModel):
+    config_class = ChatRexConfig
+    config: ChatRexConfig
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+
+
+class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
+    """ChatRex: answers questions about an image and a list of boxes, referring to boxes by ``<objK>``."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: ChatRexConfig):
+        super().__init__(config)
+        llm = AutoModelForCausalLM.from_config(config.text_config)
+        # share one text config object between ours and the LLM's (attention implementation, vocab size)
+        config.text_config = llm.config
+        body = getattr(llm, llm.base_model_prefix, None)
+        head = llm.get_output_embeddings()
+        if body is None or not isinstance(head, nn.Linear):
+            raise ValueError(
+                f"{type(llm).__name__} is not a base model + linear lm_head; ChatRex needs a causal LM shaped like "
+                "LlamaForCausalLM / Qwen2ForCausalLM"
+            )
+        self.model = body
+        self.lm_head = head
+        emb = body.get_input_embeddings()
+        emb_name = next(name for name, module in body.named_modules() if module is emb)
+        if emb_name != "embed_tokens":
+            self._tied_weights_keys = {"lm_head.weight": f"model.{emb_name}.weight"}
+
+        self.vision_tower = CLIPVisionTower(config.vision_config, feature_layer=config.vision_feature_layer)
+        self.vision_tower_aux = ConvNeXtTower(ConvNeXtTowerConfig.from_dict(config.aux_vision_config))
+        hidden = config.text_config.hidden_size
+        self.mm_projector = _projector(config.image_feature_dim, hidden, config.projector_hidden_act)
+        self.mm_object_projector = _projector(config.object_feature_dim, hidden, config.projector_hidden_act)
+        self.post_init()
+
+    # ---------------------------------------------------------------- embeddings (HF API)
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.lm_head = value
+
+    def get_decoder(self) -> nn.Module:
+        return self.model
+
+    # ---------------------------------------------------------------- vision
+    def get_image_features(
+        self, pixel_values: torch.Tensor, pixel_values_aux: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Image tokens and ConvNeXt levels.
+
+        Args:
+            pixel_values: (B, 3, S, S) for CLIP (S = 336 at full size).
+            pixel_values_aux: (B, 3, S', S') for ConvNeXt (S' = 768).
+        Returns:
+            image_embeds (B, g², H) after ``mm_projector``; the four ConvNeXt levels (B, C_l, S'/s_l, S'/s_l).
+        """
+        if pixel_values.shape[0] != pixel_values_aux.shape[0]:
+            raise ValueError(
+                f"pixel_values has {pixel_values.shape[0]} images but pixel_values_aux has {pixel_values_aux.shape[0]}"
+            )
+        clip_tokens = self.vision_tower(pixel_values)  # (B, g², C_clip)
+        levels = self.vision_tower_aux(pixel_values_aux)
+        last = levels[-1].flatten(2).transpose(1, 2)  # (B, g², C_last), row-major like the ViT patches
+        if last.shape[1] != clip_tokens.shape[1]:
+            raise ValueError(
+                f"CLIP gives {clip_tokens.shape[1]} tokens but the last ConvNeXt level has {last.shape[1]} cells"
+            )
+        feats = torch.cat([clip_tokens, last.to(clip_tokens.dtype)], dim=-1)
+        proj_dtype = self.mm_projector[0].weight.dtype
+        return self.mm_projector(feats.to(proj_dtype)), levels
+
+    def get_object_features(self, levels: list[torch.Tensor], boxes: list[torch.Tensor]) -> torch.Tensor:
+        """Object tokens (sum K_i, H) for ``boxes`` (B tensors (K_i, 4), xyxy normalised to the padded square)."""
+        feats = encode_objects(levels, boxes, self.config.image_size_aux, self.config.roi_output_size)
+        return self.mm_object_projector(feats.to(self.mm_object_projector[0].weight.dtype))
+
+    def merge_multimodal_embeddings(
+        self,
+        input_ids: torch.Tensor,
+        inputs_embeds: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        pixel_values_aux: torch.Tensor | None,
+        boxes: list[torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """Put image tokens on the ``<image>`` placeholders and object tokens on the ``<objfeat>`` ones.
+
+        Args:
+            input_ids: (B, L); inputs_embeds: (B, L, H) text embeddings of ``input_ids``.
+        Returns:
+            (B, L, H). The k-th ``<objfeat>`` of sample i receives the object token of ``boxes[i][k]``.
+        """
+        cfg = self.config
+        if cfg.image_token_id is None or cfg.objfeat_token_id is None:
+            raise ValueError(
+                "config.image_token_id / objfeat_token_id are not set; call "
+                "chatrex.mllm.tokens.add_chatrex_tokens(tokenizer, model)"
+            )
+        batch = input_ids.shape[0]
+        image_mask = input_ids == cfg.image_token_id
+        obj_mask = input_ids == cfg.objfeat_token_id
+        n_image = image_mask.sum(dim=1).tolist()
+        n_obj = obj_mask.sum(dim=1).tolist()
+
+        if pixel_values is None or pixel_values_aux is None:
+            if any(n_image) or any(n_obj) or boxes is not None:
+                raise ValueError(
+                    "the input has <image>/<objfeat> placeholders or boxes but pixel_values and pixel_values_aux "
+                    "were not both given"
+                )
+            return inputs_embeds
+        if pixel_values.shape[0] != batch:
+            raise ValueError(f"pixel_values has {pixel_values.shape[0]} images for a batch of {batch} sequences")
+        expected = cfg.num_image_tokens
+        for i, n in enumerate(n_image):
+            if n != expected:
+                raise ValueError(
+                    f"sequence {i} has {n} <image> tokens but the model needs exactly {expected} (g² = "
+                    f"{cfg.image_grid}²); build inputs with ChatRexProcessor, which expands <image>"
+                )
+        if boxes is None:
+            boxes = [inputs_embeds.new_zeros((0, 4))] * batch
+        validate_boxes(boxes, batch)
+        for i, (n, b) in enumerate(zip(n_obj, boxes)):
+            if n != b.shape[0]:
+                raise ValueError(f"sequence {i} has {n} <objfeat> tokens but {b.shape[0]} boxes")
+
+        image_embeds, levels = self.get_image_features(pixel_values, pixel_values_aux)
+        image_embeds = image_embeds.to(inputs_embeds.dtype).reshape(-1, inputs_embeds.shape[-1])
+        inputs_embeds = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), image_embeds)
+        if sum(n_obj):
+            object_embeds = self.get_object_features(levels, list(boxes)).to(inputs_embeds.dtype)
+            inputs_embeds = inputs_embeds.masked_scatter(obj_mask.unsqueeze(-1), object_embeds)
+        return inputs_embeds
+
+    # ---------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        pixel_values_aux: torch.FloatTensor | None = None,
+        boxes: list[torch.Tensor] | None = None,
+        labels: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Any = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """Run ChatRex.
+
+        Args:
+            input_ids: (B, L) token ids with g² ``<image>`` and K_i ``<objfeat>`` placeholders per sample.
+            attention_mask: (B, L), 1 for tokens, 0 for padding (left or right).
+            pixel_values: (B, 3, 336, 336) CLIP input; pixel_values_aux: (B, 3, 768, 768) ConvNeXt input.
+            boxes: B tensors (K_i, 4), xyxy normalised to [0, 1] of the padded square; K_i may be 0.
+            labels: (B, L), -100 where no loss is wanted; shifted inside (next-token prediction).
+        Returns:
+            ``CausalLMOutputWithPast`` with ``loss`` (mean over labelled tokens) when labels are given.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+            if pixel_values is not None or pixel_values_aux is not None or boxes is not None:
+                inputs_embeds = self.merge_multimodal_embeddings(
+                    input_ids, inputs_embeds, pixel_values, pixel_values_aux, boxes
+                )
+            elif past_key_values is None or past_key_values.get_seq_length() == 0:
+                # prefill without images: placeholders would silently stay text embeddings
+                self.merge_multimodal_embeddings(input_ids, inputs_embeds, None, None, None)
+        if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
+            past = 0 if past_key_values is None else past_key_values.get_seq_length()
+            if past == 0 and attention_mask.shape[1] == inputs_embeds.shape[1]:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        outputs = self.model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden[:, slice_indices, :])
+        loss = None
+        if labels is not None:
+            loss = causal_lm_loss(logits, labels)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    # ---------------------------------------------------------------- generation
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.LongTensor,
+        *args: Any,
+        boxes: list[torch.Tensor] | None = None,
+        pixel_values_aux: torch.Tensor | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """Standard preparation; ``pixel_values``, ``pixel_values_aux`` and ``boxes`` go to the prefill step
+        only (the merged embeddings then live in the KV cache). Boxes are repeated per beam / sample when
+        ``generate`` expanded the batch (``num_beams`` / ``num_return_sequences``)."""
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, *args, is_first_iteration=is_first_iteration, **kwargs
+        )
+        if is_first_iteration or not kwargs.get("use_cache", True):
+            if boxes is not None:
+                batch = input_ids.shape[0]
+                if len(boxes) != batch and len(boxes) and batch % len(boxes) == 0:
+                    repeat = batch // len(boxes)
+                    boxes = [b for b in boxes for _ in range(repeat)]
+                model_inputs["boxes"] = boxes
+            model_inputs["pixel_values_aux"] = pixel_values_aux
+        else:
+            model_inputs.pop("boxes", None)
+            model_inputs.pop("pixel_values_aux", None)
+        return model_inputs
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean next-token cross-entropy: logits[:, t] predicts labels[:, t + 1]; ``ignore_index`` is skipped."""
+    if labels.shape != logits.shape[:2]:
+        raise ValueError(f"labels have shape {tuple(labels.shape)} but logits cover {tuple(logits.shape[:2])}")
+    shift_logits = logits[:, :-1].float().reshape(-1, logits.shape[-1])
+    shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
+    return nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=ignore_index)
+
+
+__all__ = [
+    "ChatRexPreTrainedModel",
+    "ChatRexForConditionalGeneration",
+    "LoadReport",
+    "load_state_dict_report",
+    "apply_key_mapping",
+    "causal_lm_loss",
+    "LLAVA_KEY_MAPPING",
+    "OPEN_CLIP_CONVNEXT_KEY_MAPPING",
+    "HF_CLIP_KEY_MAPPING",
+]

@@ -1,0 +1,326 @@
+"""ChatRexProcessor: images + boxes + questions (+ answers) → model inputs.
+
+Prompt (user turn, wrapped in the tokenizer's chat template with ``add_generation_prompt=True``)::
+
+    <image>
+    <obj0><objfeat><obj1><objfeat>…<objK-1><objfeat>
+    {question}
+
+(the object line is left out when there are no boxes). In the token ids, ``<image>`` is repeated g² times
+(576 at full size) — one placeholder per image token — and each ``<objfeat>`` is one placeholder for one
+box's object token. Images are padded to a centred square (see :mod:`chatrex.mllm.image_processing`).
+
+For training, ``answers=`` appends the assistant turn and builds ``labels``: -100 everywhere except the
+answer tokens and the end-of-turn token that closes them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+import torch
+from transformers import AutoTokenizer, BatchFeature
+
+from chatrex.mllm.image_processing import (
+    CLIP_MEAN,
+    CLIP_STD,
+    ChatRexImageProcessor,
+    SquareFrame,
+    denormalize_boxes,
+    normalize_boxes,
+)
+from chatrex.mllm.tokens import IMAGE_TOKEN, MAX_OBJECTS, OBJFEAT_TOKEN, chatrex_token_ids, obj_token
+
+PROCESSOR_FILE = "processor_config.json"
+MAX_BOXES_POLICIES = ("error", "topk")
+
+
+def select_boxes(num_boxes: int, scores: Sequence[float] | None = None, max_boxes: int = MAX_OBJECTS,
+                 policy: str = "error", what: str = "the image") -> list[int]:
+    """Indices of the boxes to keep (in their original order).
+
+    ``policy="error"``: more than ``max_boxes`` boxes raise ``ValueError``. ``policy="topk"``: keep the
+    ``max_boxes`` highest-scoring boxes when ``scores`` are given, else the first ``max_boxes``.
+    """
+    if policy not in MAX_BOXES_POLICIES:
+        raise ValueError(f"max_boxes_policy must be one of {MAX_BOXES_POLICIES}; got '{policy}'")
+    if scores is not None and len(scores) != num_boxes:
+        raise ValueError(f"{what} has {num_boxes} boxes but {len(scores)} scores")
+    if num_boxes <= max_boxes:
+        return list(range(num_boxes))
+    if policy == "error":
+        raise ValueError(
+            f"{what} has {num_boxes} boxes but ChatRex takes at most {max_boxes} (<obj0>…<obj{max_boxes - 1}>); "
+            "pass fewer boxes or max_boxes_policy='topk'"
+        )
+    if scores is None:
+        return list(range(max_boxes))
+    s = torch.as_tensor(list(scores), dtype=torch.float64)
+    order = torch.sort(-s, stable=True).indices[:max_boxes]
+    return sorted(order.tolist())
+
+
+class ChatRexProcessor:
+    """Turns (image, boxes, question[, answer]) into ``input_ids``, ``attention_mask``, ``pixel_values``,
+    ``pixel_values_aux``, ``boxes`` (and ``labels``).
+
+    Args:
+        tokenizer: a tokenizer with a chat template and the ChatRex tokens
+            (:func:`chatrex.mllm.tokens.add_chatrex_tokens`).
+        image_processor: a :class:`ChatRexImageProcessor`; built from the size/mean/std arguments if omitted.
+        patch_size: CLIP patch size; ``<image>`` stands for ``(image_size // patch_size)²`` tokens.
+        max_boxes / max_boxes_policy: see :func:`select_boxes`.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        image_processor: ChatRexImageProcessor | None = None,
+        *,
+        image_size: int = 336,
+        image_size_aux: int = 768,
+        image_mean: Sequence[float] = CLIP_MEAN,
+        image_std: Sequence[float] = CLIP_STD,
+        image_mean_aux: Sequence[float] | None = None,
+        image_std_aux: Sequence[float] | None = None,
+        patch_size: int = 14,
+        max_boxes: int = MAX_OBJECTS,
+        max_boxes_policy: str = "error",
+    ):
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor or ChatRexImageProcessor(
+            image_size, image_size_aux, image_mean, image_std, image_mean_aux, image_std_aux
+        )
+        self.patch_size = int(patch_size)
+        if self.image_processor.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_processor.image_size} is not a multiple of patch_size {patch_size}")
+        if not 1 <= max_boxes <= MAX_OBJECTS:
+            raise ValueError(f"max_boxes must be in [1, {MAX_OBJECTS}]; got {max_boxes}")
+        if max_boxes_policy not in MAX_BOXES_POLICIES:
+            raise ValueError(f"max_boxes_policy must be one of {MAX_BOXES_POLICIES}; got '{max_boxes_policy}'")
+        self.max_boxes = int(max_boxes)
+        self.max_boxes_policy = max_boxes_policy
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError("the tokenizer has no chat_template; set tokenizer.chat_template before building the processor")
+        self.token_ids = chatrex_token_ids(tokenizer)
+        self.image_token_id = self.token_ids[IMAGE_TOKEN]
+        self.objfeat_token_id = self.token_ids[OBJFEAT_TOKEN]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if pad is None:
+            raise ValueError("the tokenizer has neither a pad token nor an eos token to pad with")
+        self.pad_token_id = int(pad)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def num_image_tokens(self) -> int:
+        return (self.image_processor.image_size // self.patch_size) ** 2
+
+    @property
+    def special_ids(self) -> set[int]:
+        """Ids of special tokens other than the ChatRex ones (bos, eos, pad, end-of-turn, …)."""
+        tok = self.tokenizer
+        ids = set(int(i) for i in tok.all_special_ids)
+        ids |= {int(i) for i, t in tok.added_tokens_decoder.items() if getattr(t, "special", False)}
+        return ids - set(self.token_ids.values())
+
+    # ------------------------------------------------------------------ text
+    @staticmethod
+    def build_user_text(question: str, num_boxes: int) -> str:
+        """``<image>\\n<obj0><objfeat>…\\n{question}`` (no object line when ``num_boxes`` is 0)."""
+        if not isinstance(question, str):
+            raise ValueError(f"question must be a string; got {type(question).__name__}")
+        if num_boxes == 0:
+            return f"{IMAGE_TOKEN}\n{question}"
+        objs = "".join(f"{obj_token(k)}{OBJFEAT_TOKEN}" for k in range(num_boxes))
+        return f"{IMAGE_TOKEN}\n{objs}\n{question}"
+
+    def _template(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def _ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    def _expand_image(self, ids: list[int]) -> list[int]:
+        out: list[int] = []
+        for i in ids:
+            out.extend([i] * self.num_image_tokens if i == self.image_token_id else [i])
+        return out
+
+    def encode_text(self, question: str, num_boxes: int, answer: str | None = None) -> tuple[list[int], list[int] | None]:
+        """Token ids (with ``<image>`` expanded) and, when ``answer`` is given, labels."""
+        user = {"role": "user", "content": self.build_user_text(question, num_boxes)}
+        prompt = self._template([user], add_generation_prompt=True)
+        if answer is None:
+            return self._expand_image(self._ids(prompt)), None
+        if not isinstance(answer, str):
+            raise ValueError(f"answer must be a string; got {type(answer).__name__}")
+        full = self._template([user, {"role": "assistant", "content": answer}], add_generation_prompt=False)
+        if not full.startswith(prompt):
+            raise ValueError("the chat template renders the user turn differently with and without the answer; "
+                             "cannot find where the answer starts")
+        rest = full[len(prompt):]
+        pos = rest.find(answer)
+        if pos < 0:
+            raise ValueError("the chat template changed the answer text; cannot locate it to build labels")
+        head = self._ids(prompt + rest[:pos])
+        ans = self._ids(answer)
+        tail = self._ids(rest[pos + len(answer):])
+        special = self.special_ids
+        n_tail_labelled = 0
+        for j, t in enumerate(tail):
+            if t in special:
+                n_tail_labelled = j + 1  # answer → end-of-turn token (inclusive)
+                break
+        ids = head + ans + tail
+        labels = [-100] * len(head) + ans + tail[:n_tail_labelled] + [-100] * (len(tail) - n_tail_labelled)
+        # expand <image> in both (labels there are -100 anyway)
+        exp_ids, exp_labels = [], []
+        for i, l in zip(ids, labels):
+            n = self.num_image_tokens if i == self.image_token_id else 1
+            exp_ids.extend([i] * n)
+            exp_labels.extend([l if n == 1 else -100] * n)
+        return exp_ids, exp_labels
+
+    # ------------------------------------------------------------------ main entry points
+    def __call__(
+        self,
+        images: Sequence[Any],
+        questions: Sequence[str],
+        boxes: Sequence[Any] | None = None,
+        answers: Sequence[str] | None = None,
+        scores: Sequence[Sequence[float] | None] | None = None,
+        padding_side: str | None = None,
+        max_boxes_policy: str | None = None,
+        return_frames: bool = False,
+    ) -> BatchFeature:
+        """Batch of B (image, question, boxes[, answer]).
+
+        Args:
+            images: B images (paths, PIL, arrays — anything :func:`chatrex.utils.image.load_image` takes).
+            questions: B strings.
+            boxes: B lists of ``[x0, y0, x1, y1]`` in original-image pixels (or None for no boxes).
+            answers: B strings for training (adds ``labels``).
+            scores: per image, box scores for ``max_boxes_policy="topk"``.
+            padding_side: "left" (default for generation) or "right" (default when ``answers`` are given).
+            return_frames: also return ``frames`` (list of :class:`SquareFrame`) and ``kept_boxes`` (indices
+                of the boxes kept per image) — do not pass those two to the model.
+        Returns:
+            ``BatchFeature`` with ``input_ids`` (B, L), ``attention_mask`` (B, L), ``pixel_values``
+            (B, 3, 336, 336), ``pixel_values_aux`` (B, 3, 768, 768), ``boxes`` (B tensors (K_i, 4), xyxy in
+            [0, 1] of the padded square) and, with answers, ``labels`` (B, L).
+        """
+        if isinstance(questions, str):
+            raise ValueError("questions must be a list of strings (one per image); use process() for one image")
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        n = len(images)
+        if len(questions) != n:
+            raise ValueError(f"got {n} images but {len(questions)} questions")
+        boxes = list(boxes) if boxes is not None else [None] * n
+        if len(boxes) != n:
+            raise ValueError(f"got {n} images but {len(boxes)} box lists")
+        if answers is not None and len(answers) != n:
+            raise ValueError(f"got {n} images but {len(answers)} answers")
+        scores = list(scores) if scores is not None else [None] * n
+        if len(scores) != n:
+            raise ValueError(f"got {n} images but {len(scores)} score lists")
+        policy = max_boxes_policy or self.max_boxes_policy
+        side = padding_side or ("right" if answers is not None else "left")
+        if side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right'; got '{side}'")
+
+        vision = self.image_processor(images)
+        frames: list[SquareFrame] = vision["frames"]
+        box_tensors, kept, seqs, labs = [], [], [], []
+        for i in range(n):
+            what = f"image {i}"
+            try:
+                b = normalize_boxes(boxes[i], frames[i])
+            except ValueError as err:
+                raise ValueError(f"{what}: {err}") from None
+            keep = select_boxes(b.shape[0], scores[i], self.max_boxes, policy, what)
+            b = b[keep]
+            ids, lab = self.encode_text(questions[i], b.shape[0], None if answers is None else answers[i])
+            box_tensors.append(b)
+            kept.append(keep)
+            seqs.append(ids)
+            labs.append(lab)
+
+        length = max(len(s) for s in seqs)
+        input_ids = torch.full((n, length), self.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((n, length), dtype=torch.long)
+        labels = torch.full((n, length), -100, dtype=torch.long) if answers is not None else None
+        for i, s in enumerate(seqs):
+            sl = slice(length - len(s), length) if side == "left" else slice(0, len(s))
+            input_ids[i, sl] = torch.tensor(s, dtype=torch.long)
+            attention[i, sl] = 1
+            if labels is not None:
+                labels[i, sl] = torch.tensor(labs[i], dtype=torch.long)
+        data: dict[str, Any] = {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "pixel_values": vision["pixel_values"],
+            "pixel_values_aux": vision["pixel_values_aux"],
+            "boxes": box_tensors,
+        }
+        if labels is not None:
+            data["labels"] = labels
+        if return_frames:
+            data["frames"] = frames
+            data["kept_boxes"] = kept
+        return BatchFeature(data=data)
+
+    def process(self, image: Any, question: str, bbox: Any = None, answer: str | None = None,
+                scores: Sequence[float] | None = None, **kwargs: Any) -> BatchFeature:
+        """Single-image form of the official API: ``process(image=..., question=..., bbox=[[x0,y0,x1,y1], ...])``."""
+        return self(
+            [image], [question], [bbox], None if answer is None else [answer],
+            None if scores is None else [scores], **kwargs,
+        )
+
+    # ------------------------------------------------------------------ boxes & decoding
+    def normalize_boxes(self, boxes: Any, frame: SquareFrame) -> torch.Tensor:
+        return normalize_boxes(boxes, frame)
+
+    def denormalize_boxes(self, boxes_norm: Any, frame: SquareFrame) -> torch.Tensor:
+        return denormalize_boxes(boxes_norm, frame)
+
+    def decode(self, ids: Any, keep_chatrex_tokens: bool = True) -> str:
+        """Text of ``ids``; drops bos/eos/pad/end-of-turn but keeps ``<ground>``, ``<objK>``, … (for the parser)."""
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        if not keep_chatrex_tokens:
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
+        drop = self.special_ids
+        return self.tokenizer.decode([i for i in ids if i not in drop], skip_special_tokens=False)
+
+    def batch_decode(self, sequences: Any, keep_chatrex_tokens: bool = True) -> list[str]:
+        return [self.decode(s, keep_chatrex_tokens) for s in sequences]
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return {"processor_class": "ChatRexProcessor", "patch_size": self.patch_size, "max_boxes": self.max_boxes,
+                "max_boxes_policy": self.max_boxes_policy}
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        os.makedirs(folder, exist_ok=True)
+        self.tokenizer.save_pretrained(folder)
+        self.image_processor.save_pretrained(folder)
+        with open(os.path.join(folder, PROCESSOR_FILE), "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, **kwargs: Any) -> "ChatRexProcessor":
+        folder = os.fspath(folder)
+        path = os.path.join(folder, PROCESSOR_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no {PROCESSOR_FILE} in '{folder}'; was it saved with ChatRexProcessor.save_pretrained?")
+        with open(path) as f:
+            cfg = json.load(f)
+        cfg.pop("processor_class", None)
+        cfg.update(kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        return cls(tokenizer, ChatRexImageProcessor.from_pretrained(folder), **cfg)
+
+
+__all__ = ["ChatRexProcessor", "select_boxes", "MAX_BOXES_POLICIES"]
