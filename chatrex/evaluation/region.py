@@ -149,10 +149,14 @@ def caption_metrics(
     if java:
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+        # One tokenizer run (one JVM start) for predictions and references together.
+        n = len(keys)
+        batch = {i: [{"caption": strip_tags(predictions[k] or "")}] for i, k in enumerate(keys)}
+        batch.update({n + i: [{"caption": strip_tags(r)} for r in references[k]] for i, k in enumerate(keys)})
         with contextlib.redirect_stdout(io.StringIO()):
-            tok = PTBTokenizer()
-            res = tok.tokenize({i: [{"caption": strip_tags(predictions[k] or "")}] for i, k in enumerate(keys)})
-            gts = tok.tokenize({i: [{"caption": strip_tags(r)} for r in references[k]] for i, k in enumerate(keys)})
+            tokens = PTBTokenizer().tokenize(batch)
+        res = {i: tokens[i] for i in range(n)}
+        gts = {i: tokens[n + i] for i in range(n)}
     else:
         res = {i: [simple_tokenize(predictions[k])] for i, k in enumerate(keys)}
         gts = {i: [simple_tokenize(r) for r in references[k]] for i, k in enumerate(keys)}
