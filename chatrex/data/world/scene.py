@@ -485,6 +485,7 @@ def build_record(
         record["split"] = split
     if seed is not None:
         record["seed"] = int(seed)
+    record["background"] = layout.background
     record["regions"] = regions
     record["relations"] = relations
     return record
