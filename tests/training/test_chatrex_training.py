@@ -1,0 +1,162 @@
+import json
+import random
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from chatrex.data.chatrex_dataset import ChatRexDataConfig, ChatRexDataset, build_box_list, render_task
+from chatrex.grounding import parse_grounded
+from chatrex.training.chatrex_task import ChatRexTask, ChatRexTaskConfig
+from chatrex.training.config import TrainConfig
+from chatrex.training.trainer import Trainer
+
+TINY_VISION = {
+    "vision_config": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                          patch_size=14, image_size=56, projection_dim=32),
+    "aux_vision_config": dict(depths=[1, 1, 1, 1], dims=[8, 16, 32, 64], image_size=128),
+}
+
+
+def _record(i):
+    box_a, box_b, wheel = [4, 4, 40, 30], [50, 10, 90, 50], [8, 20, 18, 30]
+    text = "A red car is next to a blue house."
+    return {
+        "id": f"r{i}", "image": f"images/{i}.png", "width": 96, "height": 64,
+        "regions": [
+            {"id": 0, "box": box_a, "category": "car", "level": "instance", "phrase": "a red car",
+             "description": "A red car on the left.", "referring": "the red car"},
+            {"id": 1, "box": box_b, "category": "house", "level": "instance", "phrase": "a blue house",
+             "description": "A blue house on the right.", "referring": "the blue house"},
+            {"id": 2, "box": wheel, "category": "wheel", "level": "part", "parent": 0, "phrase": "the wheel of the red car"},
+        ],
+        "captions": [{"kind": "brief", "text": text, "groundings": [
+            {"span": [2, 9], "phrase": "red car", "regions": [0]}, {"span": [23, 33], "phrase": "blue house", "regions": [1]}]}],
+        "conversations": [{"question": "What is next to the house?", "answer": "A red car.",
+                           "groundings": [{"span": [2, 9], "phrase": "red car", "regions": [0]}]}],
+    }
+
+
+@pytest.fixture()
+def data_file(tmp_path):
+    (tmp_path / "images").mkdir()
+    lines = []
+    for i in range(4):
+        im = Image.new("RGB", (96, 64), (200, 200, 200))
+        d = ImageDraw.Draw(im)
+        d.rectangle([4, 4, 40, 30], fill=(220, 20, 20))
+        d.rectangle([50, 10, 90, 50], fill=(20, 20, 220))
+        im.save(tmp_path / "images" / f"{i}.png")
+        lines.append(json.dumps(_record(i)))
+    p = tmp_path / "train.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+@pytest.fixture()
+def base_dir(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.mllm.conftest import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    torch.manual_seed(0)
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                                       tie_word_embeddings=False))
+    out = tmp_path / "base"
+    llm.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_box_list_mixes_proposals_and_keeps_gt_unique():
+    rec = _record(0)
+    rng = random.Random(0)
+    cfg = ChatRexDataConfig(synth_proposals=(20, 20))
+    boxes, index_of = build_box_list(rec, rng, cfg)
+    assert set(index_of) == {0, 1, 2}
+    assert len(boxes) > 3 and len(boxes) <= 100
+    from torchvision.ops import box_iou
+
+    gt = torch.tensor([r["box"] for r in rec["regions"]], dtype=torch.float32)
+    props = torch.tensor([b for i, b in enumerate(boxes) if i not in index_of.values()])
+    assert (box_iou(props, gt) <= 0.9).all()  # near-duplicates of ground truth are dropped
+    # shuffled: over seeds the ground-truth region 0 lands at different indices
+    spots = {build_box_list(rec, random.Random(s), cfg)[1][0] for s in range(10)}
+    assert len(spots) > 3
+    rec["proposals"] = [{"box": [0, 0, 10, 10], "score": 0.9}, {"box": [4, 4, 40, 30.5], "score": 0.8}]
+    boxes, index_of = build_box_list(rec, random.Random(1), cfg)
+    assert len(boxes) == 4  # the near-duplicate proposal is dropped
+
+
+def test_every_task_renders_an_answer_that_parses_to_the_right_boxes():
+    rec = _record(0)
+    boxes, index_of = build_box_list(rec, random.Random(3), ChatRexDataConfig())
+    vocab = ["car", "house", "wheel", "tree", "cat"]
+    for task in ["detection", "referring", "region_category", "region_phrase", "region_sentence", "region_brief",
+                 "region_classification", "counting", "caption_brief", "conversation"]:
+        q, a = render_task(task, rec, index_of, vocab, random.Random(5), absent_prob=0.0)
+        parsed = parse_grounded(a, num_boxes=len(boxes))
+        assert not parsed.dropped, (task, a, parsed.dropped)
+        assert parsed.groundings, task
+        if task == "referring":
+            assert parsed.groundings[0].indices == [index_of[0]] or parsed.groundings[0].indices == [index_of[1]]
+    assert render_task("caption_detailed", rec, index_of, vocab, random.Random(5)) is None
+    q, a = render_task("counting", rec, index_of, ["tree"], random.Random(0), absent_prob=1.0)
+    assert "no" in a and parse_grounded(a).groundings[0].indices == []
+
+
+def test_dataset_items(data_file):
+    ds = ChatRexDataset(ChatRexDataConfig(files=[str(data_file)], stage="stage2"))
+    tasks = {ds[(i % 4)]["task"] for i in range(4)}
+    from chatrex.training.sampler import SeededIndex
+
+    tasks = {ds[SeededIndex(i % 4, i)]["task"] for i in range(40)}
+    assert len(tasks) >= 5
+    with pytest.raises(ValueError, match="unknown tasks"):
+        ChatRexDataset(ChatRexDataConfig(files=[str(data_file)], task_weights={"dance": 1.0}))
+
+
+def _logits(model, processor, image_path):
+    batch = processor.process(image=str(image_path), question="Please detect car in this image.",
+                              bbox=[[4, 4, 40, 30], [50, 10, 90, 50]])
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def test_two_stages_train_and_export_as_delta(tmp_path, data_file, base_dir):
+    from chatrex.mllm.delta import load_delta
+
+    common = dict(base=str(base_dir), vision=TINY_VISION, data={"files": [str(data_file)]})
+    s1 = ChatRexTask(ChatRexTaskConfig.from_dict({"stage": "stage1", **common}))
+    cfg = TrainConfig(output_dir=str(tmp_path / "s1"), max_steps=3, batch_size=2, lr=1e-3, warmup_steps=1,
+                      save_every=3, log_every=1, num_workers=0)
+    m1 = Trainer(s1, cfg, device="cpu", progress=False).fit()
+    trained = {n for n, p in m1.named_parameters() if p.requires_grad}
+    assert any(n.startswith("vision_tower.") for n in trained) and not any(n.startswith("model.layers.") for n in trained)
+    base_rows = s1.base_vocab_size
+    # base embedding rows never change; the tokens' rows may
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    torch.testing.assert_close(m1.get_input_embeddings().weight[:base_rows], base.get_input_embeddings().weight[:base_rows])
+    loaded, tok = load_delta(tmp_path / "s1" / "final")
+    image = data_file.parent / "images" / "0.png"
+    torch.testing.assert_close(_logits(loaded, s1.processor, image), _logits(m1.eval(), s1.processor, image),
+                               rtol=2e-2, atol=2e-2)  # delta stored in bf16
+
+    s2 = ChatRexTask(ChatRexTaskConfig.from_dict({"stage": "stage2", "init_from": str(tmp_path / "s1" / "final"),
+                                                  "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, **common}))
+    cfg2 = TrainConfig(output_dir=str(tmp_path / "s2"), max_steps=3, batch_size=2, lr=1e-2, warmup_steps=1,
+                       save_every=3, log_every=1, num_workers=0)
+    m2 = Trainer(s2, cfg2, device="cpu", progress=False).fit()
+    assert any("lora_" in n for n, p in m2.named_parameters() if p.requires_grad)
+    final = tmp_path / "s2" / "final"
+    assert all(f.stat().st_size <= 16 * 1024 * 1024 for f in final.glob("*.safetensors"))
+    loaded2, _ = load_delta(final)
+    assert not any("lora_" in n for n, _ in loaded2.named_parameters())  # merged
+    torch.testing.assert_close(_logits(loaded2, s2.processor, image), _logits(m2.eval(), s2.processor, image),
+                               rtol=3e-2, atol=3e-2)
+    rows = [json.loads(x) for x in (tmp_path / "s2" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["answer_tokens"] > 0 for r in rows)
