@@ -186,6 +186,14 @@ def test_bad_specs_and_records_are_named():
         annotate({"id": "x", "regions": []}, random.Random(0))
     with pytest.raises(LanguageError, match="empty"):
         annotate(_record([_region(0, (5, 5, 5, 9), "cat")]), random.Random(0))
+    with pytest.raises(LanguageError, match="relation"):
+        annotate(_record([_region(0, (0, 0, 5, 5), "cat")], relations=[{"subject": 0, "object": 0}]),
+                 random.Random(0))
+    with pytest.raises(LanguageError, match="unknown region"):
+        annotate(_record([_region(0, (0, 0, 5, 5), "cat")],
+                         relations=[{"subject": 0, "predicate": "above", "object": 9}]), random.Random(0))
+    with pytest.raises(LanguageError, match="random.Random"):
+        annotate(_record([]), 3)
     with pytest.raises(LanguageError, match="missing parent"):
         annotate(_record([_region(0, (0, 0, 5, 5), "wheel", "part", 7)]), random.Random(0))
 

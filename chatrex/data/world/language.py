@@ -26,8 +26,9 @@ Referring expressions have a *structured* form (a JSON-able dict, the "spec") th
 
 Filters apply in that order. Orders are ``left``/``right``/``top``/``bottom`` (box centres) and
 ``largest``/``smallest`` (box areas); centres closer than :data:`POSITION_TOLERANCE` of the narrower
-box's extent (areas within :data:`AREA_TOLERANCE` relative) are ties, and a tie at the chosen rank selects all tied
-regions — so an expression that needs a hair-breadth comparison never counts as unique.
+box's extent (areas within :data:`AREA_TOLERANCE` relative) are ties, and a tie at the chosen rank
+selects all tied regions — so an expression that needs a hair-breadth comparison never counts as
+unique.
 
 Everything is deterministic given the ``random.Random`` passed in; the rng only chooses among
 equally valid options (paraphrase templates, which relation to mention, synonyms).
@@ -38,6 +39,7 @@ from __future__ import annotations
 import itertools
 import random
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Mapping, Optional, Sequence
 
 from chatrex.data.world import catalog
@@ -167,6 +169,10 @@ class SceneIndex:
         self.groups: dict[tuple[str, str], list[int]] = {}
         self.attribute_sets: dict[tuple[str, str, str, str], set[int]] = {}
         self.children: dict[int, list[int]] = {}
+        self._category: dict[int, str] = {}
+        self._level: dict[int, str] = {}
+        self._attributes: dict[int, Mapping[str, str]] = {}
+        self._parent: dict[int, Optional[int]] = {}
         for r in regions:
             rid = r.get("id") if isinstance(r, Mapping) else None
             if not isinstance(rid, int) or rid in self.regions:
@@ -183,41 +189,57 @@ class SceneIndex:
                 raise LanguageError(f"record {record.get('id')!r}: region {rid} box {list(box)} is empty")
             level = r.get("level") or "instance"
             self.regions[rid] = r
-            self.geometry[rid] = _Geometry((x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0, (x1 - x0) * (y1 - y0))
+            self._category[rid] = cat
+            self._level[rid] = level
+            self._attributes[rid] = r.get("attributes") or {}
+            self._parent[rid] = r.get("parent")
+            w, h = x1 - x0, y1 - y0
+            self.geometry[rid] = _Geometry((x0 + x1) / 2, (y0 + y1) / 2, w, h, w * h)
             self.groups.setdefault((cat, level), []).append(rid)
             for field, value in (r.get("attributes") or {}).items():
                 self.attribute_sets.setdefault((cat, level, field, value), set()).add(rid)
-        for rid, r in self.regions.items():
-            parent = r.get("parent")
+        for rid, parent in self._parent.items():
             if parent is not None:
                 if parent not in self.regions:
-                    raise LanguageError(f"record {record.get('id')!r}: region {rid} has missing parent {parent}")
+                    raise LanguageError(f"record {record.get('id')!r}: region {rid} has missing parent "
+                                        f"{parent}")
                 self.children.setdefault(parent, []).append(rid)
         self.subjects: dict[tuple[str, int], set[int]] = {}
         self.relations_of: dict[int, list[tuple[str, int]]] = {}
         self.relations_to: dict[int, list[tuple[str, int]]] = {}
-        for rel in record.get("relations") or []:
-            s, p, o = rel.get("subject"), rel.get("predicate"), rel.get("object")
-            if s not in self.regions or o not in self.regions or not isinstance(p, str):
-                raise LanguageError(f"record {record.get('id')!r}: bad relation {dict(rel)!r}")
-            self.subjects.setdefault((p, o), set()).add(s)
-            self.relations_of.setdefault(s, []).append((p, o))
-            self.relations_to.setdefault(o, []).append((p, s))
+        subjects, relations_of, relations_to = self.subjects, self.relations_of, self.relations_to
+        known = self.regions
+        for rel in record.get("relations") or ():
+            try:
+                s, p, o = rel["subject"], rel["predicate"], rel["object"]
+            except (KeyError, TypeError):
+                raise LanguageError(f"record {record.get('id')!r}: a relation needs subject, predicate and "
+                                    f"object, got {rel!r}") from None
+            if s not in known or o not in known or not isinstance(p, str):
+                raise LanguageError(f"record {record.get('id')!r}: bad relation {rel!r} (unknown region or "
+                                    "non-string predicate)")
+            subjects.setdefault((p, o), set()).add(s)
+            relations_of.setdefault(s, []).append((p, o))
+            relations_to.setdefault(o, []).append((p, s))
         self._sorted: dict[tuple[str, str, str], list[int]] = {}
 
     # ------------------------------------------------------------------ helpers
 
     def category(self, rid: int) -> str:
-        return self.regions[rid]["category"]
+        return self._category[rid]
 
     def level(self, rid: int) -> str:
-        return self.regions[rid].get("level") or "instance"
+        """"instance" or "part" (a region without a level counts as an instance)."""
+        return self._level[rid]
 
     def attributes(self, rid: int) -> Mapping[str, str]:
-        return self.regions[rid].get("attributes") or {}
+        return self._attributes[rid]
+
+    def parent(self, rid: int) -> Optional[int]:
+        return self._parent[rid]
 
     def instances(self) -> list[int]:
-        return [rid for rid in self.regions if self.level(rid) == "instance"]
+        return [rid for rid, level in self._level.items() if level == "instance"]
 
     def key(self, rid: int, order: str) -> float:
         g = self.geometry[rid]
@@ -253,7 +275,8 @@ class SceneIndex:
             raise LanguageError(f"a referring spec must be a dict, got {type(spec).__name__}")
         unknown = set(spec) - _SPEC_KEYS
         if unknown:
-            raise LanguageError(f"referring spec has unknown keys {sorted(unknown)}; allowed: {sorted(_SPEC_KEYS)}")
+            raise LanguageError(f"referring spec has unknown keys {sorted(unknown)}; "
+                                f"allowed: {sorted(_SPEC_KEYS)}")
         category = spec.get("category")
         if not isinstance(category, str):
             raise LanguageError(f"referring spec needs a 'category' string, got {category!r}")
@@ -263,11 +286,12 @@ class SceneIndex:
             cands &= self.attribute_sets.get((category, level, field, value), set())
         if spec.get("parent") is not None:
             parents = set(self.resolve(spec["parent"]))
-            cands = {c for c in cands if self.regions[c].get("parent") in parents}
+            cands = {c for c in cands if self._parent[c] in parents}
         relation = spec.get("relation")
         if relation is not None:
             if not isinstance(relation, Mapping) or "predicate" not in relation or "object" not in relation:
-                raise LanguageError(f"referring spec relation needs 'predicate' and 'object', got {relation!r}")
+                raise LanguageError("referring spec relation needs 'predicate' and 'object', "
+                                    f"got {relation!r}")
             objects = self.resolve(relation["object"])
             related: set[int] = set()
             for o in objects:
@@ -277,7 +301,8 @@ class SceneIndex:
         if ordinal is not None:
             order, rank = ordinal.get("order"), ordinal.get("rank", 1)
             if order not in ORDERS:
-                raise LanguageError(f"referring spec ordinal order must be one of {list(ORDERS)}, got {order!r}")
+                raise LanguageError(f"referring spec ordinal order must be one of {list(ORDERS)}, "
+                                    f"got {order!r}")
             if not isinstance(rank, int) or rank < 1:
                 raise LanguageError(f"referring spec ordinal rank must be an integer >= 1, got {rank!r}")
             ranked = [i for i in self.sorted_group(category, level, order) if i in cands]
@@ -306,8 +331,34 @@ class ReferringExpression:
     text: str
 
 
-def _subsets(fields: Sequence[str]) -> list[tuple[str, ...]]:
-    return [c for n in range(len(fields) + 1) for c in itertools.combinations(fields, n)]
+@lru_cache(maxsize=64)
+def _subsets(fields: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """Every subset of ``fields``, fewest first (``()`` first)."""
+    return tuple(c for n in range(len(fields) + 1) for c in itertools.combinations(fields, n))
+
+
+class _Options:
+    """The attribute subsets of one region, fewest first, each with the candidates of its group that
+    share those attribute values. Computed lazily: most regions are unique after the first few."""
+
+    def __init__(self, index: SceneIndex, rid: int, cands: set[int]):
+        self.index, self.rid, self.cands = index, rid, cands
+        attrs = index.attributes(rid)
+        self.subsets = _subsets(tuple(f for f in REFERRING_ATTRIBUTES if attrs.get(f)))
+        self.done: list[tuple[tuple[str, ...], set[int]]] = []
+
+    def __iter__(self):
+        i = 0
+        while i < len(self.subsets):
+            if i == len(self.done):
+                ix, rid = self.index, self.rid
+                attrs, cat, level = ix.attributes(rid), ix.category(rid), ix.level(rid)
+                s = self.cands
+                for f in self.subsets[i]:
+                    s = s & ix.attribute_sets[(cat, level, f, attrs[f])]
+                self.done.append((self.subsets[i], s))
+            yield self.done[i]
+            i += 1
 
 
 class _ReferringBuilder:
@@ -325,27 +376,17 @@ class _ReferringBuilder:
         cat, level = ix.category(rid), ix.level(rid)
         spec: dict = {"category": cat, "level": level}
         cands = set(ix.groups[(cat, level)])
-        parent = ix.regions[rid].get("parent")
+        parent = ix.parent(rid)
         if level == "part" and parent is not None:
             parent_spec = self.spec(parent)
             if parent_spec is None:
                 return spec, set()
             spec["parent"] = parent_spec
-            cands = {c for c in cands if ix.regions[c].get("parent") == parent}
+            cands = {c for c in ix.children[parent] if c in cands}
         return spec, cands
 
-    def _attribute_options(self, rid: int, cands: set[int]) -> list[tuple[tuple[str, ...], set[int]]]:
-        ix = self.index
-        attrs = ix.attributes(rid)
-        cat, level = ix.category(rid), ix.level(rid)
-        fields = [f for f in REFERRING_ATTRIBUTES if attrs.get(f)]
-        out = []
-        for subset in _subsets(fields):
-            s = set(cands)
-            for f in subset:
-                s &= ix.attribute_sets[(cat, level, f, attrs[f])]
-            out.append((subset, s))
-        return out
+    def _attribute_options(self, rid: int, cands: set[int]) -> "_Options":
+        return _Options(self.index, rid, cands)
 
     @staticmethod
     def _with_attrs(spec: dict, attrs: Mapping[str, str], subset: tuple[str, ...]) -> dict:
@@ -491,7 +532,8 @@ def realize(spec: Mapping[str, Any], rng: random.Random, namer: Optional[_Namer]
     return text
 
 
-def referring_expressions(record: Mapping[str, Any] | SceneIndex, rng: random.Random) -> dict[int, Optional[ReferringExpression]]:
+def referring_expressions(record: Mapping[str, Any] | SceneIndex,
+                          rng: random.Random) -> dict[int, Optional[ReferringExpression]]:
     """A unique referring expression for every region (``None`` where no expression is unique)."""
     index = record if isinstance(record, SceneIndex) else SceneIndex(record)
     builder = _ReferringBuilder(index, rng)
@@ -551,7 +593,7 @@ def _short_np(index: SceneIndex, rid: int, namer: _Namer) -> str:
 
 def _phrase(index: SceneIndex, rid: int) -> str:
     cat = index.category(rid)
-    parent = index.regions[rid].get("parent")
+    parent = index.parent(rid)
     if index.level(rid) == "part" and parent is not None:
         pcolor = index.attributes(parent).get("color")
         pnoun = f"{pcolor} {index.category(parent)}" if pcolor else index.category(parent)
@@ -596,7 +638,7 @@ class _Texts:
     def description(self, rid: int) -> GroundedText:
         ix = self.index
         out = GroundedText()
-        parent = ix.regions[rid].get("parent")
+        parent = ix.parent(rid)
         if ix.level(rid) == "part" and parent is not None:
             np = Ref(with_article(_short_np(ix, rid, self.namer)), (rid,))
             parent_ref = self.ref(parent) if self.refs.get(parent) else Ref(
@@ -637,10 +679,7 @@ class _Texts:
         groups = self._category_groups()
         out = GroundedText()
         if not groups:
-            out.sentence(self.rng.choice(("An empty scene{setting}.", "A picture with no objects{setting}.",
-                                          "Nothing but the background{setting}.", "An empty picture{setting}.",
-                                          "A scene without any objects{setting}.")),
-                         {"setting": self._setting(setting)})
+            out.sentence(self.pick("brief_empty"), {"setting": self._setting(setting)})
             return out
         shown = groups[:BRIEF_MAX_CATEGORIES]
         items: list = [self._counted_ref(cat, ids, with_color=True) for cat, ids in shown]
@@ -662,7 +701,7 @@ class _Texts:
         out = GroundedText()
         groups = self._category_groups()
         if not groups:
-            out.sentence("The image contains no objects.", {})
+            out.sentence(self.pick("detailed_empty"), {})
             return out
         out.sentence(self.pick("detailed_counts"),
                      {"counts": [self._counted_ref(cat, ids, with_color=False) for cat, ids in groups]})
@@ -690,7 +729,8 @@ class _Texts:
         self.rng.shuffle(relations)
         for s, p, o in relations[:max_relations]:
             pred = self.rng.choice(PREDICATE_PHRASES.get(p, (p,)))
-            out.sentence(self.pick("detailed_relation"), {"subj": self.ref(s), "pred": pred, "obj": self.ref(o)})
+            out.sentence(self.pick("detailed_relation"),
+                         {"subj": self.ref(s), "pred": pred, "obj": self.ref(o)})
         composites = [rid for rid in ix.instances() if ix.children.get(rid) and self.refs.get(rid)]
         self.rng.shuffle(composites)
         for rid in composites[:max_parts]:
@@ -746,9 +786,10 @@ class _Texts:
                        {"count": Ref(count, tuple(ids))})
             qas.append(self._qa("count", q.text, a))
         # relations: what is <pred> <object>?
+        levels = ix._level
         targets = sorted({(p, o) for (p, o), subs in ix.subjects.items()
-                          if self.refs.get(o) and ix.level(o) == "instance"
-                          and all(ix.level(s) == "instance" for s in subs) and o not in subs})
+                          if levels[o] == "instance" and self.refs.get(o) and o not in subs
+                          and all(levels[s] == "instance" for s in subs)})
         if targets:
             small = [t for t in targets if len(ix.subjects[t]) <= 4] or targets
             predicate, obj = rng.choice(small)
@@ -759,10 +800,12 @@ class _Texts:
             by_phrase: dict[tuple[str, str], list[int]] = {}
             for s in subjects:
                 by_phrase.setdefault((ix.category(s), _short_np(ix, s, _Namer(rng, 0.0))), []).append(s)
-            items = [Ref(counted(len(g), np, _plural_np(np, cat)), tuple(g)) for (cat, np), g in by_phrase.items()]
+            items = [Ref(counted(len(g), np, _plural_np(np, cat)), tuple(g))
+                     for (cat, np), g in by_phrase.items()]
             a = GroundedText()
             be = "is" if len(subjects) == 1 else "are"
-            a.sentence(self.pick("a_relation"), {"subjs": items, "be": be, "pred": pred, "obj": self.ref(obj)})
+            a.sentence(self.pick("a_relation"),
+                       {"subjs": items, "be": be, "pred": pred, "obj": self.ref(obj)})
             qas.append(self._qa("relation", q.text, a))
         # existence, positive
         if groups:
@@ -771,7 +814,8 @@ class _Texts:
             q = GroundedText()
             q.sentence(self.pick("q_exist"), {"np": with_article(noun)})
             a = GroundedText()
-            a.sentence(self.pick("a_exist_yes"), {"count": Ref(counted(len(ids), noun, plural_of(noun)), tuple(ids)),
+            a.sentence(self.pick("a_exist_yes"),
+                       {"count": Ref(counted(len(ids), noun, plural_of(noun)), tuple(ids)),
                                                    "be": "is" if len(ids) == 1 else "are"})
             qas.append(self._qa("exist_yes", q.text, a))
         # existence, negative: a category really absent from the scene
@@ -781,7 +825,8 @@ class _Texts:
             q = GroundedText()
             q.sentence(self.pick("q_exist"), {"np": with_article(noun)})
             a = GroundedText()
-            a.sentence(self.pick("a_exist_no"), {"noun": noun, "plural": plural_of(noun), "np": with_article(noun)})
+            a.sentence(self.pick("a_exist_no"),
+                       {"noun": noun, "plural": plural_of(noun), "np": with_article(noun)})
             qas.append(self._qa("exist_no", q.text, a))
         # an attribute of a referred object
         field = rng.choice(("pattern", "size", "orientation"))

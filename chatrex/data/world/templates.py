@@ -53,6 +53,21 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
         "A scene with {objects}{setting}.",
         "An illustration featuring {objects}{setting}.",
     ),
+    # A scene without objects (setting: as above).
+    "brief_empty": (
+        "An empty scene{setting}.",
+        "A picture with no objects{setting}.",
+        "Nothing but the background{setting}.",
+        "An empty picture{setting}.",
+        "A scene without any objects{setting}.",
+    ),
+    "detailed_empty": (
+        "The image contains no objects.",
+        "There are no objects in this picture.",
+        "The scene is empty: only the background can be seen.",
+        "No objects appear anywhere in the image.",
+        "This picture shows nothing but its background.",
+    ),
     # Suffix when more categories exist than the brief caption names.
     "brief_more": (
         ", among other things",
