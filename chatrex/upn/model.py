@@ -238,7 +238,12 @@ class UPN(nn.Module):
                 dn_content: torch.Tensor | None = None, dn_refpoints: torch.Tensor | None = None,
                 dn_attn_mask: torch.Tensor | None = None) -> dict[str, Any]:
         """See the class docstring. ``mask=None`` means no padding."""
-        canonical_prompt_type(prompt_type, self.config.prompt_types)  # fail before the heavy work
+        # fail on bad arguments before the heavy work
+        canonical_prompt_type(prompt_type, self.config.prompt_types)
+        if dn_content is not None or dn_refpoints is not None:
+            self._check_dn(dn_content, dn_refpoints, dn_attn_mask, images.shape[0] if torch.is_tensor(images) else -1)
+        elif dn_attn_mask is not None:
+            raise ValueError("dn_attn_mask given without dn_content / dn_refpoints")
         state = self.forward_encoder(images, mask)
         return self.forward_decoder(state, prompt_type, return_aux=return_aux, dn_content=dn_content,
                                     dn_refpoints=dn_refpoints, dn_attn_mask=dn_attn_mask)

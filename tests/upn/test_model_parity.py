@@ -33,7 +33,7 @@ def intermediates():
 
 @pytest.fixture(scope="module")
 def model():
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     cfg = config_from_official(json.loads((FIXTURES / "upn_small_config.json").read_text())["model_cfg"])
     m = UPN(cfg).eval()
     result = load_official_checkpoint(m, FIXTURES / "upn_small_state_dict.pt", strict=True)
@@ -43,7 +43,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def run(model, ref):
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     images = torch.from_numpy(ref["input_tensors"])
     mask = torch.from_numpy(ref["input_mask"])
     with torch.no_grad():
