@@ -269,8 +269,8 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
 
 #: Predicate -> phrasings that fit after "is" ("the cup is to the left of the house").
 PREDICATE_PHRASES: dict[str, tuple[str, ...]] = {
-    "left of": ("to the left of", "left of", "on the left side of"),
-    "right of": ("to the right of", "right of", "on the right side of"),
+    "left of": ("to the left of", "on the left side of", "on the left of"),
+    "right of": ("to the right of", "on the right side of", "on the right of"),
     "above": ("above", "over", "higher up than"),
     "below": ("below", "under", "beneath"),
     "next to": ("next to", "beside", "close to"),
