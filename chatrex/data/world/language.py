@@ -48,7 +48,6 @@ from chatrex.data.world.phrasing import (
     GroundedText,
     Ref,
     Seq,
-    capitalize_first,
     counted,
     join_words,
     number_word,
@@ -482,7 +481,7 @@ class _ReferringBuilder:
 
 
 class _Namer:
-    """Chooses the noun for a category (its name or, sometimes, a synonym) and records synonyms used."""
+    """Chooses the noun for a category: its name or, with probability ``rate``, a synonym."""
 
     def __init__(self, rng: random.Random, rate: float = SYNONYM_RATE):
         self.rng = rng
