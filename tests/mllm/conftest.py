@@ -65,6 +65,7 @@ def make_model(tokenizer, text_model_type: str = "llama", seed: int = 0, **text_
     torch.manual_seed(seed)
     cfg = chatrex_tiny(vocab_size=len(tokenizer), text_model_type=text_model_type, **text_overrides)
     cfg.text_config._attn_implementation = "eager"
+    cfg.vision_config._attn_implementation = "eager"
     model = ChatRexForConditionalGeneration(cfg).eval()
     add_chatrex_tokens(tokenizer, model)
     return model

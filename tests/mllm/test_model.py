@@ -1,0 +1,174 @@
+import pytest
+import torch
+
+from chatrex.mllm import ChatRexForConditionalGeneration, apply_key_mapping, load_state_dict_report
+from chatrex.mllm.modeling_chatrex import LLAVA_KEY_MAPPING, causal_lm_loss
+from tests.mllm.conftest import make_model, random_image
+
+QUESTIONS = ["What is the category name of <obj1>?", "Detect dog."]
+
+
+def _batch(proc, boxes=None, **kw):
+    boxes = boxes if boxes is not None else [[[2, 3, 30, 25], [10, 5, 38, 28], [0, 0, 40, 30]], []]
+    return proc([random_image(0, 40, 30), random_image(1, 30, 50)], QUESTIONS, boxes, **kw)
+
+
+def _merged(model, batch):
+    ids = batch["input_ids"]
+    return model.merge_multimodal_embeddings(ids, model.get_input_embeddings()(ids), batch["pixel_values"],
+                                             batch["pixel_values_aux"], batch["boxes"])
+
+
+@torch.no_grad()
+def test_feature_shapes(tiny_model, tiny_processor):
+    b = _batch(tiny_processor)
+    image_embeds, levels = tiny_model.get_image_features(b["pixel_values"], b["pixel_values_aux"])
+    assert image_embeds.shape == (2, 16, 64)
+    assert [tuple(l.shape) for l in levels] == [(2, 8, 32, 32), (2, 16, 16, 16), (2, 32, 8, 8), (2, 64, 4, 4)]
+    assert tiny_model.get_object_features(levels, b["boxes"]).shape == (3, 64)
+    out = tiny_model(**b)
+    assert out.logits.shape == (*b["input_ids"].shape, tiny_model.config.text_config.vocab_size)
+
+
+@torch.no_grad()
+def test_kth_objfeat_receives_kth_box_and_image_tokens_in_order(tiny_model, tiny_processor):
+    b = _batch(tiny_processor)
+    merged = _merged(tiny_model, b)
+    image_embeds, levels = tiny_model.get_image_features(b["pixel_values"], b["pixel_values_aux"])
+    objects = tiny_model.get_object_features(levels, b["boxes"])
+    ids = b["input_ids"]
+    pos = (ids[0] == tiny_model.config.objfeat_token_id).nonzero().flatten()
+    assert len(pos) == 3
+    for k in range(3):
+        torch.testing.assert_close(merged[0, pos[k]], objects[k])
+    assert not (ids[1] == tiny_model.config.objfeat_token_id).any()
+    for i in range(2):
+        img_pos = (ids[i] == tiny_model.config.image_token_id).nonzero().flatten()
+        torch.testing.assert_close(merged[i, img_pos], image_embeds[i])
+    text = ~((ids == tiny_model.config.image_token_id) | (ids == tiny_model.config.objfeat_token_id))
+    torch.testing.assert_close(merged[text], tiny_model.get_input_embeddings()(ids)[text])
+
+
+@torch.no_grad()
+def test_moving_one_box_changes_only_its_object_token(tiny_model, tiny_processor):
+    a = _batch(tiny_processor)
+    moved = [[[2, 3, 30, 25], [0, 10, 20, 30], [0, 0, 40, 30]], []]
+    b = _batch(tiny_processor, moved)
+    ea, eb = _merged(tiny_model, a), _merged(tiny_model, b)
+    diff = (ea - eb).abs().amax(-1)
+    pos = (a["input_ids"][0] == tiny_model.config.objfeat_token_id).nonzero().flatten()
+    assert diff[0, pos[1]] > 1e-4
+    changed = (diff > 0).nonzero().tolist()
+    assert changed == [[0, int(pos[1])]]
+
+
+def test_placeholder_count_mismatches_are_clear(tiny_model, tiny_processor):
+    b = _batch(tiny_processor)
+    with pytest.raises(ValueError, match="sequence 0 has 3 <objfeat> tokens but 2 boxes"):
+        tiny_model(**{**b, "boxes": [b["boxes"][0][:2], b["boxes"][1]]})
+    with pytest.raises(ValueError, match="boxes has 1 entries but the batch has 2"):
+        tiny_model(**{**b, "boxes": b["boxes"][:1]})
+    ids = b["input_ids"].clone()
+    ids[0, ids[0] == tiny_model.config.image_token_id] = tiny_processor.pad_token_id
+    with pytest.raises(ValueError, match="sequence 0 has 0 <image> tokens but the model needs exactly 16"):
+        tiny_model(**{**b, "input_ids": ids})
+    with pytest.raises(ValueError, match="pixel_values"):
+        tiny_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+    with pytest.raises(ValueError, match="shape"):
+        tiny_model(**{**b, "boxes": [torch.zeros(3, 5), b["boxes"][1]]})
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@torch.no_grad()
+def test_batch_matches_items_one_by_one(tiny_model, tiny_processor, side):
+    boxes = [[[2, 3, 30, 25], [10, 5, 38, 28], [0, 0, 40, 30]], []]
+    images = [random_image(0, 40, 30), random_image(1, 30, 50)]
+    questions = ["What is the category name of <obj1> in this image, please?", "Detect dog."]
+    batch = tiny_processor(images, questions, boxes, padding_side=side)
+    out = tiny_model(**batch).logits
+    for i in range(2):
+        single = tiny_processor([images[i]], [questions[i]], [boxes[i]])
+        ref = tiny_model(**single).logits[0]
+        valid = batch["attention_mask"][i].bool()
+        torch.testing.assert_close(out[i][valid], ref, atol=1e-4, rtol=1e-4)
+
+
+def test_loss_is_cross_entropy_over_answer_tokens(tiny_model, tiny_processor):
+    b = _batch(tiny_processor, answers=["<ground>dog</ground><objects><obj1></objects>", "none"])
+    out = tiny_model(**b)
+    logits, labels = out.logits, b["labels"]
+    manual = []
+    for i in range(2):
+        for t in range(labels.shape[1] - 1):
+            if labels[i, t + 1] != -100:
+                manual.append(torch.nn.functional.cross_entropy(logits[i, t][None], labels[i, t + 1][None]))
+    torch.testing.assert_close(out.loss, torch.stack(manual).mean())
+    out.loss.backward()
+    assert tiny_model.mm_object_projector[0].weight.grad is not None
+    assert tiny_model.vision_tower_aux.trunk.stem[0].weight.grad is not None
+    tiny_model.zero_grad(set_to_none=True)
+    with pytest.raises(ValueError, match="labels"):
+        causal_lm_loss(logits, labels[:, :-1])
+
+
+@torch.no_grad()
+def test_save_load_round_trip_identical_logits(tiny_tokenizer, tiny_processor, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = make_model(tiny_tokenizer, seed=3)
+    b = _batch(tiny_processor)
+    ref = model(**b).logits
+    model.save_pretrained(tmp_path / "m", max_shard_size="16MB")
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="200KB")
+    shards = sorted(p.name for p in (tmp_path / "sharded").glob("*.safetensors"))
+    assert len(shards) > 1 and (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    for folder in ("m", "sharded"):
+        loaded = ChatRexForConditionalGeneration.from_pretrained(tmp_path / folder, attn_implementation="eager").eval()
+        assert loaded.config.text_config._attn_implementation == "eager"
+        assert loaded.config.objfeat_token_id == model.config.objfeat_token_id
+        torch.testing.assert_close(loaded(**b).logits, ref, atol=0, rtol=0)
+    auto = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()  # default attention (sdpa)
+    assert isinstance(auto, ChatRexForConditionalGeneration)
+    valid = b["attention_mask"].bool()
+    torch.testing.assert_close(auto(**b).logits[valid], ref[valid], atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_parameter_layout_and_key_mapping_report(tiny_tokenizer, tiny_processor):
+    model = make_model(tiny_tokenizer, seed=4)
+    keys = list(model.state_dict())
+    for prefix in ("model.", "lm_head.", "vision_tower.vision_tower.", "vision_tower_aux.trunk.stages.",
+                   "mm_projector.0.", "mm_projector.2.", "mm_object_projector.0.", "mm_object_projector.2."):
+        assert any(k.startswith(prefix) for k in keys), prefix
+    # a LLaVA-layout checkpoint: towers and projectors under "model."
+    llava = {}
+    for k, v in model.state_dict().items():
+        if k.startswith("vision_tower.vision_tower."):
+            k = "model.vision_tower.vision_tower.vision_model." + k[len("vision_tower.vision_tower."):]
+        elif not k.startswith(("model.", "lm_head.")):
+            k = "model." + k
+        llava[k] = v.clone()
+    llava["model.some_extra.weight"] = torch.zeros(2)
+    del llava["model.mm_projector.2.bias"]
+    llava["model.mm_object_projector.0.weight"] = torch.zeros(3, 3)
+    fresh = make_model(tiny_tokenizer, seed=5)
+    report = load_state_dict_report(fresh, llava, key_mapping=LLAVA_KEY_MAPPING)
+    assert report.unexpected == ["model.some_extra.weight"]  # not matched by any pattern: name kept
+    assert report.missing == ["mm_projector.2.bias"]
+    assert [m[0] for m in report.mismatched] == ["mm_object_projector.0.weight"]
+    assert "shape mismatch" in report.summary()
+    torch.testing.assert_close(fresh.vision_tower_aux.trunk.stem[0].weight, model.vision_tower_aux.trunk.stem[0].weight)
+    with pytest.raises(ValueError, match="does not match"):
+        load_state_dict_report(fresh, llava, key_mapping=LLAVA_KEY_MAPPING, strict=True)
+    renamed = apply_key_mapping({"a.x": 1, "b.x": 2}, lambda k: None if k.startswith("b") else "c" + k[1:])
+    assert renamed == {"c.x": 1}
+
+
+@torch.no_grad()
+def test_qwen2_llm_works(tiny_tokenizer, tiny_processor):
+    model = make_model(tiny_tokenizer, text_model_type="qwen2", seed=6)
+    assert type(model.model).__name__ == "Qwen2Model"
+    b = _batch(tiny_processor)
+    assert model(**b).logits.shape[:2] == b["input_ids"].shape
+    gen = model.generate(**b, max_new_tokens=3, do_sample=False)
+    assert gen.shape == (2, b["input_ids"].shape[1] + 3)
