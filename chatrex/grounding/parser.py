@@ -27,7 +27,7 @@ Rules (the parser never raises, whatever the string):
 * ``<objects>`` with no phrase right before it, ``<ground>…</ground>`` with no ``<objects>`` after it,
   empty phrases, indices ``>= num_boxes``, an index repeated within one grounding, stray tokens
   (a lone ``</objects>``, ``</ground>`` or ``<obj12>`` outside a block) and leaked placeholders
-  (``<objfeat>``, ``<image>``) are removed from the text and noted.
+  (``<objfeat>``, ``<image>``) are removed from the text and noted (identical notes once, with a count).
 * End-of-sequence / padding tokens (``</s>``, ``<s>``, ``<|im_end|>``, ``<|endoftext|>``, ...) are stripped
   silently; the final text is stripped of leading and trailing whitespace.
 * Text right after ``</objects>`` is kept verbatim (``<ground>sneaker</ground><objects><obj0></objects>s``
@@ -345,7 +345,15 @@ class _Parser:
         stripped = text.strip()
         shift = len(text) - len(text.lstrip())
         groundings = [Grounding(g.phrase, (g.span[0] - shift, g.span[1] - shift), g.indices) for g in self.groundings]
-        return GroundedAnswer(stripped, groundings, self.dropped)
+        return GroundedAnswer(stripped, groundings, _collapse(self.dropped))
+
+
+def _collapse(notes: list[str]) -> list[str]:
+    """Identical notes once each, first occurrence first, with a count: ``"... removed (x5)"``."""
+    counts: dict[str, int] = {}
+    for note in notes:
+        counts[note] = counts.get(note, 0) + 1
+    return [note if n == 1 else f"{note} (x{n})" for note, n in counts.items()]
 
 
 def parse_grounded(text: Any, num_boxes: Optional[int] = None) -> GroundedAnswer:

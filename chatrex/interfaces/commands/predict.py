@@ -1,0 +1,200 @@
+"""``chatrex predict``: ask ChatRex a question about one image; print the grounded answer, draw it, save JSON."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+
+class Granularity(str, Enum):
+    fine = "fine"
+    coarse = "coarse"
+
+
+def _fail(message: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False)
+    raise typer.Exit(code=1)
+
+
+def _read_boxes(spec: str) -> list:
+    """``--boxes``: inline JSON (``[[x0,y0,x1,y1], ...]``) or a JSON file holding such a list or an object
+    with a ``"boxes"`` list (e.g. the JSON ``chatrex propose`` writes)."""
+    text = spec
+    source = "--boxes"
+    if not spec.lstrip().startswith(("[", "{")):
+        path = Path(spec)
+        if not path.is_file():
+            _fail(f"--boxes '{spec}' is neither inline JSON nor an existing JSON file")
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            _fail(f"could not read the boxes file '{path}': {exc}")
+        source = f"boxes file '{path}'"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        _fail(f"{source} is not valid JSON: {exc}")
+    if isinstance(data, dict):
+        if "boxes" not in data:
+            _fail(f"{source} is a JSON object without a 'boxes' list")
+        data = data["boxes"]
+    if not isinstance(data, list):
+        _fail(f"{source} must be a list of [x0, y0, x1, y1] boxes, got {type(data).__name__}")
+    return data
+
+
+def answer_markup(answer: Any) -> "Any":
+    """The answer's text as a rich ``Text`` with each grounded phrase in its drawing colour, followed by
+    its box indices (dim)."""
+    from rich.text import Text
+
+    from chatrex.grounding.visualize import phrase_colors
+
+    colors = phrase_colors(answer)
+    out = Text()
+    pos = 0
+    for g in sorted(answer.groundings, key=lambda g: g.span):
+        start, end = g.span
+        out.append(answer.text[pos:start])
+        r, gg, b = colors[g.phrase]
+        out.append(answer.text[start:end], style=f"bold rgb({r},{gg},{b})")
+        out.append("[" + ",".join(str(i) for i in g.indices) + "]", style="dim")
+        pos = end
+    out.append(answer.text[pos:])
+    return out
+
+
+def predict(
+    image: Path = typer.Argument(..., help="Image file to ask about."),
+    question: str = typer.Argument(..., help="The question or task prompt (see chatrex.grounding.build_prompt)."),
+    model: Optional[Path] = typer.Option(
+        None, "--model", "-m", help="Model directory with upn/ and chatrex/ (default: the shipped chatrex/assets/chatrex-small)."
+    ),
+    granularity: Granularity = typer.Option(
+        Granularity.fine, "--granularity", "-g", help="UPN proposals: fine (parts, small objects) or coarse (whole objects)."
+    ),
+    boxes: Optional[str] = typer.Option(
+        None, "--boxes", "-b", help="Your own boxes instead of UPN proposals: inline JSON [[x0,y0,x1,y1],...] or a JSON file."
+    ),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Picture to write with the grounded boxes drawn."),
+    json_path: Optional[Path] = typer.Option(
+        None, "--json", help="JSON result to write (default: the picture's path with .json when --out is given)."
+    ),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="MLLM dtype: float32, bfloat16, float16 (default: as saved)."),
+    min_score: float = typer.Option(0.3, "--min-score", help="Keep UPN proposals with score >= this."),
+    nms: float = typer.Option(0.8, "--nms", help="NMS IoU threshold of the proposals (<= 0 turns NMS off)."),
+    max_boxes: int = typer.Option(100, "--max-boxes", help="Most boxes given to the model (1..100)."),
+    max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="Longest answer, in tokens."),
+    stream: bool = typer.Option(False, "--stream", help="Print the raw answer while it is generated."),
+) -> None:
+    """Answer a question about an image with every mentioned object grounded to a box."""
+    from rich.console import Console
+
+    from chatrex.interfaces.pipeline import DEFAULT_MODEL_DIR
+    from chatrex.utils.image import ImageLoadError, load_image
+
+    console = Console(stderr=True)
+    model_dir = model if model is not None else DEFAULT_MODEL_DIR
+    if not model_dir.is_dir():
+        hint = " (the shipped default model is not installed; pass --model DIR)" if model is None else ""
+        _fail(f"model directory '{model_dir}' does not exist{hint}")
+    if not image.is_file():
+        _fail(f"image '{image}' does not exist or is not a file")
+    if not question.strip():
+        _fail("the question is empty")
+    if not 1 <= max_boxes <= 100:
+        _fail(f"--max-boxes must be in 1..100, got {max_boxes}")
+    if not 0.0 <= min_score <= 1.0:
+        _fail(f"--min-score must be in [0, 1], got {min_score}")
+    if max_new_tokens < 1:
+        _fail(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    from PIL import Image
+
+    if out is not None and out.suffix.lower() not in Image.registered_extensions():
+        _fail(f"cannot write a picture with extension '{out.suffix}' ('{out}'); use .jpg or .png")
+    if json_path is None and out is not None:
+        json_path = out.with_suffix(".json")
+    if out is not None and json_path is not None and json_path.resolve() == out.resolve():
+        _fail(f"--json and --out are the same file '{out}'")
+    user_boxes = _read_boxes(boxes) if boxes is not None else None
+
+    try:
+        picture = load_image(image)
+    except ImageLoadError as exc:
+        _fail(str(exc))
+
+    from chatrex.interfaces.pipeline import ChatRexPipeline, validate_boxes
+
+    if user_boxes is not None:
+        try:
+            validate_boxes(user_boxes, picture.width, picture.height, max_boxes, where="--boxes")
+        except ValueError as exc:
+            _fail(str(exc))
+    with console.status(f"loading the model from {model_dir}"):
+        try:
+            pipe = ChatRexPipeline.from_pretrained(model_dir, device=device, dtype=dtype)
+        except Exception as exc:  # a bad directory / device / dtype: report, don't trace
+            _fail(f"could not load the model from '{model_dir}': {type(exc).__name__}: {exc}")
+
+    kwargs = dict(boxes=user_boxes, granularity=granularity.value, min_score=min_score, nms=nms,
+                  max_boxes=max_boxes, max_new_tokens=max_new_tokens)
+    try:
+        if stream:
+            streaming = pipe.stream(picture, question, **kwargs)
+            for piece in streaming:
+                console.print(piece, end="", markup=False, highlight=False)
+            console.print()
+            result = streaming.result()
+        else:
+            with console.status("proposing boxes and generating the answer"):
+                result = pipe([picture], question, boxes=None if user_boxes is None else [user_boxes],
+                              **{k: v for k, v in kwargs.items() if k != "boxes"})[0]
+    except ValueError as exc:  # bad boxes, a question naming a missing <objK>, ...
+        _fail(str(exc))
+
+    stdout = Console()
+    stdout.print(answer_markup(result.answer))
+    for note in result.answer.dropped:
+        console.print(f"[yellow]note:[/yellow] {note}", markup=True, highlight=False)
+    source = "your boxes" if user_boxes is not None else f"UPN {granularity.value}-grained proposals"
+    console.print(
+        f"{len(result.boxes)} boxes from {source}; {len(result.answer.groundings)} groundings", highlight=False
+    )
+
+    if out is not None:
+        from chatrex.grounding.visualize import draw_grounded
+
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            draw_grounded(picture, result.answer, result.boxes).save(out)
+        except (ValueError, OSError) as exc:
+            _fail(f"could not write the picture '{out}': {exc}")
+        console.print(f"picture -> {out}", highlight=False)
+    if json_path is not None:
+        record = {
+            "image": str(image),
+            "width": picture.width,
+            "height": picture.height,
+            "question": question,
+            "model": str(model_dir),
+            "granularity": granularity.value if user_boxes is None else None,
+            **result.to_dict(),
+        }
+        try:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(record, indent=2) + "\n")
+        except OSError as exc:
+            _fail(f"could not write the JSON '{json_path}': {exc}")
+        console.print(f"json -> {json_path}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict")(predict)

@@ -1,0 +1,584 @@
+"""End-to-end ChatRex: image(s) + question(s) → grounded answers with boxes.
+
+:class:`ChatRexPipeline` chains the parts::
+
+    image ─► UPN proposals (or the user's boxes) ─► top max_boxes ─► ChatRexProcessor ─► model.generate
+          ─► decode (special tokens kept) ─► parse_grounded(num_boxes=K) ─► PipelineResult
+
+Example::
+
+    pipe = ChatRexPipeline.from_pretrained("path/to/model-dir", device="cuda")
+    result = pipe("street.jpg", "Find every car; person in this image. Reply with the indices ...")[0]
+    result.answer.groundings, result.boxes
+
+A model directory holds the two parts in their own ``save_pretrained`` formats::
+
+    model-dir/
+      upn/       chatrex.upn.checkpoint.save_pretrained (config + weights)
+      chatrex/   ChatRexForConditionalGeneration + ChatRexProcessor save_pretrained
+      pipeline_config.json   optional: {"upn_resize": 800, "upn_max_size": 1333}
+
+Unlike the official release, several images run per call (``batch_size`` per forward pass, left
+padding), the device is a choice, user boxes skip the UPN, and every malformed answer is parsed
+without raising (what was dropped is listed in ``result.answer.dropped``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import queue
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import torch
+
+from chatrex.grounding.parser import GroundedAnswer, boxes_for, parse_grounded
+from chatrex.utils.image import ImageInput, load_image
+
+__all__ = [
+    "ChatRexPipeline",
+    "PipelineResult",
+    "StreamingAnswer",
+    "DEFAULT_MODEL_DIR",
+    "UPN_SUBDIR",
+    "CHATREX_SUBDIR",
+    "GRANULARITIES",
+    "validate_boxes",
+]
+
+#: The shipped model directory (``chatrex/assets/chatrex-small``); ``chatrex predict`` uses it by default.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "chatrex-small"
+UPN_SUBDIR = "upn"
+CHATREX_SUBDIR = "chatrex"
+#: Optional file in a model directory with the UPN input size the pipeline should use.
+PIPELINE_CONFIG = "pipeline_config.json"
+DEFAULT_PIPELINE_CONFIG = {"upn_resize": 800, "upn_max_size": 1333}
+_FROM_DIR = object()
+#: Accepted ``granularity`` values (the UPN prompt: fine = parts and small objects, coarse = whole objects).
+GRANULARITIES = ("fine", "coarse", "fine_grained_prompt", "coarse_grained_prompt")
+#: Most boxes ChatRex takes (its vocabulary has ``<obj0>`` … ``<obj99>``).
+MAX_BOXES = 100
+#: Generation defaults (greedy, like the official examples); ``generation_config`` / ``**gen_kwargs`` override.
+DEFAULT_GENERATION = {"max_new_tokens": 512, "do_sample": False}
+
+_OBJ_REF = re.compile(r"<obj(\d+)>")
+_PLACEHOLDERS = ("<image>", "<objfeat>")
+
+Boxes = Sequence[Sequence[float]]
+
+
+@dataclass
+class PipelineResult:
+    """One image's answer.
+
+    Attributes:
+        answer: the parsed answer (indices refer to ``boxes``).
+        raw_text: the generated text, special tokens kept, EOS/padding removed.
+        boxes: the K boxes the model was given, ``[x0, y0, x1, y1]`` in original-image pixels.
+        scores: UPN scores of those boxes, or ``None`` when the user gave the boxes.
+    """
+
+    answer: GroundedAnswer
+    raw_text: str
+    boxes: list[list[float]]
+    scores: Optional[list[float]]
+
+    def grounded_boxes(self) -> list[list[list[float]]]:
+        """For each grounding of the answer, its boxes."""
+        return boxes_for(self.answer, self.boxes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly: ``{"answer": {...}, "raw_text", "boxes", "scores"}``; each grounding also lists
+        its ``boxes``."""
+        answer = self.answer.to_dict()
+        for g, gb in zip(answer["groundings"], self.grounded_boxes()):
+            g["boxes"] = [list(b) for b in gb]
+        return {"answer": answer, "raw_text": self.raw_text, "boxes": self.boxes, "scores": self.scores}
+
+
+# ------------------------------------------------------------------------------------------------
+# input checks
+# ------------------------------------------------------------------------------------------------
+def validate_boxes(boxes: Any, width: int, height: int, max_boxes: int = 100, where: str = "boxes") -> list[list[float]]:
+    """User boxes (``[[x0, y0, x1, y1], ...]`` in pixels of a ``width`` x ``height`` image) → float lists
+    clipped to the image; a ``ValueError`` naming the problem for anything malformed (wrong length,
+    non-finite, empty or inverted, outside the image, more than ``max_boxes``)."""
+    if hasattr(boxes, "tolist"):
+        boxes = boxes.tolist()
+    if isinstance(boxes, (str, bytes)) or not isinstance(boxes, Sequence):
+        raise ValueError(f"{where}: boxes must be a list of [x0, y0, x1, y1], got {type(boxes).__name__}")
+    if len(boxes) > max_boxes:
+        raise ValueError(f"{where}: {len(boxes)} boxes given but at most {max_boxes} are allowed (ChatRex takes ≤ {MAX_BOXES})")
+    out = []
+    for k, box in enumerate(boxes):
+        try:
+            vals = [float(v) for v in box]
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: box {k} is not a list of 4 numbers: {box!r}") from None
+        if len(vals) != 4:
+            raise ValueError(f"{where}: box {k} has {len(vals)} values; expected [x0, y0, x1, y1]")
+        if not all(math.isfinite(v) for v in vals):
+            raise ValueError(f"{where}: box {k} has a non-finite coordinate: {vals}")
+        x0, y0, x1, y1 = vals
+        if x1 <= x0 or y1 <= y0:
+            raise ValueError(f"{where}: box {k} {vals} is empty or inverted; boxes are [x0, y0, x1, y1] with x1 > x0, y1 > y0")
+        cx0, cy0 = min(max(x0, 0.0), width), min(max(y0, 0.0), height)
+        cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
+        if cx1 <= cx0 or cy1 <= cy0:
+            raise ValueError(f"{where}: box {k} {vals} lies outside the {width}x{height} image")
+        out.append([cx0, cy0, cx1, cy1])
+    return out
+
+
+def _check_question(question: Any, where: str, num_boxes: int) -> str:
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"{where}: the question is empty or not a string ({question!r})")
+    for ph in _PLACEHOLDERS:
+        if ph in question:
+            raise ValueError(f"{where}: the question contains the placeholder {ph}, which the processor inserts itself")
+    for m in _OBJ_REF.finditer(question):
+        if int(m.group(1)) >= num_boxes:
+            raise ValueError(
+                f"{where}: the question refers to {m.group(0)} but the image has only {num_boxes} boxes "
+                f"(<obj0>..<obj{num_boxes - 1}>)" if num_boxes else
+                f"{where}: the question refers to {m.group(0)} but the image has no boxes"
+            )
+    return question
+
+
+def _canonical_granularity(granularity: str) -> str:
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}; got {granularity!r}")
+    return "fine" if granularity.startswith("fine") else "coarse"
+
+
+def _as_list(x: Any) -> list:
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+# ------------------------------------------------------------------------------------------------
+# streaming
+# ------------------------------------------------------------------------------------------------
+class _QueueStreamer:
+    """A transformers streamer (``put`` / ``end``) that decodes new tokens and queues text pieces.
+
+    The first ``put`` of ``generate`` is the prompt (skipped). Text is decoded from all tokens so far
+    and only the new suffix is queued, so multi-token characters come out whole. Generation stops being
+    reported at the first EOS id.
+    """
+
+    def __init__(self, decode, prompt_len: int, eos_ids: set[int]) -> None:
+        self.decode = decode
+        self.prompt_len = prompt_len
+        self.eos_ids = eos_ids
+        self.ids: list[int] = []
+        self.text = ""
+        self.seen_prompt = False
+        self.stopped = False
+        self.queue: "queue.Queue[tuple[str, Any]]" = queue.Queue()
+
+    def put(self, value: torch.Tensor) -> None:
+        ids = value.reshape(-1).tolist()
+        if not self.seen_prompt:
+            self.seen_prompt = True
+            if value.ndim == 2 and value.shape[-1] == self.prompt_len:
+                return
+        if self.stopped:
+            return
+        for i in ids:
+            if i in self.eos_ids:
+                self.stopped = True
+                break
+            self.ids.append(int(i))
+        text = self.decode(self.ids)
+        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the next token
+            return
+        piece, self.text = text[len(self.text) :], text
+        if piece:
+            self.queue.put(("text", piece))
+
+    def end(self) -> None:
+        text = self.decode(self.ids)
+        piece = text[len(self.text) :] if text.startswith(self.text) else ""
+        self.text = text
+        if piece:
+            self.queue.put(("text", piece))
+        self.queue.put(("end", None))
+
+
+class StreamingAnswer:
+    """An answer being generated: iterate for text pieces; the boxes are known from the start.
+
+    Attributes:
+        boxes / scores: the boxes given to the model (original pixels) and their UPN scores (or None).
+        text: the text received so far (special tokens kept).
+
+    Iterating yields text pieces as they are generated (and re-raises an error of the generation
+    thread); :meth:`result` waits for the end and returns the :class:`PipelineResult`.
+    """
+
+    def __init__(self, streamer: _QueueStreamer, thread: threading.Thread, errors: list, boxes, scores) -> None:
+        self._streamer = streamer
+        self._thread = thread
+        self._errors = errors
+        self._done = False
+        self.boxes: list[list[float]] = boxes
+        self.scores: Optional[list[float]] = scores
+        self.text = ""
+
+    def __iter__(self) -> Iterator[str]:
+        while not self._done:
+            kind, piece = self._streamer.queue.get()
+            if kind == "end":
+                self._done = True
+                self._thread.join()
+                break
+            self.text += piece
+            yield piece
+        if self._errors:
+            raise RuntimeError(f"generation failed: {type(self._errors[0]).__name__}: {self._errors[0]}") from self._errors[0]
+
+    def result(self) -> PipelineResult:
+        for _ in self:
+            pass
+        return PipelineResult(parse_grounded(self.text, num_boxes=len(self.boxes)), self.text, self.boxes, self.scores)
+
+
+# ------------------------------------------------------------------------------------------------
+# the pipeline
+# ------------------------------------------------------------------------------------------------
+class ChatRexPipeline:
+    """UPN proposals + the ChatRex MLLM, batched, on any device.
+
+    Args:
+        upn: a ``chatrex.upn.wrapper.UPNWrapper`` (``inference`` + ``filter``), or ``None`` when every
+            call will pass its own boxes.
+        model: a ``ChatRexForConditionalGeneration`` (HF ``generate``).
+        processor: a ``ChatRexProcessor`` (``__call__(images=, questions=, boxes=)``, ``decode``,
+            ``tokenizer``).
+        generation_config: a ``transformers.GenerationConfig`` or dict; default greedy,
+            ``max_new_tokens=512``, EOS/pad from the tokenizer.
+    """
+
+    def __init__(self, upn: Any, model: Any, processor: Any, generation_config: Any = None) -> None:
+        if model is None or processor is None:
+            raise ValueError("ChatRexPipeline needs a model and a processor")
+        self.upn = upn
+        self.model = model
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", None)
+        if self.tokenizer is None:
+            raise ValueError(f"the processor ({type(processor).__name__}) has no tokenizer")
+        self.generation_config = self._build_generation_config(generation_config)
+
+    # -------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: Union[str, os.PathLike],
+        device: Union[str, torch.device] = "cpu",
+        dtype: Union[None, str, torch.dtype] = None,
+        upn_resize: Optional[int] = None,
+        upn_max_size: Any = _FROM_DIR,
+        generation_config: Any = None,
+    ) -> "ChatRexPipeline":
+        """Load ``path/upn`` and ``path/chatrex`` (see the module docstring).
+
+        Args:
+            device: where both models run (``"cpu"``, ``"cuda"``, ``"cuda:1"``…; checked to exist).
+            dtype: the MLLM's dtype (``"bfloat16"``, ``torch.float16``…; default: as saved).
+            upn_resize / upn_max_size: UPN input size (short side / long-side bound, ``None`` = no
+                bound); default: the directory's ``pipeline_config.json``, else the official 800 / 1333.
+
+        Raises:
+            FileNotFoundError: the directory or one of its parts is missing (the message names it).
+        """
+        from chatrex.mllm.modeling_chatrex import ChatRexForConditionalGeneration
+        from chatrex.mllm.processing_chatrex import ChatRexProcessor
+        from chatrex.upn.wrapper import UPNWrapper, resolve_device
+
+        root = Path(path)
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"model directory '{root}' does not exist; it must hold '{UPN_SUBDIR}/' (UPN) and "
+                f"'{CHATREX_SUBDIR}/' (ChatRex model + processor)"
+            )
+        upn_dir, mllm_dir = root / UPN_SUBDIR, root / CHATREX_SUBDIR
+        for part, what in ((upn_dir, "the UPN (chatrex.upn.checkpoint.save_pretrained)"),
+                           (mllm_dir, "the ChatRex model and processor (save_pretrained)")):
+            if not part.is_dir():
+                raise FileNotFoundError(f"model directory '{root}' lacks '{part.name}/', which should hold {what}")
+        if not (mllm_dir / "config.json").is_file():
+            raise FileNotFoundError(f"'{mllm_dir}' has no config.json; it is not a saved ChatRex model")
+        settings = dict(DEFAULT_PIPELINE_CONFIG)
+        cfg_path = root / PIPELINE_CONFIG
+        if cfg_path.is_file():
+            try:
+                stored = json.loads(cfg_path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ValueError(f"'{cfg_path}' is not valid JSON: {exc}") from exc
+            unknown = set(stored) - set(settings) if isinstance(stored, dict) else {"<not an object>"}
+            if unknown:
+                raise ValueError(f"'{cfg_path}' has unknown keys {sorted(unknown)}; expected {sorted(settings)}")
+            settings.update(stored)
+        if upn_resize is not None:
+            settings["upn_resize"] = upn_resize
+        if upn_max_size is not _FROM_DIR:
+            settings["upn_max_size"] = upn_max_size
+        dev = resolve_device(device)
+        torch_dtype = _resolve_dtype(dtype)
+        upn = UPNWrapper(upn_dir, config=None, device=dev, resize=settings["upn_resize"],
+                         max_size=settings["upn_max_size"])
+        kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
+        model = ChatRexForConditionalGeneration.from_pretrained(mllm_dir, **kwargs).to(dev).eval()
+        processor = ChatRexProcessor.from_pretrained(mllm_dir)
+        return cls(upn, model, processor, generation_config=generation_config)
+
+    def save_pretrained(self, path: Union[str, os.PathLike]) -> None:
+        """Write ``path/upn``, ``path/chatrex`` and ``path/pipeline_config.json`` (the UPN input size) so that :meth:`from_pretrained` reads them back."""
+        from chatrex.upn.checkpoint import save_pretrained as save_upn
+
+        if self.upn is None:
+            raise ValueError("this pipeline has no UPN to save")
+        root = Path(path)
+        root.mkdir(parents=True, exist_ok=True)
+        save_upn(self.upn.model, self.upn.cfg, root / UPN_SUBDIR)
+        self.model.save_pretrained(root / CHATREX_SUBDIR)
+        self.processor.save_pretrained(root / CHATREX_SUBDIR)
+        settings = {"upn_resize": int(self.upn.transform.size), "upn_max_size": self.upn.transform.max_size}
+        (root / PIPELINE_CONFIG).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+
+    # -------------------------------------------------------------------------------- helpers
+    @property
+    def device(self) -> torch.device:
+        param = next(self.model.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        param = next((p for p in self.model.parameters() if p.is_floating_point()), None)
+        return param.dtype if param is not None else torch.float32
+
+    def _build_generation_config(self, generation_config: Any):
+        from transformers import GenerationConfig
+
+        if generation_config is None:
+            base = getattr(self.model, "generation_config", None)
+            cfg = GenerationConfig.from_dict(base.to_dict()) if base is not None else GenerationConfig()
+            cfg.update(**DEFAULT_GENERATION)
+        elif isinstance(generation_config, GenerationConfig):
+            cfg = GenerationConfig.from_dict(generation_config.to_dict())
+        elif isinstance(generation_config, dict):
+            cfg = GenerationConfig(**{**DEFAULT_GENERATION, **generation_config})
+        else:
+            raise TypeError(f"generation_config must be a GenerationConfig or dict, got {type(generation_config).__name__}")
+        tok = self.tokenizer
+        if cfg.eos_token_id is None and tok.eos_token_id is not None:
+            cfg.eos_token_id = tok.eos_token_id
+        if cfg.pad_token_id is None:
+            cfg.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        return cfg
+
+    def _generation_args(self, gen_kwargs: dict) -> tuple[Any, dict]:
+        """A copy of the generation config updated with ``gen_kwargs``; the kwargs it does not know go
+        to ``generate`` as they are."""
+        cfg = copy.deepcopy(self.generation_config)
+        extra = cfg.update(**gen_kwargs)
+        return cfg, extra
+
+    def _eos_ids(self, gen_kwargs: dict) -> set[int]:
+        eos = gen_kwargs.get("eos_token_id", self.generation_config.eos_token_id)
+        ids = set(_as_list(eos)) if eos is not None else set()
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        return {int(i) for i in ids if i is not None}
+
+    def _prepare(
+        self,
+        images: Sequence[Any],
+        questions: Sequence[str],
+        boxes: Optional[Sequence[Any]],
+        granularity: str,
+        min_score: float,
+        nms: float,
+        max_boxes: int,
+    ) -> tuple[list, list[list[list[float]]], list[Optional[list[float]]]]:
+        """Load images, get boxes (user or UPN), check questions."""
+        gran = _canonical_granularity(granularity)
+        if not 0 < int(max_boxes) <= MAX_BOXES:
+            raise ValueError(f"max_boxes must be in 1..{MAX_BOXES}, got {max_boxes}")
+        if not 0.0 <= float(min_score) <= 1.0:
+            raise ValueError(f"min_score must be in [0, 1], got {min_score}")
+        pils = [load_image(im) for im in images]
+        box_lists: list[Optional[list[list[float]]]] = [None] * len(pils)
+        score_lists: list[Optional[list[float]]] = [None] * len(pils)
+        if boxes is not None:
+            for i, b in enumerate(boxes):
+                if b is not None:
+                    box_lists[i] = validate_boxes(b, pils[i].width, pils[i].height, max_boxes, f"image {i}")
+        need = [i for i, b in enumerate(box_lists) if b is None]
+        if need:
+            if self.upn is None:
+                raise ValueError("this pipeline has no UPN; pass boxes for every image")
+            props = self.upn.inference([pils[i] for i in need], prompt_type=gran)
+            kept = self.upn.filter(props, min_score=float(min_score), nms_value=float(nms))
+            for j, i in enumerate(need):
+                box_lists[i] = [[float(v) for v in b] for b in kept["original_xyxy_boxes"][j][:max_boxes]]
+                score_lists[i] = [float(s) for s in kept["scores"][j][:max_boxes]]
+        for i, q in enumerate(questions):
+            _check_question(q, f"image {i}", len(box_lists[i]))
+        return pils, box_lists, score_lists  # type: ignore[return-value]
+
+    def _inputs(self, pils: list, questions: list[str], box_lists: list) -> dict[str, Any]:
+        batch = self.processor(images=pils, questions=questions, boxes=box_lists)
+        device, dtype = self.device, self.dtype
+        out: dict[str, Any] = {}
+        for key, value in dict(batch).items():
+            if isinstance(value, torch.Tensor):
+                value = value.to(device=device, dtype=dtype) if value.is_floating_point() else value.to(device)
+            elif isinstance(value, (list, tuple)) and value and all(isinstance(v, torch.Tensor) for v in value):
+                value = [v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device) for v in value]
+            out[key] = value
+        return out
+
+    def _decode(self, new_ids: torch.Tensor, eos_ids: set[int]) -> str:
+        ids = new_ids.tolist()
+        for k, t in enumerate(ids):
+            if t in eos_ids:
+                ids = ids[:k]
+                break
+        pad = self.generation_config.pad_token_id
+        while ids and pad is not None and ids[-1] == pad:
+            ids.pop()
+        return self._decode_ids(ids)
+
+    def _decode_ids(self, ids: list[int]) -> str:
+        """Text of ``ids`` with the ChatRex tokens kept (the processor drops bos/eos/pad/end-of-turn)."""
+        decode = getattr(self.processor, "decode", None)
+        if decode is not None:
+            return decode(ids)
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    # -------------------------------------------------------------------------------- running
+    def __call__(
+        self,
+        images: Union[ImageInput, Sequence[ImageInput]],
+        questions: Union[str, Sequence[str]],
+        boxes: Optional[Sequence[Any]] = None,
+        granularity: str = "fine",
+        min_score: float = 0.3,
+        nms: float = 0.8,
+        max_boxes: int = MAX_BOXES,
+        batch_size: int = 4,
+        **gen_kwargs: Any,
+    ) -> list[PipelineResult]:
+        """Answer ``questions`` about ``images``.
+
+        Args:
+            images: one image (path, PIL, array, tensor) or a list.
+            questions: one question for all images, or one per image.
+            boxes: user boxes in original pixels: for one image a list of ``[x0, y0, x1, y1]``; for a
+                list of images a list (per image) of such lists, where ``None`` means "use the UPN".
+                Images with boxes skip the UPN. At most ``max_boxes`` each.
+            granularity: UPN prompt, ``"fine"`` (parts, small objects) or ``"coarse"`` (whole objects).
+            min_score / nms: UPN filtering (score threshold, NMS IoU; official 0.3 / 0.8).
+            max_boxes: the highest-scoring proposals kept (≤ 100).
+            batch_size: images per UPN pass and per ``generate`` call.
+            **gen_kwargs: passed to ``model.generate`` (e.g. ``max_new_tokens``), over the pipeline's
+                generation config.
+
+        Returns:
+            one :class:`PipelineResult` per image, in order.
+
+        Raises:
+            ImageLoadError: an unreadable image. ValueError: mismatched counts, bad boxes, a bad
+                granularity, a question referring to a box index that does not exist.
+        """
+        single = not isinstance(images, (list, tuple))
+        image_list = [images] if single else list(images)
+        if not image_list:
+            raise ValueError("no images given")
+        question_list = [questions] * len(image_list) if isinstance(questions, str) else list(questions)
+        if len(question_list) != len(image_list):
+            raise ValueError(f"got {len(image_list)} images but {len(question_list)} questions")
+        if boxes is not None:
+            boxes = [boxes] if single else list(boxes)
+            if len(boxes) != len(image_list):
+                raise ValueError(f"got {len(image_list)} images but boxes for {len(boxes)}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        results: list[PipelineResult] = []
+        eos_ids = self._eos_ids(gen_kwargs)
+        for start in range(0, len(image_list), int(batch_size)):
+            stop = start + int(batch_size)
+            chunk_boxes = None if boxes is None else boxes[start:stop]
+            pils, box_lists, score_lists = self._prepare(
+                image_list[start:stop], question_list[start:stop], chunk_boxes, granularity, min_score, nms, max_boxes
+            )
+            inputs = self._inputs(pils, question_list[start:stop], box_lists)
+            gen_cfg, extra = self._generation_args(gen_kwargs)
+            with torch.inference_mode():
+                out = self.model.generate(**inputs, generation_config=gen_cfg, **extra)
+            new_tokens = _new_tokens(out, inputs["input_ids"])
+            for row, bl, sl in zip(new_tokens, box_lists, score_lists):
+                raw = self._decode(row, eos_ids)
+                results.append(PipelineResult(parse_grounded(raw, num_boxes=len(bl)), raw, bl, sl))
+        return results
+
+    def stream(
+        self,
+        image: ImageInput,
+        question: str,
+        boxes: Optional[Boxes] = None,
+        granularity: str = "fine",
+        min_score: float = 0.3,
+        nms: float = 0.8,
+        max_boxes: int = MAX_BOXES,
+        **gen_kwargs: Any,
+    ) -> StreamingAnswer:
+        """Like ``__call__`` for one image, but returns at once: iterate the :class:`StreamingAnswer` for
+        text pieces as they are generated, then call ``.result()`` for the parsed answer."""
+        pils, box_lists, score_lists = self._prepare(
+            [image], [question], None if boxes is None else [boxes], granularity, min_score, nms, max_boxes
+        )
+        inputs = self._inputs(pils, [question], box_lists)
+        streamer = _QueueStreamer(self._decode_ids, int(inputs["input_ids"].shape[-1]), self._eos_ids(gen_kwargs))
+        errors: list[BaseException] = []
+        gen_cfg, extra = self._generation_args(gen_kwargs)
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    self.model.generate(**inputs, generation_config=gen_cfg, streamer=streamer, **extra)
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
+                errors.append(exc)
+                streamer.end()
+
+        thread = threading.Thread(target=run, name="chatrex-generate", daemon=True)
+        thread.start()
+        return StreamingAnswer(streamer, thread, errors, box_lists[0], score_lists[0])
+
+
+def _new_tokens(output: Any, input_ids: torch.Tensor) -> torch.Tensor:
+    """The generated part of ``generate``'s output (decoder-only models return prompt + new tokens)."""
+    seqs = output.sequences if hasattr(output, "sequences") else output
+    plen = input_ids.shape[-1]
+    if seqs.shape[-1] >= plen and torch.equal(seqs[:, :plen].to(input_ids.device), input_ids):
+        return seqs[:, plen:]
+    return seqs
+
+
+def _resolve_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in names:
+        raise ValueError(f"dtype must be one of {', '.join(names)}; got {dtype!r}")
+    return names[dtype]

@@ -1,0 +1,170 @@
+"""ChatRexPipeline end to end on tiny random parts: a tiny UPN, a tiny ChatRex model and processor."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from chatrex.interfaces.pipeline import ChatRexPipeline, PipelineResult
+from chatrex.grounding import parse_grounded
+from chatrex.upn.config import resolve_config
+from chatrex.upn.model import build_upn
+from chatrex.upn.wrapper import UPNWrapper
+from chatrex.utils.image import ImageLoadError
+from tests.mllm.conftest import build_tiny_tokenizer, make_model, make_processor, random_image
+
+GEN = dict(max_new_tokens=6)
+
+
+@pytest.fixture(scope="module")
+def parts():
+    tok = build_tiny_tokenizer()
+    processor = make_processor(tok)
+    model = make_model(tok)
+    torch.manual_seed(0)
+    cfg = resolve_config("upn_tiny")
+    upn = UPNWrapper.from_model(build_upn(cfg).eval(), cfg, resize=64, max_size=96)
+    return upn, model, processor
+
+
+@pytest.fixture(scope="module")
+def pipe(parts):
+    return ChatRexPipeline(*parts)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return [Image.fromarray(random_image(s, w, h)) for s, (w, h) in enumerate([(80, 60), (50, 70), (64, 64)])]
+
+
+class ForceText:
+    """A logits processor that makes generate emit fixed token ids, then EOS."""
+
+    def __init__(self, ids, eos, prompt_len):
+        self.ids, self.eos, self.prompt_len = list(ids), eos, prompt_len
+
+    def __call__(self, input_ids, scores):
+        step = input_ids.shape[1] - self.prompt_len
+        target = self.ids[step] if step < len(self.ids) else self.eos
+        forced = torch.full_like(scores, -float("inf"))
+        forced[:, target] = 0.0
+        return forced
+
+
+def test_batched_upn_results(pipe, images):
+    results = pipe(images, "Find every dog in this image.", min_score=0.0, max_boxes=5, batch_size=2, **GEN)
+    assert len(results) == 3
+    for r, im in zip(results, images):
+        assert isinstance(r, PipelineResult) and isinstance(r.raw_text, str)
+        assert 1 <= len(r.boxes) <= 5 and len(r.scores) == len(r.boxes)
+        assert r.scores == sorted(r.scores, reverse=True)
+        for x0, y0, x1, y1 in r.boxes:
+            assert 0 <= x0 <= x1 <= im.width and 0 <= y0 <= y1 <= im.height
+        assert all(i < len(r.boxes) for g in r.answer.groundings for i in g.indices)
+        assert r.answer == parse_grounded(r.raw_text, num_boxes=len(r.boxes))
+        json.dumps(r.to_dict())
+
+
+def test_min_score_filters_everything(pipe, images):
+    r = pipe(images[0], "Describe this image.", min_score=1.0, **GEN)[0]
+    assert r.boxes == [] and r.scores == [] and r.answer.indices == []
+
+
+def test_user_boxes_skip_the_upn_and_batching_matches_single(parts, images):
+    _, model, processor = parts
+    no_upn = ChatRexPipeline(None, model, processor)
+    boxes = [[[1, 2, 30, 40], [5, 5, 60, 50]], [[0, 0, 49, 69]], [[10, 10, 20, 20], [0, 0, 64, 64], [3, 3, 9, 9]]]
+    batched = no_upn(images, ["What is <obj0>?"] * 3, boxes=boxes, batch_size=3, **GEN)
+    for im, b, r in zip(images, boxes, batched):
+        assert r.scores is None and r.boxes == [[float(v) for v in box] for box in b]
+        single = no_upn(im, "What is <obj0>?", boxes=b, **GEN)[0]
+        assert single.raw_text == r.raw_text
+    with pytest.raises(ValueError, match="no UPN"):
+        no_upn(images[0], "What is this?", **GEN)
+
+
+def test_mixed_user_boxes_and_proposals(pipe, images):
+    res = pipe(images[:2], "What is this?", boxes=[None, [[0, 0, 200, 30]]], min_score=0.0, max_boxes=3, **GEN)
+    assert res[0].scores is not None and len(res[0].boxes) == 3
+    assert res[1].scores is None and res[1].boxes == [[0.0, 0.0, 50.0, 30.0]]  # clipped to the 50 px wide image
+
+
+def test_forced_grounded_answer_is_parsed(pipe, images):
+    tok = pipe.tokenizer
+    answer = "<ground>dog</ground><objects><obj1><obj0></objects> and <obj7>"
+    ids = tok(answer, add_special_tokens=False)["input_ids"]
+    inputs = pipe.processor(images=[images[0]], questions=["Find every dog."], boxes=[[[1, 2, 30, 40], [5, 5, 60, 50]]])
+    force = ForceText(ids, tok.eos_token_id, inputs["input_ids"].shape[1])
+    from transformers import LogitsProcessorList
+
+    r = pipe(images[0], "Find every dog.", boxes=[[1, 2, 30, 40], [5, 5, 60, 50]], max_new_tokens=len(ids) + 3,
+             logits_processor=LogitsProcessorList([force]))[0]
+    assert r.raw_text == answer
+    assert r.answer.text == "dog and"
+    assert [(g.phrase, g.indices) for g in r.answer.groundings] == [("dog", [1, 0])]
+    assert any("<obj7>" in d for d in r.answer.dropped)
+    assert r.grounded_boxes() == [[[5.0, 5.0, 60.0, 50.0], [1.0, 2.0, 30.0, 40.0]]]
+    d = r.to_dict()
+    assert d["answer"]["groundings"][0]["boxes"] == [[5.0, 5.0, 60.0, 50.0], [1.0, 2.0, 30.0, 40.0]]
+
+
+def test_stream_matches_call(pipe, images):
+    expected = pipe(images[1], "Describe this image.", min_score=0.0, max_boxes=4, **GEN)[0]
+    streaming = pipe.stream(images[1], "Describe this image.", min_score=0.0, max_boxes=4, **GEN)
+    assert streaming.boxes == expected.boxes  # known before any text
+    pieces = list(streaming)
+    result = streaming.result()
+    assert "".join(pieces) == result.raw_text == expected.raw_text
+    assert result.answer == expected.answer
+
+
+def test_save_and_from_pretrained(pipe, images, tmp_path):
+    pipe.save_pretrained(tmp_path / "model")
+    assert json.loads((tmp_path / "model" / "pipeline_config.json").read_text()) == {"upn_resize": 64, "upn_max_size": 96}
+    loaded = ChatRexPipeline.from_pretrained(tmp_path / "model")
+    a = pipe(images[2], "Find every cat.", min_score=0.0, max_boxes=5, **GEN)[0]
+    b = loaded(images[2], "Find every cat.", min_score=0.0, max_boxes=5, **GEN)[0]
+    assert a.boxes == b.boxes and a.raw_text == b.raw_text
+
+
+def test_from_pretrained_missing_parts(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ChatRexPipeline.from_pretrained(tmp_path / "nowhere")
+    (tmp_path / "m" / "chatrex").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="lacks 'upn/'"):
+        ChatRexPipeline.from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "upn").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        ChatRexPipeline.from_pretrained(tmp_path / "m")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(questions="What is <obj2>?", boxes=[[0, 0, 10, 10], [1, 1, 5, 5]]), "refers to <obj2>"),
+        (dict(questions="What is <image>?", boxes=[[0, 0, 10, 10]]), "placeholder"),
+        (dict(questions="Hi", boxes=[[0, 0, 10]]), "expected \\[x0, y0, x1, y1\\]"),
+        (dict(questions="Hi", boxes=[[10, 0, 5, 10]]), "empty or inverted"),
+        (dict(questions="Hi", boxes=[[0, 0, float("nan"), 10]]), "non-finite"),
+        (dict(questions="Hi", boxes=[[500, 500, 600, 600]]), "outside"),
+        (dict(questions="Hi", boxes=[[0, 0, 5, 5]] * 101), "at most 100"),
+        (dict(questions="Hi", granularity="medium"), "granularity"),
+        (dict(questions="Hi", max_boxes=101), "max_boxes"),
+        (dict(questions=["a", "b"]), "1 images but 2 questions"),
+        (dict(questions="   "), "empty"),
+    ],
+)
+def test_bad_input_has_clear_errors(pipe, images, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pipe(images[0], **kwargs, **GEN)
+
+
+def test_corrupt_image(pipe, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg at all")
+    with pytest.raises(ImageLoadError):
+        pipe(str(bad), "What is this?", **GEN)

@@ -1,0 +1,121 @@
+"""``chatrex predict`` on a tiny random model directory (upn/ + chatrex/ + pipeline_config.json).
+
+The model is random, so the answer is random text: the tests check that the command runs, writes the
+picture and the JSON with the documented fields, honours --max-boxes and --boxes, and fails cleanly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from chatrex.interfaces.cli import build_app
+from chatrex.interfaces.pipeline import DEFAULT_MODEL_DIR, ChatRexPipeline
+from tests.mllm.conftest import build_tiny_tokenizer, make_model, make_processor, random_image
+
+FAST = ["--max-new-tokens", "4"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from chatrex.upn.config import resolve_config
+    from chatrex.upn.model import build_upn
+    from chatrex.upn.wrapper import UPNWrapper
+
+    tok = build_tiny_tokenizer()
+    torch.manual_seed(0)
+    cfg = resolve_config("upn_tiny")
+    upn = UPNWrapper.from_model(build_upn(cfg).eval(), cfg, resize=64, max_size=96)
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    ChatRexPipeline(upn, make_model(tok), make_processor(tok)).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def image_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "scene.png"
+    Image.fromarray(random_image(3, 80, 60)).save(path)
+    return path
+
+
+def _run(*args):
+    return CliRunner().invoke(build_app(), [str(a) for a in args])
+
+
+def test_help_lists_predict():
+    res = _run("--help")
+    assert res.exit_code == 0 and "predict" in res.output
+
+
+def test_predict_writes_picture_and_json(model_dir, image_path, tmp_path):
+    out = tmp_path / "vis.jpg"
+    res = _run("predict", image_path, "Find every dog in this image.", "--model", model_dir, "--out", out,
+               "--min-score", "0", "--max-boxes", "3", *FAST)
+    assert res.exit_code == 0, res.output
+    assert Image.open(out).size == (80, 60)
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert {"image", "width", "height", "question", "answer", "raw_text", "boxes", "scores"} <= set(record)
+    assert set(record["answer"]) == {"text", "groundings", "dropped"}
+    assert record["question"] == "Find every dog in this image." and record["width"] == 80
+    assert 1 <= len(record["boxes"]) <= 3 and len(record["scores"]) == len(record["boxes"])
+    assert all(i < len(record["boxes"]) for g in record["answer"]["groundings"] for i in g["indices"])
+    assert "boxes from UPN fine-grained proposals" in res.output
+
+
+def test_predict_with_user_boxes_inline_and_from_file(model_dir, image_path, tmp_path):
+    js = tmp_path / "a.json"
+    res = _run("predict", image_path, "What is <obj1>?", "--model", model_dir, "--json", js,
+               "--boxes", "[[1, 2, 30, 40], [5, 5, 60, 50]]", *FAST)
+    assert res.exit_code == 0, res.output
+    record = json.loads(js.read_text())
+    assert record["boxes"] == [[1, 2, 30, 40], [5, 5, 60, 50]] and record["scores"] is None
+    boxes_file = tmp_path / "props.json"  # the shape `chatrex propose` writes
+    boxes_file.write_text(json.dumps({"boxes": [[0, 0, 10, 10]], "scores": [0.9]}))
+    res = _run("predict", image_path, "What is <obj0>?", "--model", model_dir, "--json", js, "--boxes", boxes_file, *FAST)
+    assert res.exit_code == 0, res.output
+    assert json.loads(js.read_text())["boxes"] == [[0, 0, 10, 10]]
+
+
+def test_predict_stream(model_dir, image_path):
+    res = _run("predict", image_path, "Describe the image.", "--model", model_dir, "--stream", "--granularity",
+               "coarse", "--min-score", "0", "--max-boxes", "2", *FAST)
+    assert res.exit_code == 0, res.output
+    assert "boxes from UPN coarse-grained proposals" in res.output
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--boxes", "[[1, 2, 3]"], "not valid JSON"),
+        (["--boxes", "[[1, 2, 3]]"], "expected [x0, y0, x1, y1]"),
+        (["--boxes", "[[1, 2, 30, 40]]", "--json", "{tmp}/x.json"], None),
+        (["--boxes", "nope.json"], "neither inline JSON nor an existing JSON file"),
+        (["--out", "{tmp}/vis.xyz"], "cannot write a picture"),
+        (["--max-boxes", "0"], "--max-boxes"),
+        (["--device", "cuda:7"], "could not load the model"),
+    ],
+)
+def test_predict_bad_input(model_dir, image_path, tmp_path, extra, message):
+    extra = [e.replace("{tmp}", str(tmp_path)) for e in extra]
+    res = _run("predict", image_path, "What is <obj3>?", "--model", model_dir, *extra, *FAST)
+    assert res.exit_code == 1
+    assert "Traceback" not in res.output
+    # the <obj3> question is refused when only one box is given
+    assert (message or "refers to <obj3>") in " ".join(res.output.split())
+
+
+def test_predict_missing_model_and_image(tmp_path, image_path, model_dir):
+    res = _run("predict", image_path, "Hi", "--model", tmp_path / "nothing")
+    assert res.exit_code == 1 and "does not exist" in res.output
+    res = _run("predict", tmp_path / "none.jpg", "Hi", "--model", model_dir)
+    assert res.exit_code == 1 and "does not exist" in res.output
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG broken")
+    res = _run("predict", bad, "Hi", "--model", model_dir)
+    assert res.exit_code == 1 and "bad.png" in res.output and "Traceback" not in res.output
+    if not DEFAULT_MODEL_DIR.is_dir():
+        res = _run("predict", image_path, "Hi")
+        assert res.exit_code == 1 and "--model" in res.output
