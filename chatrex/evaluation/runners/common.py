@@ -147,6 +147,13 @@ def run_queries(
     return answers
 
 
+def answer_stats(answers: Sequence[Answer]) -> dict:
+    """How malformed the answers were: indices past the box list that reached us, and answers whose
+    parser dropped markup (bad tags, out-of-range indices; see ``GroundedAnswer.dropped``)."""
+    return {"invalid_indices": sum(a.invalid_indices for a in answers),
+            "answers_with_dropped_markup": sum(1 for a in answers if a.dropped)}
+
+
 def limit_items(items: Sequence[Any], limit: Optional[int]) -> list:
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be non-negative, got {limit}")

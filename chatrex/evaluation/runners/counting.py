@@ -9,7 +9,7 @@ from typing import Any, Optional
 from chatrex.evaluation.coco import region_in_level
 from chatrex.evaluation.counting import counting_accuracy, parse_count
 from chatrex.evaluation.datasets import EvalData, EvalDataError, coco_category_names, coco_image_annotations
-from chatrex.evaluation.runners.common import Query, limit_items, run_queries
+from chatrex.evaluation.runners.common import Query, answer_stats, limit_items, run_queries
 
 
 def counting_samples(data: EvalData, level: str = "instance") -> list[dict]:
@@ -58,7 +58,8 @@ def run_counting(
     acc = counting_accuracy(stated, truth)
     acc_boxes = counting_accuracy(grounded, truth)
     metrics = {"accuracy": acc["accuracy"], "mae": acc["mae"], "num_samples": acc["num_samples"],
-               "num_unparsed": acc["num_unparsed"], "grounded_count_accuracy": acc_boxes["accuracy"]}
+               "num_unparsed": acc["num_unparsed"], "grounded_count_accuracy": acc_boxes["accuracy"],
+               **answer_stats(answers)}
     predictions = [{**s, "predicted": p, "grounded_boxes": g, "answer": a.to_dict()}
                    for s, p, g, a in zip(samples, stated, grounded, answers)]
     return {

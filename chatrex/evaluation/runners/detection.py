@@ -10,7 +10,7 @@ from chatrex.evaluation.coco import coco_from_records, coco_map, detections_to_r
 from chatrex.evaluation.datasets import (EvalData, EvalDataError, coco_category_names, coco_image_annotations,
                                          coco_synonyms)
 from chatrex.evaluation.detection import ImageDetections, ImageGroundTruth, precision_recall_per_class
-from chatrex.evaluation.runners.common import Query, limit_items, rounded_box, run_queries
+from chatrex.evaluation.runners.common import Query, answer_stats, limit_items, rounded_box, run_queries
 from chatrex.evaluation.text import SynonymTable
 
 
@@ -69,7 +69,7 @@ def run_detection(
     answer_of = dict(zip(query_images, answers))
 
     gts, dets, results, predictions = [], [], [], []
-    unmatched_total = invalid_total = 0
+    unmatched_total = 0
     for img in images:
         gt_anns = anns[img["id"]]
         gts.append(ImageGroundTruth(xywh_to_xyxy([a["bbox"] for a in gt_anns]) if gt_anns else [],
@@ -86,7 +86,6 @@ def run_detection(
                     continue
                 for i in indices:
                     found.setdefault((cat, i), (ans.boxes[i], ans.score_of(i)))
-            invalid_total += ans.invalid_indices
         unmatched_total += len(unmatched)
         cats = [c for c, _ in found]
         boxes = [b for b, _ in found.values()]
@@ -109,7 +108,7 @@ def run_detection(
         "mAP": coco_stats["mAP"], "AP50": coco_stats["AP50"], "AP75": coco_stats["AP75"],
         "num_images": len(images), "num_queried": len(queries), "num_detections": len(results),
         "num_ground_truth": sum(len(g.labels) for g in gts),
-        "unmatched_phrases": unmatched_total, "invalid_indices": invalid_total,
+        "unmatched_phrases": unmatched_total, **answer_stats(answers),
     }
     return {
         "task": "detection",

@@ -7,7 +7,7 @@ from typing import Any, Optional
 from chatrex.evaluation.datasets import EvalData, EvalDataError
 from chatrex.evaluation.grounded_caption import PhraseBox, match_phrase_boxes, phrase_box_f1
 from chatrex.evaluation.region import caption_metrics
-from chatrex.evaluation.runners.common import Query, limit_items, run_queries
+from chatrex.evaluation.runners.common import Query, answer_stats, limit_items, run_queries
 
 CAPTION_KINDS = {"brief": "caption_brief", "detailed": "caption_detailed"}
 
@@ -63,7 +63,7 @@ def run_grounded_caption(
     f1 = phrase_box_f1(predicted, truth, iou_threshold=iou_threshold)
     metrics = {"precision": f1["precision"], "recall": f1["recall"], "f1": f1["f1"], "matched": f1["matched"],
                "num_predicted": f1["num_predicted"], "num_ground_truth": f1["num_ground_truth"],
-               "num_images": len(samples), "invalid_indices": sum(a.invalid_indices for a in answers)}
+               "num_images": len(samples), **answer_stats(answers)}
     headline = ["precision", "recall", "f1"]
     if text_metrics:
         scores = caption_metrics({str(i): a.text for i, a in enumerate(answers)},

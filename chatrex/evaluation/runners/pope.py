@@ -7,7 +7,7 @@ from typing import Any, Optional, Sequence
 from chatrex.evaluation.coco import region_in_level
 from chatrex.evaluation.datasets import EvalData, EvalDataError, coco_category_names, coco_image_annotations
 from chatrex.evaluation.pope import SETTINGS, build_pope_questions, parse_yes_no, pope_metrics
-from chatrex.evaluation.runners.common import Query, limit_items, run_queries
+from chatrex.evaluation.runners.common import Query, answer_stats, limit_items, run_queries
 
 QUESTION = "Is there a {category} in the image? Answer yes or no."
 
@@ -58,6 +58,7 @@ def run_pope(
         m = pope_metrics(said, [q.label for q in questions])
         for key in ("accuracy", "precision", "recall", "f1", "yes_ratio", "num_samples", "num_unparsed"):
             metrics[f"{setting}/{key}"] = m[key]
+        metrics[f"{setting}/answers_with_dropped_markup"] = answer_stats(answers)["answers_with_dropped_markup"]
         predictions += [{"setting": setting, "image": images[q.image_index][0], "category": q.category,
                          "label": "yes" if q.label else "no",
                          "predicted": None if s is None else ("yes" if s else "no"), "answer": a.text}

@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from chatrex.evaluation.datasets import EvalData, EvalDataError
 from chatrex.evaluation.referring import referring_accuracy
-from chatrex.evaluation.runners.common import Query, limit_items, rounded_box, run_queries
+from chatrex.evaluation.runners.common import Query, answer_stats, limit_items, rounded_box, run_queries
 
 
 def referring_samples(data: EvalData) -> list[dict]:
@@ -54,7 +54,7 @@ def run_referring(
     ]
     metrics = {f"Acc@{threshold:g}": acc["accuracy"], "num_samples": acc["num_samples"],
                "num_without_box": acc["num_without_box"],
-               "invalid_indices": sum(a.invalid_indices for a in answers)}
+               **answer_stats(answers)}
     return {
         "task": "referring",
         "metrics": metrics,

@@ -8,7 +8,7 @@ from typing import Any, Optional, Sequence
 from chatrex.evaluation.boxes import xywh_to_xyxy
 from chatrex.evaluation.datasets import EvalData, coco_category_names, coco_image_annotations, coco_synonyms
 from chatrex.evaluation.region import caption_metrics, category_accuracy, load_sentence_encoder, osprey_scores, predicted_name
-from chatrex.evaluation.runners.common import Query, limit_items, rounded_box, run_queries
+from chatrex.evaluation.runners.common import Query, answer_stats, limit_items, rounded_box, run_queries
 
 #: Sub-task → (prompt task, ground-truth field of a sample).
 REGION_TASKS = {
@@ -80,6 +80,7 @@ def run_region(
                    for i in chosen]
         answers = run_queries(predictor, queries, batch_size=batch_size, desc=f"region {task}", progress=progress)
         texts = [predicted_name(a.text, [p for p, _ in a.groundings]) for a in answers]
+        metrics[f"{task}/answers_with_dropped_markup"] = answer_stats(answers)["answers_with_dropped_markup"]
         for i, a, t in zip(chosen, answers, texts):
             predictions[i][f"predicted_{task}"] = t
             predictions[i][f"answer_{task}"] = a.to_dict()
