@@ -87,6 +87,7 @@ class StepsSpec:
         resolve(self.factory)
         if self.factory == "chatrex.data.engine.spec:compose_steps":
             _check_stage_specs(self.kwargs)
+            _check_required_stages(self.kwargs)
 
     def build(self) -> EngineSteps:
         """Call the factory; raises :class:`StepsSpecError` unless it returns :class:`EngineSteps`."""
@@ -132,6 +133,12 @@ def _check_stage_specs(stages: Mapping[str, Any]) -> None:
         resolve(str(sub["factory"]))
 
 
+def _check_required_stages(stages: Mapping[str, Any]) -> None:
+    missing = [s for s in ("captioner", "grounder", "region_captioner") if s not in stages]
+    if missing:
+        raise StepsSpecError(f"compose_steps needs a factory for the stage(s) {missing}")
+
+
 def parse_steps_spec(text: str) -> StepsSpec:
     """Read ``--steps``: a JSON file path, an inline JSON object, or ``module:callable``."""
     text = text.strip()
@@ -169,9 +176,7 @@ def compose_steps(**stages: Mapping[str, Any]) -> EngineSteps:
     from .rewrite import RuleBasedCaptionFilter
 
     _check_stage_specs(stages)
-    missing = [s for s in ("captioner", "grounder", "region_captioner") if s not in stages]
-    if missing:
-        raise StepsSpecError(f"compose_steps needs a factory for the stage(s) {missing}")
+    _check_required_stages(stages)
     return EngineSteps(
         captioner=_build_stage("captioner", stages.get("captioner"), lambda: None),
         extractor=_build_stage("extractor", stages.get("extractor"), SpacyPhraseExtractor),

@@ -225,6 +225,16 @@ def build_scripted_steps(
     )
 
 
+def build_scripted_stage(stage: str, script: str | Mapping[str, Any], base_dir: Optional[str] = None) -> Any:
+    """One scripted stage (``"captioner"``, ``"grounder"``, ``"region_captioner"`` or ``"extractor"``), for
+    per-stage specs (:func:`chatrex.data.engine.spec.compose_steps`)."""
+    classes = {"captioner": ScriptedCaptioner, "grounder": ScriptedGrounder,
+               "region_captioner": ScriptedRegionCaptioner, "extractor": ScriptPhraseExtractor}
+    if stage not in classes:
+        raise ValueError(f"no scripted stage {stage!r}; choose from {sorted(classes)}")
+    return classes[stage](Script.load(script, base_dir))
+
+
 def records_to_script(records: Iterable[Mapping[str, Any]], jsonl_dir: str | os.PathLike,
                       caption_kind: str = "brief") -> dict[str, dict[str, Any]]:
     """A script that replays existing records: the caption of kind ``caption_kind``, every grounding of
