@@ -114,7 +114,8 @@ def run_eval_command(
             table.add_row(key, format_value(flat[key]))
     console = Console()
     console.print(table)
-    console.print(f"wrote {result['files']['json']} and {result['files']['markdown']}", highlight=False)
+    console.print(f"wrote {result['files']['json']} and {result['files']['markdown']}", highlight=False,
+                  soft_wrap=True)
     return result
 
 
