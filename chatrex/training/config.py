@@ -30,6 +30,8 @@ class TrainConfig:
         seed: seeds model init, data order and augmentation.
         num_workers: DataLoader workers per process.
         betas: AdamW betas.
+        time_budget_s: if set, after 20 steps the run is shortened (schedule included) so that it
+            ends within this many seconds; the shortened length is checkpointed.
     """
 
     output_dir: str = "runs/default"
@@ -50,6 +52,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 2
     betas: tuple[float, float] = (0.9, 0.999)
+    time_budget_s: Optional[float] = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -74,8 +77,22 @@ class TrainConfig:
         return cls(**d)
 
 
+def _parse_value(text: Any) -> Any:
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def load_recipe(path: str | Path, overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """Read a recipe JSON (``{"task": {...}, "train": {...}}``) and apply ``section.key=value`` overrides."""
+    """Read a recipe JSON (``{"task": {...}, "train": {...}}``) and apply dotted overrides.
+
+    Args:
+        overrides: ``{"train.lr": 1e-4, "task.data.files": '["a.jsonl"]'}``; string values are parsed
+            as JSON when they are JSON (numbers, lists, booleans), else kept as strings.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe not found: {path}")
@@ -86,8 +103,13 @@ def load_recipe(path: str | Path, overrides: Optional[dict[str, Any]] = None) ->
     if not isinstance(recipe, dict) or "train" not in recipe or "task" not in recipe:
         raise ValueError(f"recipe {path} must be an object with 'task' and 'train' sections")
     for key, value in (overrides or {}).items():
-        section, _, name = key.partition(".")
-        if section not in ("task", "train") or not name:
-            raise ValueError(f"override {key!r} must look like 'train.lr' or 'task.data'")
-        recipe[section][name] = value
+        parts = key.split(".")
+        if parts[0] not in ("task", "train") or len(parts) < 2 or not all(parts):
+            raise ValueError(f"override {key!r} must look like 'train.lr' or 'task.data.files'")
+        node = recipe
+        for part in parts[:-1]:
+            if not isinstance(node.setdefault(part, {}), dict):
+                raise ValueError(f"override {key!r}: {part!r} is not a section")
+            node = node[part]
+        node[parts[-1]] = _parse_value(value)
     return recipe

@@ -44,16 +44,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def lr_lambda(warmup: int, total: int, min_ratio: float):
-    """Linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total``."""
+class WarmupCosine:
+    """Linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total`` (an object, not a closure,
+    so LambdaLR checkpoints ``total`` when a time budget shortens the run)."""
 
-    def f(step: int) -> float:
-        if warmup > 0 and step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    def __init__(self, warmup: int, total: int, min_ratio: float) -> None:
+        self.warmup, self.total, self.min_ratio = warmup, total, min_ratio
 
-    return f
+    def __call__(self, step: int) -> float:
+        if self.warmup > 0 and step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def lr_lambda(warmup: int, total: int, min_ratio: float) -> WarmupCosine:
+    return WarmupCosine(warmup, total, min_ratio)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -205,7 +211,8 @@ class Trainer:
         groups = groups_fn(raw_model, cfg) if callable(groups_fn) else default_param_groups(raw_model, cfg.lr, cfg.weight_decay)
         fused = dev.type == "cuda" and self.strategy != "fsdp"
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused or None)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio))
+        schedule = WarmupCosine(cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
         step = 0
         ckpt = find_latest_checkpoint(self.out) if resume else None
@@ -229,8 +236,9 @@ class Trainer:
                                              # RNG, whose state a checkpoint restores
                                              generator=torch.Generator().manual_seed(cfg.seed))
         amp = torch.autocast(dev.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
-        end = cfg.max_steps if stop_after is None else min(cfg.max_steps, stop_after)
-        bar = self._progress(step, cfg.max_steps, n_train, ckpt)
+        end = schedule.total if stop_after is None else min(schedule.total, stop_after)
+        bar = self._progress(step, schedule.total, n_train, ckpt)
+        run_start, budget_step = time.perf_counter(), step + 20
         model.train()
         acc: dict[str, float] = {}
         n_acc, bad_steps, t0, seen = 0, 0, time.perf_counter(), 0
@@ -262,6 +270,8 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
+            if cfg.time_budget_s and step == budget_step and schedule.total == cfg.max_steps:
+                end = min(end, self._fit_budget(schedule, step, time.perf_counter() - run_start, bar))
             if step % cfg.log_every == 0 or step == end:
                 logs_mean = all_reduce_mean({k: v / n_acc for k, v in acc.items()}, dev)
                 dt = time.perf_counter() - t0
@@ -282,9 +292,23 @@ class Trainer:
                     plot_curves(metrics_path, self.out / "loss.png", title=self.task.name)
         if bar is not None:
             bar[0].stop()
-        if step >= cfg.max_steps:
+        if step >= schedule.total:
             self._export(model, raw_model)
         return raw_model
+
+    def _fit_budget(self, schedule: WarmupCosine, step: int, elapsed: float, bar) -> int:
+        """Shorten the run so that it ends within ``time_budget_s`` (same on every process)."""
+        per_step = all_reduce_mean({"t": elapsed / 20}, self.dist.device)["t"]
+        left = self.cfg.time_budget_s - elapsed
+        total = max(step + 1, min(self.cfg.max_steps, step + int(left / max(per_step, 1e-9))))
+        if total < self.cfg.max_steps:
+            schedule.total = total
+            if self.dist.is_main:
+                print(f"time budget {self.cfg.time_budget_s:.0f} s at {per_step:.3f} s/step: "
+                      f"training {total} steps instead of {self.cfg.max_steps}", flush=True)
+            if bar is not None:
+                bar[0].update(bar[1], total=total)
+        return schedule.total
 
     def _export(self, model: nn.Module, raw_model: nn.Module) -> None:
         if self.strategy == "fsdp":

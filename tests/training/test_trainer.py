@@ -142,3 +142,13 @@ def test_two_processes_gloo(tmp_path, strategy):
     rows = [json.loads(x) for x in (tmp_path / strategy / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 7))
     assert (tmp_path / strategy / "final" / "model.pt").exists()
+
+
+def test_time_budget_shortens_the_schedule(tmp_path):
+    cfg = _cfg(tmp_path, "b", max_steps=100000, grad_accum=1, save_every=100000, log_every=10, time_budget_s=1e-6)
+    Trainer(ToyTask(), cfg, device="cpu", progress=False).fit()
+    rows = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 21  # stopped right after the estimate, with a final checkpoint
+    assert rows[-1]["lr"] == pytest.approx(cfg.lr * cfg.min_lr_ratio)  # the schedule ended too
+    assert (tmp_path / "b" / "final" / "model.pt").exists()
+    assert find_latest_checkpoint(tmp_path / "b").name == "step_0000021"

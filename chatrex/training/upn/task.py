@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+import copy
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +28,7 @@ class UPNTaskConfig:
         backbone_lr_mult: learning-rate factor of the Swin backbone.
         inference_resize, inference_max_size: the resize written into the exported model's
             preprocessor config (what the wrapper should use at inference).
+        export_dtype: storage dtype of the exported weights ("float32", "float16", "bfloat16").
     """
 
     model: Any = "upn_small"
@@ -38,6 +39,7 @@ class UPNTaskConfig:
     backbone_lr_mult: float = 1.0
     inference_resize: int = 800
     inference_max_size: int = 1333
+    export_dtype: str = "float32"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "UPNTaskConfig":
@@ -134,6 +136,10 @@ class UPNTask:
         from chatrex.upn.checkpoint import save_pretrained
 
         upn = model.upn if isinstance(model, UPNTrainingModule) else model
+        dtype = getattr(torch, self.cfg.export_dtype, None)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"export_dtype must be float32, float16 or bfloat16, got {self.cfg.export_dtype!r}")
+        upn = copy.deepcopy(upn).to(dtype)
         save_pretrained(upn, upn.config, out_dir)
         (Path(out_dir) / "preprocessor_config.json").write_text(json.dumps(
             {"resize": self.cfg.inference_resize, "max_size": self.cfg.inference_max_size}, indent=2))

@@ -1,0 +1,87 @@
+"""``chatrex train upn|chatrex RECIPE``: one entry point for CPU, one GPU and ``torchrun`` (DDP/FSDP)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+train_app = typer.Typer(help="Train the UPN or a ChatRex stage from a recipe (recipes/*.json).", no_args_is_help=True)
+
+
+def _overrides(items: Optional[list[str]]) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--set takes KEY=VALUE, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def _run(kind: str, recipe: Path, sets: Optional[list[str]], device: Optional[str], resume: bool) -> None:
+    from rich.console import Console
+
+    from chatrex.training.config import TrainConfig, load_recipe
+    from chatrex.training.distributed import cleanup
+    from chatrex.training.trainer import Trainer
+
+    console = Console(stderr=True)
+    try:
+        spec = load_recipe(recipe, _overrides(sets))
+        if kind == "upn":
+            from chatrex.training.upn.task import UPNTask, UPNTaskConfig
+
+            task = UPNTask(UPNTaskConfig.from_dict(spec["task"]))
+        else:
+            from chatrex.training.chatrex_task import ChatRexTask, ChatRexTaskConfig
+
+            task = ChatRexTask(ChatRexTaskConfig.from_dict(spec["task"]))
+        cfg = TrainConfig.from_dict(spec["train"])
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2)
+    try:
+        Trainer(task, cfg, device=device).fit(resume=resume)
+    finally:
+        cleanup()
+    console.print(f"done: {cfg.output_dir} (final model in {Path(cfg.output_dir) / 'final'})")
+
+
+@train_app.command("upn")
+def train_upn(
+    recipe: Path = typer.Argument(..., help="recipe JSON, e.g. recipes/upn_small.json"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="override, e.g. --set train.lr=1e-4"),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)"),
+    resume: bool = typer.Option(True, help="continue from the run folder's latest checkpoint"),
+) -> None:
+    """Train the Universal Proposal Network (both prompts)."""
+    _run("upn", recipe, set_, device, resume)
+
+
+@train_app.command("chatrex")
+def train_chatrex(
+    recipe: Path = typer.Argument(..., help="recipe JSON, e.g. recipes/chatrex_small_stage1.json"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="override, e.g. --set task.init_from=runs/s1/final"),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)"),
+    resume: bool = typer.Option(True, help="continue from the run folder's latest checkpoint"),
+) -> None:
+    """Train one ChatRex stage (stage 1 alignment, stage 2 instruction tuning)."""
+    _run("chatrex", recipe, set_, device, resume)
+
+
+@train_app.command("plot")
+def plot(run_dir: Path = typer.Argument(..., help="a run folder holding metrics.jsonl")) -> None:
+    """Redraw a run's loss curves (loss.png) from its metrics.jsonl."""
+    from chatrex.training.curves import plot_curves
+
+    out = plot_curves(run_dir / "metrics.jsonl", run_dir / "loss.png", title=run_dir.name)
+    if out is None:
+        typer.echo(f"no metrics in {run_dir}", err=True)
+        raise typer.Exit(1)
+    typer.echo(str(out))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(train_app, name="train")
