@@ -254,9 +254,6 @@ class Canvas:
         return self.instance_map[iy, ix] == i, ix.start, iy.start
 
 
-_MASK_LUT = [0] + [255] * 255
-
-
 def composite(background: np.ndarray, sprites: Sequence[Sprite], origins: Sequence[tuple[int, int]]) -> Canvas:
     """Paste ``sprites`` (back to front) at ``origins`` (top-left, pixels) onto a copy of ``background``."""
     if len(sprites) != len(origins):
@@ -274,12 +271,12 @@ def composite(background: np.ndarray, sprites: Sequence[Sprite], origins: Sequen
             continue
         iy, ix, sy, sx = c
         sub = s.labels[sy, sx]
-        inst[iy, ix][sub > 0] = i
         size = (sub.shape[1], sub.shape[0])
-        data = np.ascontiguousarray(sub).tobytes()
-        tile = Image.frombytes("P", size, data)
+        filled = sub > 0
+        inst[iy, ix][filled] = i
+        tile = Image.frombytes("P", size, np.ascontiguousarray(sub).tobytes())
         tile.putpalette(s.lut.tobytes())
-        mask = Image.frombytes("L", size, data).point(_MASK_LUT)
+        mask = Image.frombytes("L", size, (filled.view(np.uint8) * np.uint8(255)).tobytes())
         image.paste(tile.convert("RGB"), (ix.start, iy.start), mask)
     canvas.image = np.asarray(image).copy()
     return canvas
