@@ -4,7 +4,7 @@ phrase; the other input boxes optionally thin and grey."""
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from PIL import Image
 

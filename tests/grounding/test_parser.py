@@ -198,3 +198,10 @@ def test_boxes_for():
     assert per == [[boxes[3].tolist(), boxes[1].tolist()], []]
     with pytest.raises(ValueError, match="only 2 boxes"):
         boxes_for(ans.groundings[0], boxes[:2])
+
+
+def test_identical_notes_collapsed_with_count():
+    ans = parse_grounded("<obj3><obj3><obj3> hi <obj4>")
+    assert ans.text == "hi"
+    assert ans.dropped == ["stray <obj3> (outside an <objects> block) removed (x3)",
+                           "stray <obj4> (outside an <objects> block) removed"]

@@ -119,3 +119,16 @@ def test_predict_missing_model_and_image(tmp_path, image_path, model_dir):
     if not DEFAULT_MODEL_DIR.is_dir():
         res = _run("predict", image_path, "Hi")
         assert res.exit_code == 1 and "--model" in res.output
+
+
+def test_answer_markup_colours_phrases_like_the_picture():
+    from chatrex.grounding import parse_grounded, phrase_colors
+    from chatrex.interfaces.commands.predict import answer_markup
+
+    ans = parse_grounded("A <ground>dog</ground><objects><obj0><obj2></objects> near a <ground>cat</ground><objects></objects>.")
+    text = answer_markup(ans)
+    assert text.plain == "A dog[0,2] near a cat[]."
+    styles = {text.plain[s.start : s.end]: str(s.style) for s in text.spans}
+    r, g, b = phrase_colors(ans)["dog"]
+    assert styles["dog"] == f"bold rgb({r},{g},{b})" and styles["[0,2]"] == "dim"
+    assert styles["cat"] != styles["dog"]
