@@ -18,6 +18,8 @@ IMAGE = SHARED / "images" / "test_upn.jpeg"
 PROMPTS = ("fine_grained_prompt", "coarse_grained_prompt")
 TOL = 1e-4
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def ref():
