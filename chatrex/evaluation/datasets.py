@@ -156,6 +156,32 @@ def coco_synonyms(coco: dict) -> dict:
             if c.get("synonyms")}
 
 
+def record_synonyms(records: list) -> dict:
+    """``{category: [synonyms]}`` merged from the records' ``synonyms`` maps (the world's language pass
+    records the other nouns its texts may use for a category, e.g. ``{"car": ["automobile"]}``)."""
+    out: dict = {}
+    for rec in records:
+        syn = rec.get("synonyms")
+        if not isinstance(syn, dict):
+            continue
+        for cat, alts in syn.items():
+            if isinstance(alts, str):
+                alts = [alts]
+            if isinstance(alts, list):
+                bucket = out.setdefault(str(cat), [])
+                bucket += [a for a in alts if isinstance(a, str) and a not in bucket]
+    return out
+
+
+def data_synonyms(data: "EvalData") -> dict:
+    """Category synonyms the data provides: LVIS-style COCO categories or the records' maps."""
+    if data.kind == "coco":
+        return coco_synonyms(data.coco)
+    if data.kind == "records":
+        return record_synonyms(data.records)
+    return {}
+
+
 def coco_image_annotations(coco: dict, include_crowd: bool = False) -> dict:
     """``{image_id: [annotation, ...]}`` (crowd annotations left out unless asked)."""
     out: dict = {img["id"]: [] for img in coco["images"]}

@@ -8,7 +8,7 @@ from typing import Any, Optional
 from chatrex.evaluation.boxes import xywh_to_xyxy
 from chatrex.evaluation.coco import coco_from_records, coco_map, detections_to_results
 from chatrex.evaluation.datasets import (EvalData, EvalDataError, coco_category_names, coco_image_annotations,
-                                         coco_synonyms)
+                                         data_synonyms)
 from chatrex.evaluation.detection import ImageDetections, ImageGroundTruth, precision_recall_per_class
 from chatrex.evaluation.runners.common import Query, answer_stats, limit_items, rounded_box, run_queries
 from chatrex.evaluation.text import SynonymTable
@@ -43,7 +43,7 @@ def run_detection(
 
     Each image with annotations is asked ``build_prompt("detection", categories=<its categories>)``;
     a grounded phrase names a category when it equals it after normalisation or is a synonym
-    (built-in table plus LVIS-style ``synonyms`` in the data); the boxes at its indices become
+    (built-in table plus the data's: LVIS-style ``synonyms`` or the records' ``synonyms`` maps); the boxes at its indices become
     detections with the proposals' scores as confidences. Phrases naming no asked category are
     ignored and reported as ``unmatched_phrases``.
     """
@@ -52,7 +52,7 @@ def run_detection(
     coco = detection_ground_truth(data, level)
     names = coco_category_names(coco)
     name_to_id = {n: i for i, n in names.items()}
-    synonyms = coco_synonyms(coco)
+    synonyms = data_synonyms(data)
     anns = coco_image_annotations(coco)
     images = limit_items(coco["images"], limit)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from chatrex.evaluation.datasets import EvalData, EvalDataError
+from chatrex.evaluation.datasets import EvalData, EvalDataError, record_synonyms
 from chatrex.evaluation.grounded_caption import PhraseBox, match_phrase_boxes, phrase_box_f1
 from chatrex.evaluation.region import caption_metrics
 from chatrex.evaluation.runners.common import Query, answer_stats, limit_items, run_queries
@@ -16,7 +16,8 @@ def caption_samples(data: EvalData, kind: str = "brief") -> list[dict]:
     """One sample per record with a caption of ``kind``: ``{"image", "caption", "pairs": [PhraseBox]}``.
 
     Ground-truth pairs come from the caption's groundings (each grounded region's box), with the
-    region's ``category`` and ``phrase`` as accepted aliases.
+    region's ``category``, its synonyms (the record's ``synonyms`` map) and ``phrase`` as accepted
+    aliases.
     """
     if kind not in CAPTION_KINDS:
         raise ValueError(f"caption kind must be one of {sorted(CAPTION_KINDS)}, got {kind!r}")
@@ -29,8 +30,13 @@ def caption_samples(data: EvalData, kind: str = "brief") -> list[dict]:
         if cap is None:
             continue
         regions = {r["id"]: r for r in rec.get("regions", [])}
-        pairs = [PhraseBox(g["phrase"], regions[rid]["box"],
-                           aliases=(regions[rid].get("category", ""), regions[rid].get("phrase", "")))
+        synonyms = record_synonyms([rec])
+
+        def aliases(region: dict) -> tuple:
+            cat = region.get("category") or ""
+            return (cat, *synonyms.get(cat, ()), region.get("phrase") or "")
+
+        pairs = [PhraseBox(g["phrase"], regions[rid]["box"], aliases=aliases(regions[rid]))
                  for g in cap.get("groundings", []) for rid in g.get("regions", []) if rid in regions]
         out.append({"image": rec["image"], "record": rec.get("id"), "caption": cap["text"], "pairs": pairs})
     return out

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 from chatrex.evaluation.boxes import xywh_to_xyxy
-from chatrex.evaluation.datasets import EvalData, coco_category_names, coco_image_annotations, coco_synonyms
+from chatrex.evaluation.datasets import EvalData, coco_category_names, coco_image_annotations, data_synonyms
 from chatrex.evaluation.region import caption_metrics, category_accuracy, load_sentence_encoder, osprey_scores, predicted_name
 from chatrex.evaluation.runners.common import Query, answer_stats, limit_items, rounded_box, run_queries
 
@@ -65,7 +65,7 @@ def run_region(
     if unknown:
         raise ValueError(f"unknown region task(s) {unknown}; choose from {list(REGION_TASKS)}")
     samples = limit_items(region_samples(data), limit)
-    synonyms = coco_synonyms(data.coco) if data.kind == "coco" else {}
+    synonyms = data_synonyms(data)
     metrics: dict = {"num_regions": len(samples)}
     headline: list = []
     skipped: dict = {}
