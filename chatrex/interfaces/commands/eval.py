@@ -60,12 +60,26 @@ def load_pipeline(model: Path, device: Optional[str]) -> Any:
 
 
 def load_upn(model: Path, device: Optional[str], config: str) -> Any:
-    """The UPN of a ChatRex model directory (``model/upn``), a UPN directory, or an official ``.pth``."""
+    """The UPN of a ChatRex model directory (``model/upn``, input size from its
+    ``pipeline_config.json``), a UPN directory, or an official ``.pth``."""
+    import json
+
     from chatrex.upn.wrapper import UPNWrapper
 
     path = model / "upn" if (model / "upn").is_dir() else model
+    size = {}
+    settings = model / "pipeline_config.json"
+    if model.is_dir() and settings.is_file():
+        try:
+            stored = json.loads(settings.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            _fail(f"'{settings}' is not valid JSON: {exc}")
+        if "upn_resize" in stored:
+            size["resize"] = stored["upn_resize"]
+        if "upn_max_size" in stored:
+            size["max_size"] = stored["upn_max_size"]
     try:
-        return UPNWrapper(path, config=None if path.is_dir() else config, device=device or _default_device())
+        return UPNWrapper(path, config=None if path.is_dir() else config, device=device or _default_device(), **size)
     except Exception as exc:  # bad checkpoint / config / device
         _fail(f"could not load the UPN from '{path}': {type(exc).__name__}: {exc}")
 
@@ -132,16 +146,21 @@ _DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 … (default: c
 _GRAN = typer.Option(Granularity.fine, "--granularity", "-g", help="UPN proposals: fine (paper default) or coarse.")
 _MIN_SCORE = typer.Option(0.3, "--min-score", min=0.0, max=1.0, help="UPN score threshold for proposals.")
 _MAX_BOXES = typer.Option(100, "--max-boxes", min=1, max=100, help="Most proposals given to the model.")
+_TOKENS = typer.Option(None, "--max-new-tokens", min=1, help="Cap on generated tokens per answer (default: the model's).")
 _LEVEL = typer.Option(Level.instance, "--level", help="World records: which regions count (instance, part, all).")
 
 
 def _pipeline_task(task: str) -> Callable[..., dict]:
     """Common body of the commands that evaluate the full pipeline."""
 
-    def body(model: Path, data: Path, images, out, limit, batch_size, device, **options) -> dict:
+    def body(model: Path, data: Path, images, out, limit, batch_size, device, max_new_tokens=None, **options) -> dict:
+        import functools
+
         if not data.is_file():
             _fail(f"data file '{data}' does not exist")
         pipe = load_pipeline(model, device)
+        if max_new_tokens is not None:
+            pipe = functools.partial(pipe, max_new_tokens=max_new_tokens)
         return run_eval_command(task, pipe, data, images, out, limit, batch_size, model_name=str(model), **options)
 
     return body
@@ -150,11 +169,12 @@ def _pipeline_task(task: str) -> Callable[..., dict]:
 def detection_cmd(
     model: Path = _MODEL, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
     limit: Optional[int] = _LIMIT, batch_size: int = _BATCH, device: Optional[str] = _DEVICE,
+    max_new_tokens: Optional[int] = _TOKENS,
     level: Level = _LEVEL, granularity: Granularity = _GRAN, min_score: float = _MIN_SCORE,
     max_boxes: int = _MAX_BOXES,
 ) -> None:
     """Detection: ground-truth categories asked over UPN proposals; P/R@0.5 per class (macro) and mAP."""
-    _pipeline_task("detection")(model, data, images, out, limit, batch_size, device, level=level.value,
+    _pipeline_task("detection")(model, data, images, out, limit, batch_size, device, max_new_tokens, level=level.value,
                                 granularity=granularity.value, min_score=min_score, max_boxes=max_boxes)
 
 
@@ -181,49 +201,54 @@ def proposals_cmd(
 def referring_cmd(
     model: Path = _MODEL, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
     limit: Optional[int] = _LIMIT, batch_size: int = _BATCH, device: Optional[str] = _DEVICE,
+    max_new_tokens: Optional[int] = _TOKENS,
     granularity: Granularity = _GRAN, min_score: float = _MIN_SCORE, max_boxes: int = _MAX_BOXES,
 ) -> None:
     """Referring expressions: Acc@0.5 of the first grounded box."""
-    _pipeline_task("referring")(model, data, images, out, limit, batch_size, device, granularity=granularity.value,
+    _pipeline_task("referring")(model, data, images, out, limit, batch_size, device, max_new_tokens, granularity=granularity.value,
                                 min_score=min_score, max_boxes=max_boxes)
 
 
 def region_cmd(
     model: Path = _MODEL, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
     limit: Optional[int] = _LIMIT, batch_size: int = _BATCH, device: Optional[str] = _DEVICE,
+    max_new_tokens: Optional[int] = _TOKENS,
     tasks: str = typer.Option("category,phrase,brief,sentence", "--tasks",
                               help="Comma-separated: category, phrase, brief, sentence."),
 ) -> None:
     """Region understanding: category accuracy, SS / S-IoU, caption BLEU/METEOR/ROUGE-L/CIDEr."""
     names = [t.strip() for t in tasks.split(",") if t.strip()]
-    _pipeline_task("region")(model, data, images, out, limit, batch_size, device, tasks=names)
+    _pipeline_task("region")(model, data, images, out, limit, batch_size, device, max_new_tokens, tasks=names)
 
 
 def grounded_caption_cmd(
     model: Path = _MODEL, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
     limit: Optional[int] = _LIMIT, batch_size: int = _BATCH, device: Optional[str] = _DEVICE,
+    max_new_tokens: Optional[int] = _TOKENS,
     kind: CaptionKind = typer.Option(CaptionKind.brief, "--kind", help="brief or detailed captions."),
     granularity: Granularity = _GRAN, min_score: float = _MIN_SCORE, max_boxes: int = _MAX_BOXES,
 ) -> None:
     """Grounded captions: phrase–box F1 (IoU 0.5, same phrase or synonym) and caption text scores."""
-    _pipeline_task("grounded-caption")(model, data, images, out, limit, batch_size, device, kind=kind.value,
+    _pipeline_task("grounded-caption")(model, data, images, out, limit, batch_size, device, max_new_tokens, kind=kind.value,
                                        granularity=granularity.value, min_score=min_score, max_boxes=max_boxes)
 
 
 def counting_cmd(
     model: Path = _MODEL, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
     limit: Optional[int] = _LIMIT, batch_size: int = _BATCH, device: Optional[str] = _DEVICE,
+    max_new_tokens: Optional[int] = _TOKENS,
     level: Level = _LEVEL, granularity: Granularity = _GRAN, min_score: float = _MIN_SCORE,
     max_boxes: int = _MAX_BOXES,
 ) -> None:
     """Counting: exact-match accuracy of the number stated in the answer."""
-    _pipeline_task("counting")(model, data, images, out, limit, batch_size, device, level=level.value,
+    _pipeline_task("counting")(model, data, images, out, limit, batch_size, device, max_new_tokens, level=level.value,
                                granularity=granularity.value, min_score=min_score, max_boxes=max_boxes)
 
 
 def pope_cmd(
     model: Path = _MODEL, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
     limit: Optional[int] = _LIMIT, batch_size: int = _BATCH, device: Optional[str] = _DEVICE,
+    max_new_tokens: Optional[int] = _TOKENS,
     settings: str = typer.Option("random,popular,adversarial", "--settings", help="Comma-separated negative sampling."),
     per_image: int = typer.Option(3, "--per-image", min=1, help="Yes questions (and as many no questions) per image."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
@@ -231,7 +256,7 @@ def pope_cmd(
 ) -> None:
     """POPE-style existence yes/no: accuracy, precision, recall, F1, yes-ratio per setting."""
     names = [s.strip() for s in settings.split(",") if s.strip()]
-    _pipeline_task("pope")(model, data, images, out, limit, batch_size, device, settings=names,
+    _pipeline_task("pope")(model, data, images, out, limit, batch_size, device, max_new_tokens, settings=names,
                            num_per_image=per_image, seed=seed, level=level.value, granularity=granularity.value)
 
 
