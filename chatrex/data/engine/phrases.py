@@ -17,7 +17,7 @@ from .steps import Phrase
 #: Head-noun lemmas that never name a boxable thing: the picture itself, time, vague or abstract words.
 ABSTRACT_NOUNS = frozenset(
     """
-    image picture photo photograph pic snapshot shot frame scene view sight setting background foreground
+    image picture photo photograph pic snapshot shot frame scene view sight setting background backdrop foreground
     closeup close-up composition perspective angle focus capture render rendering illustration
     distance position location place spot space direction surroundings environment atmosphere mood
     feeling sense style look appearance kind type sort variety lot lots number couple group pair bunch
@@ -39,9 +39,17 @@ CONTEXT_NOUNS = frozenset(
     """.split()
 )
 
-#: Entity types whose phrases are not boxable things (places, dates, amounts...).
-SKIPPED_ENTITY_TYPES = frozenset(
-    {"GPE", "LOC", "DATE", "TIME", "PERCENT", "MONEY", "QUANTITY", "ORDINAL", "CARDINAL", "EVENT", "LAW", "LANGUAGE", "NORP"}
+#: Entity types of phrases that are no boxable thing, whatever their head (dates, amounts...).
+SKIPPED_ENTITY_TYPES = frozenset({"DATE", "TIME", "PERCENT", "MONEY", "QUANTITY", "ORDINAL", "CARDINAL"})
+#: Entity types skipped when the head is a proper noun ("Paris", "Europe"); the small model also
+#: tags common nouns with them ("a white moon" as LOC), which are kept.
+SKIPPED_PROPER_ENTITY_TYPES = frozenset({"GPE", "LOC", "NORP", "EVENT", "LAW", "LANGUAGE", "ORG"})
+
+#: Colour words are attributes, never part of a category name, even when the parser calls them
+#: compound nouns ("cyan lamp" -> category "lamp").
+COLOR_WORDS = frozenset(
+    """red orange yellow green blue purple violet pink brown black white gray grey cyan magenta gold golden
+    silver beige navy teal maroon turquoise tan cream ivory lime olive indigo""".split()
 )
 
 _STRIP_LEADING_DEPS = frozenset({"det", "predet", "preconj"})
@@ -119,6 +127,8 @@ class SpacyPhraseExtractor:
             return None
         if root.ent_type_ in SKIPPED_ENTITY_TYPES:
             return None
+        if root.pos_ == "PROPN" and root.ent_type_ in SKIPPED_PROPER_ENTITY_TYPES:
+            return None
         lemma = root.lemma_.lower().strip() or root.text.lower()
         if lemma in self.abstract_nouns or root.text.lower() in self.abstract_nouns:
             return None
@@ -140,7 +150,10 @@ class SpacyPhraseExtractor:
         compounds: list[str] = []
         i = root.i - 1
         while i >= tokens[0].i and root.doc[i].dep_ == "compound":
-            compounds.insert(0, root.doc[i].text.lower())
+            word = root.doc[i]
+            if word.pos_ not in ("NOUN", "PROPN") or word.text.lower() in COLOR_WORDS:
+                break
+            compounds.insert(0, word.text.lower())
             i -= 1
         if not compounds and (lemma in self.context_nouns or root.text.lower() in self.context_nouns):
             return None

@@ -4,20 +4,22 @@ The paper uses an LLM for this; :class:`RuleBasedCaptionFilter` is a transparent
 (any object with ``rewrite(phrase, caption) -> str | None`` can replace it):
 
 1. reject captions that are empty, hedge or refuse ("I can't tell", "unclear"), ask a question, or do
-   not mention the phrase's head noun (any inflection: car / cars, man / men, box / boxes);
+   not mention the phrase's head noun (any inflection: car / cars, man / men, box / boxes; or a
+   synonym: bike / bicycle);
 2. strip framing ("In this image, ...", "This is ...", "There is ...", "The region shows ...");
 3. turn the sentence into a noun phrase: a leading "a"/"an" becomes "the"; "X is parked by ..." becomes
    "X parked by ..."; "X is red" becomes "X that is red"; "X sits on ..." becomes "X sitting on ..."
    (a list of frequent verbs);
 4. stop at the first clause break (comma, "and", "while", ...) once ``min_words`` words are reached,
    cut to at most ``max_words`` words before a preposition where possible, never ending on a function
-   word; expressions shorter than ``min_words`` are completed from the phrase or rejected.
+   word, and without inner commas; expressions shorter than ``min_words`` are completed from the
+   phrase's modifiers or rejected.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Iterable, Optional
+from typing import Iterable, Mapping, Optional
 
 from .steps import Phrase
 
@@ -64,6 +66,13 @@ _FINITE_TO_ING = {
 }
 _CLAUSE_BREAKS = re.compile(r",|;|:| - | and | while | which | who | as | but ")
 
+#: Nouns that name the same thing; a caption naming any of them mentions the others (own list, small).
+DEFAULT_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "bicycle": ("bike",), "car": ("automobile",), "motorcycle": ("motorbike",), "airplane": ("plane", "aeroplane", "aircraft"),
+    "couch": ("sofa",), "television": ("tv",), "cup": ("mug",), "umbrella": ("parasol",), "person": ("human",),
+    "truck": ("lorry",), "phone": ("cellphone", "smartphone"), "puppy": ("dog",), "kitten": ("cat",),
+}
+
 _IRREGULAR_PLURALS = {
     "man": "men", "woman": "women", "child": "children", "person": "people", "foot": "feet", "tooth": "teeth",
     "mouse": "mice", "goose": "geese", "knife": "knives", "leaf": "leaves", "shelf": "shelves", "wolf": "wolves",
@@ -105,25 +114,57 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+(?:['-][a-z0-9]+)*", text.lower())
 
 
-def mentions_head(phrase: Phrase, caption: str) -> bool:
-    """Whether ``caption`` mentions the phrase's head noun (or the last word of its category)."""
-    targets = {phrase.head}
+def _synonym_groups(synonyms: Optional[Mapping[str, Iterable[str]]]) -> list[set[str]]:
+    """``{name: [other nouns]}`` as groups of last words ("floor lamp" counts as "lamp")."""
+    groups = []
+    for name, others in (synonyms or {}).items():
+        if isinstance(others, str):
+            others = [others]
+        groups.append({w.lower().split()[-1] for w in [name, *others] if w.strip()})
+    return groups
+
+
+def phrase_targets(phrase: Phrase, synonyms: Optional[Mapping[str, Iterable[str]]] = None) -> set[str]:
+    """The head noun, the category's last word and their synonyms, in every inflection."""
+    targets = {phrase.head.lower()}
     if phrase.category:
-        targets.add(phrase.category.split()[-1])
+        targets.add(phrase.category.split()[-1].lower())
     forms = head_forms(targets)
+    for group in _synonym_groups(synonyms):
+        if forms & head_forms(group):
+            targets |= group
+    return head_forms(targets)
+
+
+def mentions_head(phrase: Phrase, caption: str, synonyms: Optional[Mapping[str, Iterable[str]]] = None) -> bool:
+    """Whether ``caption`` mentions the phrase's head noun (or the last word of its category, or a synonym)."""
+    forms = phrase_targets(phrase, synonyms)
     return any(w in forms for w in _words(caption))
 
 
 class RuleBasedCaptionFilter:
     """``rewrite(phrase, caption) -> str | None``: verify a region caption and shorten it to a referring
-    expression of ``min_words``..``max_words`` words (see the module docstring for the rules)."""
+    expression of ``min_words``..``max_words`` words (see the module docstring for the rules).
 
-    def __init__(self, min_words: int = 5, max_words: int = 10, hedges: Iterable[str] = HEDGES) -> None:
+    Args:
+        min_words, max_words: length of the referring expression.
+        hedges: lower-case substrings that mark a refusal or a guess.
+        synonyms: ``{name: [other nouns]}`` accepted as mentions of each other, added to
+            :data:`DEFAULT_SYNONYMS` (a caption may call the phrase's "bike" a "bicycle").
+        default_synonyms: include :data:`DEFAULT_SYNONYMS`.
+    """
+
+    def __init__(self, min_words: int = 5, max_words: int = 10, hedges: Iterable[str] = HEDGES,
+                 synonyms: Optional[Mapping[str, Iterable[str]]] = None, default_synonyms: bool = True) -> None:
         if not 1 <= min_words <= max_words:
             raise ValueError(f"need 1 <= min_words <= max_words, got {min_words} and {max_words}")
         self.min_words = int(min_words)
         self.max_words = int(max_words)
         self.hedges = tuple(h.lower() for h in hedges)
+        merged: dict[str, list[str]] = {k: list(v) for k, v in DEFAULT_SYNONYMS.items()} if default_synonyms else {}
+        for name, others in (synonyms or {}).items():
+            merged.setdefault(name, []).extend([others] if isinstance(others, str) else list(others))
+        self.synonyms = merged
 
     # -- checks -------------------------------------------------------------------------------
     def reject_reason(self, phrase: Phrase, caption: str) -> Optional[str]:
@@ -136,7 +177,7 @@ class RuleBasedCaptionFilter:
         for hedge in self.hedges:
             if hedge in low:
                 return f"caption hedges or refuses ({hedge!r})"
-        if not mentions_head(phrase, caption):
+        if not mentions_head(phrase, caption, self.synonyms):
             return f"caption does not mention the head noun {phrase.head!r}"
         return None
 
@@ -159,16 +200,16 @@ class RuleBasedCaptionFilter:
         words = self._cut(words, phrase)
         if words is None:
             return None
-        out = " ".join(words)
+        out = " ".join(w.strip(",;:") for w in words)  # a referring expression has no inner commas
         if not words[0].isupper() or len(words[0]) == 1:  # keep acronyms ("TV") as written
             out = out[0].lower() + out[1:]
-        return out if mentions_head(phrase, out) else None
+        return out if mentions_head(phrase, out, self.synonyms) else None
 
     def _as_noun_phrase(self, words: list[str], phrase: Phrase) -> list[str]:
         first = words[0].lower()
         if first in ("a", "an", "one", "some"):
             words = ["the"] + words[1:]
-        forms = head_forms([phrase.head, phrase.category.split()[-1] if phrase.category else phrase.head])
+        forms = phrase_targets(phrase, self.synonyms)
         seen_head = False
         # the first verb after the subject: "the car is parked ..." -> "the car parked ...",
         # "the car is red" -> "the car that is red", "the dog sits on ..." -> "the dog sitting on ..."
