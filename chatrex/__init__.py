@@ -11,3 +11,7 @@ Packages:
 """
 
 __version__ = "0.1.0"
+
+from chatrex.grounding import parse_grounded  # noqa: E402  (torch-free)
+
+__all__ = ["parse_grounded", "__version__"]

@@ -20,6 +20,12 @@ def build_app() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_show_locals=False,
     )
+
+
+    @app.callback()
+    def _root() -> None:
+        """ChatRex: detect, refer, caption and converse about images, with every object grounded to a box."""
+
     for name in COMMAND_MODULES:
         module_name = f"chatrex.interfaces.commands.{name}"
         if importlib.util.find_spec(module_name) is None:

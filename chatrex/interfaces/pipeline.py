@@ -314,8 +314,12 @@ class ChatRexPipeline:
                            (mllm_dir, "the ChatRex model and processor (save_pretrained)")):
             if not part.is_dir():
                 raise FileNotFoundError(f"model directory '{root}' lacks '{part.name}/', which should hold {what}")
-        if not (mllm_dir / "config.json").is_file():
-            raise FileNotFoundError(f"'{mllm_dir}' has no config.json; it is not a saved ChatRex model")
+        from chatrex.mllm.delta import is_delta_dir, load_delta
+
+        delta = is_delta_dir(mllm_dir)
+        if not delta and not (mllm_dir / "config.json").is_file():
+            raise FileNotFoundError(f"'{mllm_dir}' has neither config.json nor delta_config.json; it is not a saved "
+                                    "ChatRex model")
         settings = dict(DEFAULT_PIPELINE_CONFIG)
         cfg_path = root / PIPELINE_CONFIG
         if cfg_path.is_file():
@@ -336,7 +340,11 @@ class ChatRexPipeline:
         upn = UPNWrapper(upn_dir, config=None, device=dev, resize=settings["upn_resize"],
                          max_size=settings["upn_max_size"])
         kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
-        model = ChatRexForConditionalGeneration.from_pretrained(mllm_dir, **kwargs).to(dev).eval()
+        if delta:  # trained weights stored as a delta over the installed base LLM (chatrex.mllm.delta)
+            model, _ = load_delta(mllm_dir, dtype=torch_dtype or torch.float32)
+            model = model.to(dev).eval()
+        else:
+            model = ChatRexForConditionalGeneration.from_pretrained(mllm_dir, **kwargs).to(dev).eval()
         processor = ChatRexProcessor.from_pretrained(mllm_dir)
         return cls(upn, model, processor, generation_config=generation_config)
 
