@@ -5,7 +5,17 @@
 ``save_pretrained`` / ``from_pretrained`` our safetensors format.
 """
 
-from chatrex.upn.config import PRESETS, UPNConfig, config_from_official, resolve_config
+from chatrex.upn.checkpoint import (
+    CheckpointError,
+    LoadResult,
+    from_pretrained,
+    load_official_checkpoint,
+    save_pretrained,
+)
+from chatrex.upn.config import PRESETS, ConfigError, UPNConfig, config_from_official, resolve_config
 from chatrex.upn.model import UPN, build_upn
 
-__all__ = ["PRESETS", "UPN", "UPNConfig", "build_upn", "config_from_official", "resolve_config"]
+__all__ = [
+    "PRESETS", "UPN", "CheckpointError", "ConfigError", "LoadResult", "UPNConfig", "build_upn",
+    "config_from_official", "from_pretrained", "load_official_checkpoint", "resolve_config", "save_pretrained",
+]
