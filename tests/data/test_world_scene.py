@@ -78,12 +78,30 @@ def test_part_boxes_exact_for_a_house():
     image, canvas, regions, _ = _scene([ObjectSpec("house", "yellow", 150, 150, 200, 150)])
     parts = {r["category"]: r for r in regions if r["level"] == "part"}
     assert set(parts) == {"wall", "roof", "door", "window"}
+    windows = [r for r in regions if r["category"] == "window"]
+    assert len(windows) == 2 and windows[0]["box"][2] < windows[1]["box"][0]
     assert all(p["parent"] == 0 for p in parts.values())
     # the door (brown) is a rectangle in the bottom middle of the wall
     wall, door, roof = parts["wall"]["box"], parts["door"]["box"], parts["roof"]["box"]
     assert door[3] == wall[3] and wall[0] < door[0] < door[2] < wall[2]
     assert roof[1] < wall[1]
     assert parts["door"]["attributes"]["color"] == "brown"
+
+
+@pytest.mark.parametrize("spec,part,count", [
+    (ObjectSpec("car", "red", 120, 60, 200, 150, orientation="facing left"), "wheel", 2),
+    (ObjectSpec("truck", "red", 132, 60, 200, 150), "wheel", 3),
+    (ObjectSpec("bicycle", "blue", 120, 75, 200, 150, orientation="tilted left", tilt=25), "wheel", 2),
+    (ObjectSpec("bus", "green", 138, 60, 200, 150), "window", 6),
+    (ObjectSpec("person", "green", 60, 120, 200, 150), "leg", 2),
+])
+def test_each_piece_of_a_part_is_its_own_region(spec, part, count):
+    _, canvas, regions, _ = _scene([spec])
+    pieces = [r for r in regions if r["category"] == part]
+    assert len(pieces) == count
+    for a in pieces:  # each box is tight around its own pixels: pieces do not share a box
+        assert sum(a["box"] == b["box"] for b in pieces) == 1
+    assert sum(r["area"] for r in pieces) == canvas.sprites[0].part_pixels[canvas.sprites[0].parts.index(part)]
 
 
 def test_fully_hidden_object_is_dropped_and_partly_hidden_shrinks():

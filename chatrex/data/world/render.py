@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from chatrex.data.world.catalog import CATEGORY_BY_NAME, COLORS, ORIENTATIONS, PATTERNS
-from chatrex.data.world.shapes import DRAWINGS, SKIN, SKIN_RGB, Paint, draw_labels
+from chatrex.data.world.shapes import DRAWINGS, SKIN, SKIN_RGB, Paint, draw_layers
 
 #: Label bit marking the second colour of a pattern.
 PATTERN_BIT = 128
@@ -44,6 +44,10 @@ class Sprite:
         part_colors: each part's colour name (None when it is not an attribute colour, e.g. skin).
         part_pixels: full pixel count of each part.
         pixels: full pixel count of the object.
+        pieces: (h, w) int16, which *piece* each pixel belongs to (0: none). A piece is one drawn
+            copy of a part: the two wheels of a car are two pieces of the part "wheel".
+        piece_parts: the part index of piece ``k`` at ``piece_parts[k - 1]``.
+        piece_pixels: full pixel count of each piece.
     """
 
     labels: np.ndarray
@@ -53,6 +57,9 @@ class Sprite:
     part_colors: tuple[Optional[str], ...]
     part_pixels: tuple[int, ...]
     pixels: int
+    pieces: Optional[np.ndarray] = None
+    piece_parts: tuple[int, ...] = ()
+    piece_pixels: tuple[int, ...] = ()
 
     @property
     def height(self) -> int:
@@ -185,7 +192,7 @@ def render_object(
         raise ValueError(f"unknown colour {color!r}; choose from {list(COLORS)}")
     if orientation not in ORIENTATIONS:
         raise ValueError(f"unknown orientation {orientation!r}; choose from {list(ORIENTATIONS)}")
-    labels, paints = draw_labels(category, max(1, int(round(width))), max(1, int(round(height))))
+    labels, piece_numbers, _ = draw_layers(category, max(1, int(round(width))), max(1, int(round(height))))
     h, w = labels.shape
 
     lut, part_of_label, part_colors, patterned = _palette(category, color)
@@ -195,19 +202,15 @@ def render_object(
     if pm is not None:
         labels[patterned[labels] & pm] |= PATTERN_BIT
 
-    if orientation == "facing left":
-        labels = labels[:, ::-1]
-    elif orientation == "upside down":
-        labels = labels[::-1, ::-1]
-    elif orientation in ("tilted left", "tilted right"):
-        angle = abs(float(tilt)) * (1.0 if orientation == "tilted left" else -1.0)
-        labels = np.asarray(Image.fromarray(np.ascontiguousarray(labels)).rotate(
-            angle, resample=Image.Resampling.NEAREST, expand=True), dtype=np.uint8)
+    labels = _orient(labels, orientation, tilt)
     rows = np.flatnonzero(labels.any(axis=1))
     cols = np.flatnonzero(labels.any(axis=0))
     if rows.size == 0:
         raise ValueError(f"a {category} drawn at {width}x{height} px has no pixels")
-    labels = np.ascontiguousarray(labels[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
+    crop = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    labels = np.ascontiguousarray(labels[crop])
+    if piece_numbers is not None:
+        piece_numbers = np.ascontiguousarray(_orient(piece_numbers, orientation, tilt)[crop])
 
     if outline and min(labels.shape) >= MIN_OUTLINE_SIDE:
         labels[_edges(labels & PAINT_MASK)] |= EDGE_BIT
@@ -215,7 +218,47 @@ def render_object(
     counts = np.bincount(labels.ravel(), minlength=256)
     pixels = int(labels.size - counts[0])
     part_pixels = tuple(int(counts[part_of_label == j].sum()) for j in range(len(parts)))
-    return Sprite(labels, lut, parts, part_of_label, part_colors, part_pixels, pixels)
+    sprite = Sprite(labels, lut, parts, part_of_label, part_colors, part_pixels, pixels)
+    if parts:
+        sprite.pieces, sprite.piece_parts, sprite.piece_pixels = _pieces(
+            part_of_label[labels], piece_numbers, len(parts))
+    return sprite
+
+
+def _orient(a: np.ndarray, orientation: str, tilt: float) -> np.ndarray:
+    """Mirror, turn or tilt an (h, w) uint8 map (nearest neighbour: labels stay labels)."""
+    if orientation == "facing left":
+        return a[:, ::-1]
+    if orientation == "upside down":
+        return a[::-1, ::-1]
+    if orientation in ("tilted left", "tilted right"):
+        angle = abs(float(tilt)) * (1.0 if orientation == "tilted left" else -1.0)
+        return np.asarray(Image.fromarray(np.ascontiguousarray(a)).rotate(
+            angle, resample=Image.Resampling.NEAREST, expand=True), dtype=np.uint8)
+    return a
+
+
+#: Piece numbers per part are below this (a drawing numbers at most 15 pieces of one part).
+MAX_PIECES = 16
+
+
+def _pieces(part_map: np.ndarray, piece_numbers: Optional[np.ndarray], n_parts: int
+            ) -> tuple[np.ndarray, tuple[int, ...], tuple[int, ...]]:
+    """Number the pieces of a sprite: ``(pieces (h, w) int16, part of each piece, pixels of each)``.
+
+    ``part_map`` is the part index of every pixel (-1: none); a piece is a (part, piece number) pair
+    that has pixels, numbered 1.. in part order, then piece-number order.
+    """
+    key = part_map.astype(np.int32) * MAX_PIECES
+    if piece_numbers is not None:
+        key += np.minimum(piece_numbers, MAX_PIECES - 1)
+    key[part_map < 0] = -1
+    counts = np.bincount((key + 1).ravel(), minlength=n_parts * MAX_PIECES + 1)[1:]
+    present = np.flatnonzero(counts)
+    ids = np.zeros(n_parts * MAX_PIECES + 1, dtype=np.int16)  # index key + 1 -> piece id
+    ids[present + 1] = np.arange(1, len(present) + 1, dtype=np.int16)
+    pieces = ids[key + 1]
+    return pieces, tuple(int(k) // MAX_PIECES for k in present), tuple(int(counts[k]) for k in present)
 
 
 @dataclass

@@ -12,7 +12,8 @@ hand:
 
 Boxes are ``[x0, y0, x1, y1]`` integer pixel edges: ``x1``/``y1`` are one past the last visible
 column/row. Instances less than ``min_visible`` visible (hidden by others or cut by the border) are
-left out; parts likewise.
+left out; parts likewise. Each drawn piece of a part is one part region (a car has two "wheel"
+regions; a wheel cut in two by a bicycle's frame is still one).
 """
 
 from __future__ import annotations
@@ -357,16 +358,16 @@ def annotate_canvas(layout: SceneLayout, canvas: Canvas, config: Optional[WorldC
         kept.append(_Kept(rid, i, np.asarray(box, dtype=np.float64), full))
         if not cfg.parts or not sprite.parts:
             continue
-        # part index at every visible pixel (-1: background, occluded, or no named part)
-        part_idx = np.where(vis, sprite.part_of_label[sprite.labels[sy, sx]], -1)
-        for j, part in enumerate(sprite.parts):
-            pvis = part_idx == j
+        # piece at every visible pixel (0: background, occluded, or no named part); each piece of a
+        # part (each wheel of a car) is its own part region
+        piece_vis = np.where(vis, sprite.pieces[sy, sx], 0)
+        for k, (j, p_full) in enumerate(zip(sprite.piece_parts, sprite.piece_pixels), start=1):
+            pvis = piece_vis == k
             p_vis = int(np.count_nonzero(pvis))
-            p_full = sprite.part_pixels[j]
             if p_vis < max(1, cfg.min_part_pixels) or p_full == 0 or p_vis / p_full < cfg.min_visible:
                 continue
-            region = {"id": len(regions), "box": _tight_box(pvis, ix.start, iy.start), "category": part,
-                      "level": "part", "parent": rid}
+            region = {"id": len(regions), "box": _tight_box(pvis, ix.start, iy.start),
+                      "category": sprite.parts[j], "level": "part", "parent": rid}
             if sprite.part_colors[j] is not None:
                 region["attributes"] = {"color": sprite.part_colors[j]}
             region.update({"visible": round(p_vis / p_full, 3), "area": p_vis})

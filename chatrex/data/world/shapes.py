@@ -50,18 +50,32 @@ class Paint:
 class Pen:
     """Draws unit-coordinate primitives into a label image of ``w`` x ``h`` pixels.
 
-    ``paints`` maps a paint key to its label (1-based index into the category's paints); label 0 is
-    the eraser. Radii and line widths are in units of the box's shorter side.
+    ``paints`` maps a paint key to its label (1-based index into the category's paints); paint
+    ``None`` is the eraser. Radii and line widths are in units of the box's shorter side.
+
+    ``piece`` numbers the separate pieces of one part (the front and back wheel: ``piece=1`` and
+    ``piece=2``; a hub takes its wheel's number). Pieces are kept in a second image, ``pieces``,
+    created at the first primitive with a piece number (None while there is none); a part drawn
+    without piece numbers is one piece.
     """
 
     def __init__(self, w: int, h: int, paints: dict[str, int]):
         self.w, self.h, self.m = w, h, min(w, h)
         self.image = Image.new("L", (w, h), 0)
         self.draw = ImageDraw.Draw(self.image)
+        self.pieces: Optional[Image.Image] = None
+        self._piece_draw: Optional[ImageDraw.ImageDraw] = None
         self.paints = paints
 
-    def _fill(self, paint: Optional[str]) -> int:
-        return 0 if paint is None else self.paints[paint]
+    def _targets(self, paint: Optional[str], piece: int):
+        """(draw, value) pairs a primitive is drawn with: the paint label, and its piece number."""
+        fill = 0 if paint is None else self.paints[paint]
+        if piece and self._piece_draw is None:
+            self.pieces = Image.new("L", (self.w, self.h), 0)
+            self._piece_draw = ImageDraw.Draw(self.pieces)
+        if self._piece_draw is None:
+            return ((self.draw, fill),)
+        return ((self.draw, fill), (self._piece_draw, piece if paint is not None else 0))
 
     def _pt(self, x: float, y: float) -> tuple[float, float]:
         return (x * self.w, y * self.h)
@@ -69,31 +83,44 @@ class Pen:
     def _box(self, x0: float, y0: float, x1: float, y1: float) -> list[float]:
         return [x0 * self.w, y0 * self.h, max(x0 * self.w, x1 * self.w - 1), max(y0 * self.h, y1 * self.h - 1)]
 
-    def poly(self, paint: Optional[str], pts: Sequence[tuple[float, float]]) -> None:
-        self.draw.polygon([self._pt(x, y) for x, y in pts], fill=self._fill(paint))
+    def poly(self, paint: Optional[str], pts: Sequence[tuple[float, float]], piece: int = 0) -> None:
+        xy = [self._pt(x, y) for x, y in pts]
+        for d, v in self._targets(paint, piece):
+            d.polygon(xy, fill=v)
 
-    def rect(self, paint: Optional[str], x0: float, y0: float, x1: float, y1: float) -> None:
-        self.draw.rectangle(self._box(x0, y0, x1, y1), fill=self._fill(paint))
+    def rect(self, paint: Optional[str], x0: float, y0: float, x1: float, y1: float, piece: int = 0) -> None:
+        box = self._box(x0, y0, x1, y1)
+        for d, v in self._targets(paint, piece):
+            d.rectangle(box, fill=v)
 
-    def ellipse(self, paint: Optional[str], x0: float, y0: float, x1: float, y1: float) -> None:
-        self.draw.ellipse(self._box(x0, y0, x1, y1), fill=self._fill(paint))
+    def ellipse(self, paint: Optional[str], x0: float, y0: float, x1: float, y1: float, piece: int = 0) -> None:
+        box = self._box(x0, y0, x1, y1)
+        for d, v in self._targets(paint, piece):
+            d.ellipse(box, fill=v)
 
-    def circle(self, paint: Optional[str], cx: float, cy: float, r: float) -> None:
+    def circle(self, paint: Optional[str], cx: float, cy: float, r: float, piece: int = 0) -> None:
         """A circle centred at unit ``(cx, cy)`` with radius ``r`` (shorter-side units)."""
         x, y, rp = cx * self.w, cy * self.h, max(0.5, r * self.m)
-        self.draw.ellipse([x - rp, y - rp, x + rp, y + rp], fill=self._fill(paint))
+        for d, v in self._targets(paint, piece):
+            d.ellipse([x - rp, y - rp, x + rp, y + rp], fill=v)
 
-    def ring(self, paint: Optional[str], cx: float, cy: float, r: float, thick: float) -> None:
+    def ring(self, paint: Optional[str], cx: float, cy: float, r: float, thick: float, piece: int = 0) -> None:
         x, y, rp = cx * self.w, cy * self.h, max(1.0, r * self.m)
         width = max(1, round(thick * self.m))
-        self.draw.ellipse([x - rp, y - rp, x + rp, y + rp], outline=self._fill(paint), width=width)
+        for d, v in self._targets(paint, piece):
+            d.ellipse([x - rp, y - rp, x + rp, y + rp], outline=v, width=width)
 
-    def chord(self, paint: Optional[str], x0: float, y0: float, x1: float, y1: float, start: float, end: float) -> None:
-        self.draw.chord(self._box(x0, y0, x1, y1), start, end, fill=self._fill(paint))
+    def chord(self, paint: Optional[str], x0: float, y0: float, x1: float, y1: float, start: float, end: float,
+              piece: int = 0) -> None:
+        box = self._box(x0, y0, x1, y1)
+        for d, v in self._targets(paint, piece):
+            d.chord(box, start, end, fill=v)
 
-    def line(self, paint: Optional[str], pts: Sequence[tuple[float, float]], width: float) -> None:
+    def line(self, paint: Optional[str], pts: Sequence[tuple[float, float]], width: float, piece: int = 0) -> None:
         wpx = max(1, round(width * self.m))
-        self.draw.line([self._pt(x, y) for x, y in pts], fill=self._fill(paint), width=wpx, joint="curve")
+        xy = [self._pt(x, y) for x, y in pts]
+        for d, v in self._targets(paint, piece):
+            d.line(xy, fill=v, width=wpx, joint="curve")
 
 
 @dataclass(frozen=True)
@@ -114,36 +141,36 @@ class Drawing:
 def _car(p: Pen) -> None:
     p.poly("body", [(0.02, 0.5), (0.12, 0.44), (0.27, 0.42), (0.36, 0.14), (0.7, 0.14), (0.84, 0.42),
                     (0.97, 0.47), (0.99, 0.78), (0.01, 0.78)])
-    p.poly("window", [(0.4, 0.2), (0.52, 0.2), (0.52, 0.41), (0.33, 0.41)])
-    p.poly("window", [(0.56, 0.2), (0.67, 0.2), (0.78, 0.41), (0.56, 0.41)])
-    for cx in (0.24, 0.76):
-        p.circle("wheel", cx, 0.78, 0.21)
-        p.circle("hub", cx, 0.78, 0.08)
+    p.poly("window", [(0.4, 0.2), (0.52, 0.2), (0.52, 0.41), (0.33, 0.41)], piece=1)
+    p.poly("window", [(0.56, 0.2), (0.67, 0.2), (0.78, 0.41), (0.56, 0.41)], piece=2)
+    for k, cx in enumerate((0.24, 0.76), start=1):
+        p.circle("wheel", cx, 0.78, 0.21, piece=k)
+        p.circle("hub", cx, 0.78, 0.08, piece=k)
 
 
 def _truck(p: Pen) -> None:
     p.rect("cargo", 0.01, 0.08, 0.66, 0.78)
     p.poly("cab", [(0.68, 0.26), (0.88, 0.26), (0.99, 0.5), (0.99, 0.8), (0.68, 0.8)])
     p.poly("cabwin", [(0.72, 0.31), (0.86, 0.31), (0.93, 0.5), (0.72, 0.5)])
-    for cx in (0.15, 0.45, 0.84):
-        p.circle("wheel", cx, 0.8, 0.19)
-        p.circle("hub", cx, 0.8, 0.07)
+    for k, cx in enumerate((0.15, 0.45, 0.84), start=1):
+        p.circle("wheel", cx, 0.8, 0.19, piece=k)
+        p.circle("hub", cx, 0.8, 0.07, piece=k)
 
 
 def _bus(p: Pen) -> None:
     p.poly("body", [(0.01, 0.08), (0.93, 0.08), (0.99, 0.2), (0.99, 0.84), (0.01, 0.84)])
     for i in range(5):
         x0 = 0.06 + i * 0.155
-        p.rect("window", x0, 0.2, x0 + 0.12, 0.46)
-    p.poly("window", [(0.86, 0.2), (0.93, 0.2), (0.97, 0.26), (0.97, 0.5), (0.86, 0.5)])
-    for cx in (0.2, 0.8):
-        p.circle("wheel", cx, 0.84, 0.17)
-        p.circle("hub", cx, 0.84, 0.06)
+        p.rect("window", x0, 0.2, x0 + 0.12, 0.46, piece=i + 1)
+    p.poly("window", [(0.86, 0.2), (0.93, 0.2), (0.97, 0.26), (0.97, 0.5), (0.86, 0.5)], piece=6)
+    for k, cx in enumerate((0.2, 0.8), start=1):
+        p.circle("wheel", cx, 0.84, 0.17, piece=k)
+        p.circle("hub", cx, 0.84, 0.06, piece=k)
 
 
 def _bicycle(p: Pen) -> None:
-    for cx in (0.22, 0.78):
-        p.ring("wheel", cx, 0.68, 0.46, 0.07)
+    for k, cx in enumerate((0.22, 0.78), start=1):
+        p.ring("wheel", cx, 0.68, 0.46, 0.07, piece=k)
     rear, seat, crank, head, front = (0.22, 0.68), (0.43, 0.3), (0.49, 0.68), (0.73, 0.3), (0.78, 0.68)
     p.line("frame", [rear, seat, crank, rear], 0.06)
     p.line("frame", [seat, head, crank], 0.06)
@@ -154,16 +181,16 @@ def _bicycle(p: Pen) -> None:
 
 def _boat(p: Pen) -> None:
     p.rect("mast", 0.47, 0.03, 0.52, 0.64)
-    p.poly("sail", [(0.54, 0.06), (0.54, 0.58), (0.92, 0.58)])
-    p.poly("sail", [(0.45, 0.14), (0.45, 0.58), (0.14, 0.58)])
+    p.poly("sail", [(0.54, 0.06), (0.54, 0.58), (0.92, 0.58)], piece=1)
+    p.poly("sail", [(0.45, 0.14), (0.45, 0.58), (0.14, 0.58)], piece=2)
     p.poly("hull", [(0.0, 0.6), (1.0, 0.58), (0.84, 0.96), (0.12, 0.96)])
 
 
 def _airplane(p: Pen) -> None:
-    p.poly("wing", [(0.44, 0.46), (0.62, 0.46), (0.42, 0.0), (0.33, 0.0)])
-    p.poly("wing", [(0.44, 0.54), (0.62, 0.54), (0.42, 1.0), (0.33, 1.0)])
-    p.poly("tail", [(0.03, 0.48), (0.15, 0.48), (0.07, 0.22), (0.01, 0.22)])
-    p.poly("tail", [(0.03, 0.52), (0.15, 0.52), (0.07, 0.78), (0.01, 0.78)])
+    p.poly("wing", [(0.44, 0.46), (0.62, 0.46), (0.42, 0.0), (0.33, 0.0)], piece=1)
+    p.poly("wing", [(0.44, 0.54), (0.62, 0.54), (0.42, 1.0), (0.33, 1.0)], piece=2)
+    p.poly("tail", [(0.03, 0.48), (0.15, 0.48), (0.07, 0.22), (0.01, 0.22)], piece=1)
+    p.poly("tail", [(0.03, 0.52), (0.15, 0.52), (0.07, 0.78), (0.01, 0.78)], piece=2)
     p.poly("fuselage", [(0.02, 0.44), (0.86, 0.41), (0.97, 0.45), (1.0, 0.5), (0.97, 0.55), (0.86, 0.59),
                         (0.02, 0.56)])
 
@@ -173,8 +200,8 @@ def _house(p: Pen) -> None:
     p.rect("wall", 0.1, 0.45, 0.9, 1.0)
     p.poly("roof", [(0.0, 0.48), (0.5, 0.04), (1.0, 0.48)])
     p.rect("door", 0.42, 0.68, 0.58, 1.0)
-    p.rect("window", 0.17, 0.56, 0.34, 0.73)
-    p.rect("window", 0.66, 0.56, 0.83, 0.73)
+    p.rect("window", 0.17, 0.56, 0.34, 0.73, piece=1)
+    p.rect("window", 0.66, 0.56, 0.83, 0.73, piece=2)
 
 
 def _tree(p: Pen) -> None:
@@ -189,7 +216,7 @@ def _flower(p: Pen) -> None:
     p.poly("leaf", [(0.5, 0.78), (0.85, 0.6), (0.62, 0.84)])
     for k in range(6):
         a = k * math.pi / 3
-        p.circle("petal", 0.5 + 0.29 * math.cos(a), 0.28 + 0.29 * math.sin(a) * 0.55, 0.2)
+        p.circle("petal", 0.5 + 0.29 * math.cos(a), 0.28 + 0.29 * math.sin(a) * 0.55, 0.2, piece=k + 1)
     p.circle("centre", 0.5, 0.28, 0.17)
 
 
@@ -199,10 +226,10 @@ def _mushroom(p: Pen) -> None:
 
 
 def _person(p: Pen) -> None:
-    p.line("arm", [(0.3, 0.28), (0.1, 0.58)], 0.17)
-    p.line("arm", [(0.7, 0.28), (0.9, 0.58)], 0.17)
-    p.rect("leg", 0.3, 0.58, 0.47, 1.0)
-    p.rect("leg", 0.53, 0.58, 0.7, 1.0)
+    p.line("arm", [(0.3, 0.28), (0.1, 0.58)], 0.17, piece=1)
+    p.line("arm", [(0.7, 0.28), (0.9, 0.58)], 0.17, piece=2)
+    p.rect("leg", 0.3, 0.58, 0.47, 1.0, piece=1)
+    p.rect("leg", 0.53, 0.58, 0.7, 1.0, piece=2)
     p.rect("torso", 0.27, 0.23, 0.73, 0.62)
     p.circle("head", 0.5, 0.11, 0.22)
 
@@ -213,8 +240,8 @@ def _robot(p: Pen) -> None:
     p.rect("head", 0.28, 0.1, 0.72, 0.38)
     p.circle("eye", 0.4, 0.23, 0.06)
     p.circle("eye", 0.6, 0.23, 0.06)
-    p.rect("arm", 0.02, 0.44, 0.15, 0.76)
-    p.rect("arm", 0.85, 0.44, 0.98, 0.76)
+    p.rect("arm", 0.02, 0.44, 0.15, 0.76, piece=1)
+    p.rect("arm", 0.85, 0.44, 0.98, 0.76, piece=2)
     p.rect("leg", 0.28, 0.84, 0.42, 1.0)
     p.rect("leg", 0.58, 0.84, 0.72, 1.0)
     p.rect("body", 0.18, 0.41, 0.82, 0.86)
@@ -261,14 +288,14 @@ def _lamp(p: Pen) -> None:
 
 
 def _table(p: Pen) -> None:
-    p.rect("leg", 0.06, 0.25, 0.14, 1.0)
-    p.rect("leg", 0.86, 0.25, 0.94, 1.0)
+    p.rect("leg", 0.06, 0.25, 0.14, 1.0, piece=1)
+    p.rect("leg", 0.86, 0.25, 0.94, 1.0, piece=2)
     p.rect("top", 0.0, 0.14, 1.0, 0.3)
 
 
 def _chair(p: Pen) -> None:
-    p.rect("leg", 0.1, 0.6, 0.2, 1.0)
-    p.rect("leg", 0.8, 0.6, 0.9, 1.0)
+    p.rect("leg", 0.1, 0.6, 0.2, 1.0, piece=1)
+    p.rect("leg", 0.8, 0.6, 0.9, 1.0, piece=2)
     p.rect("back", 0.08, 0.0, 0.22, 0.55)
     p.rect("seat", 0.06, 0.5, 0.94, 0.63)
 
@@ -408,8 +435,13 @@ DRAWINGS: dict[str, Drawing] = {
 }
 
 
-def draw_labels(category: str, w: int, h: int) -> tuple[np.ndarray, list[Paint]]:
-    """Draw ``category`` into a ``(h, w)`` uint8 label map (0 = empty, ``k`` = ``paints[k-1]``)."""
+def draw_layers(category: str, w: int, h: int) -> tuple[np.ndarray, Optional[np.ndarray], list[Paint]]:
+    """Draw ``category`` in a ``w`` x ``h`` box.
+
+    Returns:
+        ``(labels, pieces, paints)``: (h, w) uint8 paint labels (0 = empty, ``k`` = ``paints[k-1]``);
+        (h, w) uint8 piece numbers within each part (None when the drawing numbers no pieces).
+    """
     try:
         drawing = DRAWINGS[category]
     except KeyError:
@@ -418,4 +450,12 @@ def draw_labels(category: str, w: int, h: int) -> tuple[np.ndarray, list[Paint]]
         raise ValueError(f"cannot draw a {category} in a {w}x{h} box")
     pen = Pen(int(w), int(h), {key: i + 1 for i, (key, _) in enumerate(drawing.paints)})
     drawing.draw(pen)
-    return np.asarray(pen.image, dtype=np.uint8).copy(), drawing.paint_list
+    labels = np.asarray(pen.image, dtype=np.uint8).copy()
+    pieces = None if pen.pieces is None else np.asarray(pen.pieces, dtype=np.uint8).copy()
+    return labels, pieces, drawing.paint_list
+
+
+def draw_labels(category: str, w: int, h: int) -> tuple[np.ndarray, list[Paint]]:
+    """Draw ``category`` into a ``(h, w)`` uint8 label map (0 = empty, ``k`` = ``paints[k-1]``)."""
+    labels, _, paints = draw_layers(category, w, h)
+    return labels, paints
