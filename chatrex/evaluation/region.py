@@ -19,7 +19,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from chatrex.evaluation.text import SynonymTable, normalize_phrase, strip_tags
+from chatrex.evaluation.text import SynonymTable, strip_tags
 
 #: ``encoder(list_of_texts) -> (N, D) array`` of sentence embeddings.
 SentenceEncoder = Callable[[list], np.ndarray]
@@ -188,5 +188,4 @@ def predicted_name(answer_text: str, grounded_phrases: Sequence[str]) -> str:
 __all__ = [
     "category_accuracy", "clean_label", "semantic_iou", "semantic_similarity", "load_sentence_encoder",
     "osprey_scores", "java_available", "simple_tokenize", "caption_metrics", "predicted_name",
-    "normalize_phrase",
 ]
