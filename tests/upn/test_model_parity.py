@@ -19,6 +19,7 @@ from tests.conftest import SHARED
 FIXTURES = SHARED / "fixtures" / "upn_small"
 PROMPTS = ("fine_grained_prompt", "coarse_grained_prompt")
 TOL = 1e-4
+pytestmark = pytest.mark.slow  # an 800x1130 input through backbone + encoder (once per module)
 
 
 @pytest.fixture(scope="module")
