@@ -23,5 +23,5 @@ def shared_dir() -> Path:
 def _torch_threads():
     import torch
 
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(1)  # CI runs two pytest workers on two cores
     yield

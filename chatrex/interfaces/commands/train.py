@@ -83,5 +83,34 @@ def plot(run_dir: Path = typer.Argument(..., help="a run folder holding metrics.
     typer.echo(str(out))
 
 
+@train_app.command("assemble")
+def assemble(
+    upn_dir: Path = typer.Argument(..., help="exported UPN (runs/upn_small/final)"),
+    chatrex_dir: Path = typer.Argument(..., help="exported ChatRex stage (runs/chatrex_stage2/final)"),
+    out: Path = typer.Argument(..., help="model directory to write (e.g. chatrex/assets/chatrex-small)"),
+) -> None:
+    """Put a trained UPN and ChatRex together into one model directory for `chatrex predict`/`eval`."""
+    import json
+    import shutil
+
+    from chatrex.interfaces.pipeline import CHATREX_SUBDIR, PIPELINE_CONFIG, UPN_SUBDIR
+
+    for part in (upn_dir, chatrex_dir):
+        if not part.is_dir():
+            typer.echo(f"error: {part} is not a directory", err=True)
+            raise typer.Exit(2)
+    out.mkdir(parents=True, exist_ok=True)
+    for src, name in ((upn_dir, UPN_SUBDIR), (chatrex_dir, CHATREX_SUBDIR)):
+        shutil.rmtree(out / name, ignore_errors=True)
+        shutil.copytree(src, out / name)
+    settings = {}
+    pre = upn_dir / "preprocessor_config.json"
+    if pre.is_file():
+        p = json.loads(pre.read_text())
+        settings = {"upn_resize": p["resize"], "upn_max_size": p["max_size"]}
+    (out / PIPELINE_CONFIG).write_text(json.dumps(settings, indent=2))
+    typer.echo(str(out))
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(train_app, name="train")

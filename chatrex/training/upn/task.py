@@ -90,6 +90,7 @@ class UPNTask:
     """``TrainTask`` for the UPN (see ``chatrex.training.task``)."""
 
     name = "upn"
+    find_unused_parameters = True  # ref_point_head_point never takes part (the official code multiplies it by 0)
 
     def __init__(self, cfg: UPNTaskConfig) -> None:
         self.cfg = cfg
