@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -228,6 +229,25 @@ def test_multiprocess_run_equals_single_process(tmp_path):
     assert single.done == multi.done == 3
     one, two = _records(tmp_path / "one"), _records(tmp_path / "two")
     assert _by_id(one) == _by_id(two)  # same depth of output folders: even the image paths agree
+
+
+def test_steps_are_built_once_per_worker(tmp_path):
+    names = ["test_chatrex_install.jpg", "test_chatrex_grounded_caption.jpg", "test_chatrex_detection.jpg"]
+    images = tmp_path / "images"
+    images.mkdir()
+    for n in names:
+        (images / n).write_bytes((IMAGES / n).read_bytes())
+    log = tmp_path / "builds.txt"
+    spec = StepsSpec("tests.engine.factories:counting_steps",
+                     {"script": build_script(names), "log_path": str(log), "extractor": "script"})
+    summary = run_engine(images, tmp_path / "out", spec, workers=2, progress=False)
+    assert summary.done == 3
+    pids = log.read_text().split()
+    assert 1 <= len(pids) <= 2 and len(set(pids)) == len(pids)  # one build per worker process, not per image
+    assert str(os.getpid()) not in pids  # never in the parent
+    log.unlink()
+    run_engine(images, tmp_path / "inline", spec, workers=1, progress=False)
+    assert log.read_text().split() == [str(os.getpid())]
 
 
 def test_ray_backend_without_ray_says_so(tmp_path, script):

@@ -4,7 +4,6 @@ real engine (files on disk, image filter, spaCy phrase extraction, grounding che
 
 from __future__ import annotations
 
-import random
 
 import pytest
 

@@ -24,7 +24,6 @@ from typing import Any, Optional, Protocol, Sequence, runtime_checkable
 
 from PIL import Image
 
-Box = list  # [x0, y0, x1, y1] floats, pixels
 
 
 class EngineStepError(RuntimeError):
