@@ -221,3 +221,25 @@ def build_chatrex_steps(
         region_captioner=ChatRexRegionCaptioner(ask),
         caption_filter=RuleBasedCaptionFilter(),
     )
+
+
+def build_chatrex_stage(
+    stage: str,
+    model_dir: str,
+    device: str = "cpu",
+    dtype: Optional[str] = None,
+    granularity: str = "coarse",
+    min_score: float = 0.3,
+    max_new_tokens: int = 256,
+) -> Any:
+    """One stage (``"captioner"``, ``"grounder"`` or ``"region_captioner"``) served by a ChatRex pipeline
+    loaded from ``model_dir``, for per-stage specs (:func:`chatrex.data.engine.spec.compose_steps`).
+    Each call loads its own pipeline; use :func:`build_chatrex_steps` to share one for all stages."""
+    classes = {"captioner": ChatRexCaptioner, "grounder": ChatRexGrounder, "region_captioner": ChatRexRegionCaptioner}
+    if stage not in classes:
+        raise ValueError(f"ChatRex serves the stages {sorted(classes)}, not {stage!r}")
+    from chatrex.interfaces.pipeline import ChatRexPipeline
+
+    pipeline = ChatRexPipeline.from_pretrained(model_dir, device=device, dtype=dtype)
+    ask = pipeline_asker(pipeline, granularity=granularity, min_score=min_score, max_new_tokens=max_new_tokens)
+    return classes[stage](ask)
