@@ -122,29 +122,33 @@ class ChatRexTask:
         self.processor = ChatRexProcessor(tokenizer, image_size=vc.image_size,
                                           image_size_aux=model.config.aux_vision_config["image_size"],
                                           patch_size=vc.patch_size, max_boxes_policy="error")
+        lora = self.cfg.stage == "stage2" and self.cfg.lora.enabled
+        if lora:  # inject first: peft freezes everything but the adapters, we then choose what trains
+            from peft import LoraConfig, inject_adapter_in_model
+
+            lc = LoraConfig(r=self.cfg.lora.r, lora_alpha=self.cfg.lora.alpha, lora_dropout=self.cfg.lora.dropout,
+                            target_modules=self.cfg.lora.target_modules)
+            inject_adapter_in_model(lc, model.model)
         model.requires_grad_(False)
         for module in (model.vision_tower, model.vision_tower_aux, model.mm_projector, model.mm_object_projector):
             module.requires_grad_(True)
-        emb = model.get_input_embeddings().weight
-        emb.requires_grad_(True)
-        emb.register_hook(_zero_base_rows_hook(self.base_vocab_size))
-        head = model.get_output_embeddings().weight
-        if head is not emb:
-            head.requires_grad_(True)
-            head.register_hook(_zero_base_rows_hook(self.base_vocab_size))
         if self.cfg.stage == "stage2":
-            if self.cfg.lora.enabled:
-                from peft import LoraConfig, inject_adapter_in_model
-
-                lc = LoraConfig(r=self.cfg.lora.r, lora_alpha=self.cfg.lora.alpha, lora_dropout=self.cfg.lora.dropout,
-                                target_modules=self.cfg.lora.target_modules)
-                inject_adapter_in_model(lc, model.model)
+            if lora:
                 for n, p in model.model.named_parameters():
                     if "lora_" in n:
                         p.requires_grad_(True)
             else:
                 model.model.requires_grad_(True)
-                emb.requires_grad_(True)
+                model.lm_head.requires_grad_(True)
+        full_llm = self.cfg.stage == "stage2" and not lora
+        emb = model.get_input_embeddings().weight
+        emb.requires_grad_(True)
+        head = model.get_output_embeddings().weight
+        head.requires_grad_(True)
+        if not full_llm:  # only the rows of the added tokens train; the base rows stay the installed ones
+            emb.register_hook(_zero_base_rows_hook(self.base_vocab_size))
+            if head is not emb:
+                head.register_hook(_zero_base_rows_hook(self.base_vocab_size))
         model.train()
         return model
 

@@ -151,7 +151,11 @@ def test_two_stages_train_and_export_as_delta(tmp_path, data_file, base_dir):
     cfg2 = TrainConfig(output_dir=str(tmp_path / "s2"), max_steps=3, batch_size=2, lr=1e-2, warmup_steps=1,
                        save_every=3, log_every=1, num_workers=0)
     m2 = Trainer(s2, cfg2, device="cpu", progress=False).fit()
-    assert any("lora_" in n for n, p in m2.named_parameters() if p.requires_grad)
+    trainable2 = {n for n, p in m2.named_parameters() if p.requires_grad}
+    assert any("lora_" in n for n in trainable2)
+    assert m2.get_input_embeddings().weight.requires_grad  # the added rows keep training in stage 2
+    assert not any(n.startswith("model.layers.") and "lora_" not in n for n in trainable2)
+    torch.testing.assert_close(m2.get_input_embeddings().weight[:base_rows], base.get_input_embeddings().weight[:base_rows])
     final = tmp_path / "s2" / "final"
     assert all(f.stat().st_size <= 16 * 1024 * 1024 for f in final.glob("*.safetensors"))
     loaded2, _ = load_delta(final)
