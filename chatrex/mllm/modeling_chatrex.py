@@ -199,9 +199,17 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
-    def __init__(self, config: ChatRexConfig):
+    def __init__(self, config: ChatRexConfig, llm: PreTrainedModel | None = None):
+        """Build the model; ``llm`` (optional) is an existing causal LM whose body and head are used as they
+        are (no copy, its weights kept) — its config must be ``config.text_config``'s shape."""
         super().__init__(config)
-        llm = AutoModelForCausalLM.from_config(config.text_config)
+        if llm is None:
+            llm = AutoModelForCausalLM.from_config(config.text_config)
+        elif llm.config.hidden_size != config.text_config.hidden_size:
+            raise ValueError(
+                f"llm has hidden size {llm.config.hidden_size} but config.text_config says "
+                f"{config.text_config.hidden_size}"
+            )
         # share one text config object between ours and the LLM's (attention implementation, vocab size)
         config.text_config = llm.config
         body = getattr(llm, llm.base_model_prefix, None)

@@ -103,6 +103,9 @@ def encode_objects(
     total = sum(int(b.shape[0]) for b in boxes)
     if total == 0:
         return fused.new_zeros((0, c_total))
+    out_dtype = fused.dtype
+    if fused.dtype not in (torch.float32, torch.float64):
+        fused = fused.float()  # torchvision's roi_align kernels have no bfloat16 version
     rois = [b.to(device=fused.device, dtype=fused.dtype) * input_size for b in boxes]
     pooled = roi_align(
         fused, rois, output_size=output_size, spatial_scale=fused.shape[-1] / input_size,
@@ -114,7 +117,7 @@ def encode_objects(
         [(norm[:, 0] + norm[:, 2]) / 2, (norm[:, 1] + norm[:, 3]) / 2, norm[:, 2] - norm[:, 0], norm[:, 3] - norm[:, 1]],
         dim=-1,
     )
-    return feats + box_sine_embedding(cxcywh, c_total // 4).to(feats.dtype)
+    return (feats + box_sine_embedding(cxcywh, c_total // 4).to(feats.dtype)).to(out_dtype)
 
 
 __all__ = ["box_sine_embedding", "fuse_levels", "encode_objects", "validate_boxes"]

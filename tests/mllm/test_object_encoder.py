@@ -51,3 +51,10 @@ def test_fuse_levels_resizes_to_the_finest_level():
     fused = fuse_levels(levels)
     assert fused.shape == (1, 5, 8, 8)
     assert torch.allclose(fused[:, 2:], torch.full((1, 3, 8, 8), 2.0))
+
+
+def test_bfloat16_levels_work_and_keep_their_dtype():
+    levels, boxes_px, expected = _fixture()
+    out = encode_objects([l.bfloat16() for l in levels], [boxes_px / 768.0], input_size=768)
+    assert out.dtype == torch.bfloat16 and out.shape == (7, 120)
+    torch.testing.assert_close(out.float(), expected[0], atol=0.1, rtol=0.05)

