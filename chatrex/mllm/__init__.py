@@ -14,6 +14,9 @@ from chatrex.mllm.modeling_chatrex import (
     apply_key_mapping,
     load_state_dict_report,
 )
+from chatrex.mllm.image_processing import ChatRexImageProcessor
+from chatrex.mllm.presets import build_chatrex_from_llm, chatrex_7b, chatrex_small, chatrex_tiny, load_smollm2
+from chatrex.mllm.processing_chatrex import ChatRexProcessor
 from chatrex.mllm.tokens import add_chatrex_tokens
 from chatrex.mllm.vision_towers import ConvNeXtTowerConfig
 
@@ -30,4 +33,11 @@ __all__ = [
     "apply_key_mapping",
     "load_state_dict_report",
     "add_chatrex_tokens",
+    "ChatRexProcessor",
+    "ChatRexImageProcessor",
+    "chatrex_7b",
+    "chatrex_small",
+    "chatrex_tiny",
+    "load_smollm2",
+    "build_chatrex_from_llm",
 ]

@@ -363,6 +363,7 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
             pixel_values: (B, 3, 336, 336) CLIP input; pixel_values_aux: (B, 3, 768, 768) ConvNeXt input.
             boxes: B tensors (K_i, 4), xyxy normalised to [0, 1] of the padded square; K_i may be 0.
             labels: (B, L), -100 where no loss is wanted; shifted inside (next-token prediction).
+                Placeholder positions (``<image>``, ``<objfeat>``) are always ignored.
         Returns:
             ``CausalLMOutputWithPast`` with ``loss`` (mean over labelled tokens) when labels are given.
         """
@@ -394,6 +395,10 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
         logits = self.lm_head(hidden[:, slice_indices, :])
         loss = None
         if labels is not None:
+            if input_ids is not None and labels.shape == input_ids.shape:
+                # image and object positions carry embeddings, not tokens: never a target
+                placeholders = (input_ids == self.config.image_token_id) | (input_ids == self.config.objfeat_token_id)
+                labels = labels.masked_fill(placeholders, -100)
             loss = causal_lm_loss(logits, labels)
         return CausalLMOutputWithPast(
             loss=loss,

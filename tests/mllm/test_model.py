@@ -103,6 +103,10 @@ def test_loss_is_cross_entropy_over_answer_tokens(tiny_model, tiny_processor):
             if labels[i, t + 1] != -100:
                 manual.append(torch.nn.functional.cross_entropy(logits[i, t][None], labels[i, t + 1][None]))
     torch.testing.assert_close(out.loss, torch.stack(manual).mean())
+    unmasked = b["labels"].clone()
+    placeholder = (b["input_ids"] == tiny_model.config.image_token_id) | (b["input_ids"] == tiny_model.config.objfeat_token_id)
+    unmasked[placeholder] = b["input_ids"][placeholder]
+    torch.testing.assert_close(tiny_model(**{**b, "labels": unmasked}).loss, out.loss)
     out.loss.backward()
     assert tiny_model.mm_object_projector[0].weight.grad is not None
     assert tiny_model.vision_tower_aux.trunk.stem[0].weight.grad is not None
@@ -160,6 +164,24 @@ def test_parameter_layout_and_key_mapping_report(tiny_tokenizer, tiny_processor)
     torch.testing.assert_close(fresh.vision_tower_aux.trunk.stem[0].weight, model.vision_tower_aux.trunk.stem[0].weight)
     with pytest.raises(ValueError, match="does not match"):
         load_state_dict_report(fresh, llava, key_mapping=LLAVA_KEY_MAPPING, strict=True)
+    # the same mapping through transformers' from_pretrained(key_mapping=...)
+    import os
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    full = {k: v for k, v in llava.items() if k != "model.some_extra.weight"}
+    full["model.mm_projector.2.bias"] = model.mm_projector[2].bias.clone()
+    full["model.mm_object_projector.0.weight"] = model.mm_object_projector[0].weight.clone()
+    with tempfile.TemporaryDirectory() as d:
+        model.config.save_pretrained(d)
+        save_file({k: v.contiguous() for k, v in full.items()}, os.path.join(d, "model.safetensors"),
+                  metadata={"format": "pt"})
+        loaded, info = ChatRexForConditionalGeneration.from_pretrained(
+            d, key_mapping=LLAVA_KEY_MAPPING, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    for (k, v), (k2, v2) in zip(loaded.state_dict().items(), model.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
     renamed = apply_key_mapping({"a.x": 1, "b.x": 2}, lambda k: None if k.startswith("b") else "c" + k[1:])
     assert renamed == {"c.x": 1}
 
