@@ -137,7 +137,7 @@ def test_from_pretrained_missing_parts(tmp_path):
     with pytest.raises(FileNotFoundError, match="lacks 'upn/'"):
         ChatRexPipeline.from_pretrained(tmp_path / "m")
     (tmp_path / "m" / "upn").mkdir()
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(FileNotFoundError, match="neither config.json nor delta_config.json"):
         ChatRexPipeline.from_pretrained(tmp_path / "m")
 
 

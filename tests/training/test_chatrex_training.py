@@ -164,3 +164,33 @@ def test_two_stages_train_and_export_as_delta(tmp_path, data_file, base_dir):
                                rtol=3e-2, atol=3e-2)
     rows = [json.loads(x) for x in (tmp_path / "s2" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["answer_tokens"] > 0 for r in rows)
+
+
+def test_assembled_delta_model_runs_in_the_pipeline(tmp_path, data_file, base_dir):
+    """stage 1 export (a delta) + a UPN, put together by `chatrex train assemble`, load in the pipeline."""
+    from typer.testing import CliRunner
+
+    from chatrex.interfaces.cli import build_app
+    from chatrex.interfaces.pipeline import ChatRexPipeline
+    from chatrex.upn.checkpoint import save_pretrained
+    from chatrex.upn.config import resolve_config
+    from chatrex.upn.model import build_upn
+
+    task = ChatRexTask(ChatRexTaskConfig.from_dict({"stage": "stage1", "base": str(base_dir), "vision": TINY_VISION,
+                                                    "data": {"files": [str(data_file)]}}))
+    cfg = TrainConfig(output_dir=str(tmp_path / "s1"), max_steps=1, batch_size=2, warmup_steps=1, num_workers=0)
+    Trainer(task, cfg, device="cpu", progress=False).fit()
+    upn_cfg = resolve_config("upn_tiny")
+    save_pretrained(build_upn(upn_cfg), upn_cfg, tmp_path / "upn")
+    (tmp_path / "upn" / "preprocessor_config.json").write_text(json.dumps({"resize": 64, "max_size": 128}))
+    result = CliRunner().invoke(build_app(), ["train", "assemble", str(tmp_path / "upn"), str(tmp_path / "s1" / "final"),
+                                              str(tmp_path / "model")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "model" / "pipeline_config.json").read_text()) == {"upn_resize": 64, "upn_max_size": 128}
+    pipe = ChatRexPipeline.from_pretrained(tmp_path / "model")
+    out = pipe([str(data_file.parent / "images" / "0.png")], ["Please detect car in this image."],
+               boxes=[[[4, 4, 40, 30], [50, 10, 90, 50]]], max_new_tokens=4)
+    assert len(out) == 1 and out[0].boxes == [[4, 4, 40, 30], [50, 10, 90, 50]]
+    proposals = pipe([str(data_file.parent / "images" / "0.png")], ["Please detect car in this image."], min_score=0.0,
+                     max_new_tokens=4)
+    assert 1 <= len(proposals[0].boxes) <= 20  # UPN proposals of the tiny model (20 queries)
