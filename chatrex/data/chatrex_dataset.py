@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from chatrex.data.jsonl import read_records, resolve_image_path
+from chatrex.data.jsonl import load_training_records
 from chatrex.grounding.prompts import MAX_OBJECTS, build_answer, build_prompt
 from chatrex.training.sampler import split_index
 from chatrex.utils.image import load_image
@@ -137,11 +137,9 @@ class ChatRexDataset(torch.utils.data.Dataset):
         if unknown:
             raise ValueError(f"unknown tasks in task_weights: {sorted(unknown)}")
         if records is None:
-            records = []
-            for f in cfg.files:
-                records.extend((r, resolve_image_path(r, f)) for r in read_records(f, validate=False))
-        if not records:
-            raise ValueError("the ChatRex dataset is empty: give at least one JSONL file with records")
+            records = load_training_records(cfg.files, "the ChatRex dataset")
+        elif not records:
+            raise ValueError("the ChatRex dataset is empty: give at least one record")
         self.records = list(records)
         self.vocabulary = sorted({r["category"] for rec, _ in self.records for r in rec.get("regions", []) if r.get("category")})
 

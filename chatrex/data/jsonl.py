@@ -126,3 +126,14 @@ def count_records(path: PathLike) -> int:
             if line.strip():
                 n += 1
     return n
+
+
+def load_training_records(files: Iterable[PathLike], what: str) -> list[tuple[dict, Path]]:
+    """All records of ``files`` with their resolved image paths, for training datasets.
+
+    Raises ``ValueError`` naming ``what`` (e.g. "the UPN dataset") when there is no record.
+    """
+    records = [(r, resolve_image_path(r, f)) for f in files for r in read_records(f, validate=False)]
+    if not records:
+        raise ValueError(f"{what} is empty: give at least one JSONL file with records")
+    return records

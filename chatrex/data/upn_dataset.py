@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 import torch
 from PIL import Image
 
-from chatrex.data.jsonl import read_records, resolve_image_path
+from chatrex.data.jsonl import load_training_records
 from chatrex.training.sampler import split_index
 from chatrex.upn.transforms import UPNTransform, batch_images
 from chatrex.utils.image import load_image
@@ -69,11 +69,9 @@ class UPNDataset(torch.utils.data.Dataset):
             raise ValueError(f"fine_targets must be 'all' or 'parts', got {cfg.fine_targets!r}")
         self.cfg = cfg
         if records is None:
-            records = []
-            for f in cfg.files:
-                records.extend((r, resolve_image_path(r, f)) for r in read_records(f, validate=False))
-        if not records:
-            raise ValueError("the UPN dataset is empty: give at least one JSONL file with records")
+            records = load_training_records(cfg.files, "the UPN dataset")
+        elif not records:
+            raise ValueError("the UPN dataset is empty: give at least one record")
         self.records = list(records)
 
     def __len__(self) -> int:

@@ -26,6 +26,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from chatrex.utils.sharding import split_into_shards
+
 DELTA_CONFIG = "delta_config.json"
 WEIGHTS_INDEX = "delta.safetensors.index.json"
 MAX_SHARD_BYTES = 16 * 1024 * 1024
@@ -41,19 +43,13 @@ def is_delta_dir(path: str | os.PathLike) -> bool:
 
 
 def _shard_and_save(tensors: dict[str, torch.Tensor], out_dir: Path, dtype: Optional[torch.dtype]) -> list[str]:
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
+    prepared = {}
     for name in sorted(tensors):
         t = tensors[name].detach().cpu()
         if dtype is not None and t.is_floating_point():
             t = t.to(dtype)
-        t = t.contiguous().clone()
-        nbytes = t.numel() * t.element_size()
-        if shards[-1] and size + nbytes > MAX_SHARD_BYTES:
-            shards.append({})
-            size = 0
-        shards[-1][name] = t
-        size += nbytes
+        prepared[name] = t.contiguous().clone()
+    shards = split_into_shards(prepared, MAX_SHARD_BYTES)
     files = []
     for i, shard in enumerate(shards):
         fname = f"delta-{i + 1:05d}-of-{len(shards):05d}.safetensors"

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from chatrex.utils.sharding import split_into_shards
 from chatrex.upn.config import ConfigError, UPNConfig, resolve_config
 
 CONFIG_NAME = "config.json"
@@ -205,15 +206,7 @@ def save_pretrained(model: nn.Module, cfg: UPNConfig | None, save_directory: str
         if old.exists():
             old.unlink()
     tensors = _unique_state_dict(model)
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for name, t in tensors.items():
-        nbytes = t.numel() * t.element_size()
-        if shards[-1] and size + nbytes > max_shard_size:
-            shards.append({})
-            size = 0
-        shards[-1][name] = t
-        size += nbytes
+    shards = split_into_shards(tensors, max_shard_size)
     meta = {"format": "pt", "producer": FORMAT_NAME}
     if len(shards) == 1:
         save_file(shards[0], str(out / WEIGHTS_NAME), metadata=meta)
