@@ -9,7 +9,7 @@ rest of the batch is kept (the official code returns early and drops the remaini
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Mapping, Union
 
 import numpy as np
 import torch

@@ -4,7 +4,6 @@ it with ``ChatRexPipeline.from_pretrained`` / ``UPNWrapper`` and write their res
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from chatrex.interfaces.cli import build_app
@@ -12,20 +11,8 @@ from tests.evaluation.standins import write_world
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from chatrex.interfaces.pipeline import ChatRexPipeline
-    from chatrex.upn.config import resolve_config
-    from chatrex.upn.model import build_upn
-    from chatrex.upn.wrapper import UPNWrapper
-    from tests.mllm.conftest import build_tiny_tokenizer, make_model, make_processor
-
-    tok = build_tiny_tokenizer()
-    torch.manual_seed(0)
-    cfg = resolve_config("upn_tiny")
-    upn = UPNWrapper.from_model(build_upn(cfg).eval(), cfg, resize=64, max_size=96)
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    ChatRexPipeline(upn, make_model(tok), make_processor(tok)).save_pretrained(path)
-    return path
+def model_dir(tiny_pipeline_dir):
+    return tiny_pipeline_dir
 
 
 @pytest.mark.slow

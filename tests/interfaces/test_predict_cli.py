@@ -8,30 +8,19 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from chatrex.interfaces.cli import build_app
-from chatrex.interfaces.pipeline import DEFAULT_MODEL_DIR, ChatRexPipeline
-from tests.mllm.conftest import build_tiny_tokenizer, make_model, make_processor, random_image
+from chatrex.interfaces.pipeline import DEFAULT_MODEL_DIR
+from tests.mllm.conftest import random_image
 
 FAST = ["--max-new-tokens", "4"]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from chatrex.upn.config import resolve_config
-    from chatrex.upn.model import build_upn
-    from chatrex.upn.wrapper import UPNWrapper
-
-    tok = build_tiny_tokenizer()
-    torch.manual_seed(0)
-    cfg = resolve_config("upn_tiny")
-    upn = UPNWrapper.from_model(build_upn(cfg).eval(), cfg, resize=64, max_size=96)
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    ChatRexPipeline(upn, make_model(tok), make_processor(tok)).save_pretrained(path)
-    return path
+def model_dir(tiny_pipeline_dir):
+    return tiny_pipeline_dir
 
 
 @pytest.fixture(scope="module")

@@ -105,7 +105,7 @@ def test_upn_training_step_and_export(tmp_path):
                                             "denoising": {"num_queries": 8}}))
     cfg = TrainConfig(output_dir=str(tmp_path / "run"), max_steps=3, batch_size=2, lr=1e-4, warmup_steps=1,
                       save_every=3, log_every=1, num_workers=0)
-    model = Trainer(task, cfg, device="cpu", progress=False).fit()
+    Trainer(task, cfg, device="cpu", progress=False).fit()
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3
     for key in ("loss", "loss_fine", "loss_coarse", "loss_dn_fine", "loss_aux_coarse"):

@@ -21,7 +21,6 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from chatrex.data.world.catalog import CATEGORY_BY_NAME
 
 #: Colour of skin, a paint colour that is not one of the attribute colours (no attribute emitted).
 SKIN = "skin"

@@ -4,7 +4,7 @@ proposals and the denoising queries (paper App. B.1: weights 1, 5, 2)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
