@@ -129,21 +129,41 @@ class ChatRexImageProcessor:
         return canvas, frame
 
     @staticmethod
-    def _to_tensor(image: Image.Image, size: int, mean, std) -> torch.Tensor:
+    def _to_uint8(image: Image.Image, size: int) -> torch.Tensor:
+        """(3, size, size) uint8, bicubic-resized."""
         resized = image.resize((size, size), Image.Resampling.BICUBIC)
-        arr = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        return (arr - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+        return torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1)
 
-    def __call__(self, images: Sequence[Any]) -> dict[str, Any]:
+    def normalize(self, pixels: torch.Tensor, aux: bool = False) -> torch.Tensor:
+        """uint8 (..., 3, H, W) -> float normalised with this processor's mean/std, on ``pixels``' device.
+
+        ``aux`` picks the ConvNeXt tower's statistics. Lets training ship uint8 images from data workers
+        (4x fewer bytes) and normalise on the GPU.
+        """
+        if pixels.dtype != torch.uint8:
+            raise ValueError(f"normalize expects uint8 pixels, got {pixels.dtype}")
+        mean = torch.tensor(self.image_mean_aux if aux else self.image_mean, device=pixels.device)
+        std = torch.tensor(self.image_std_aux if aux else self.image_std, device=pixels.device)
+        scale = (1.0 / (255.0 * std)).view(3, 1, 1)
+        return pixels.float() * scale - (mean / std).view(3, 1, 1)
+
+    def __call__(self, images: Sequence[Any], normalize: bool = True) -> dict[str, Any]:
+        """Args:
+            normalize: False returns uint8 ``pixel_values`` / ``pixel_values_aux`` to be passed through
+                :meth:`normalize` later (e.g. on the GPU).
+        """
         if not isinstance(images, (list, tuple)):
             images = [images]
         pv, pva, frames = [], [], []
         for src in images:
             square, frame = self.pad_to_square(load_image(src))
-            pv.append(self._to_tensor(square, self.image_size, self.image_mean, self.image_std))
-            pva.append(self._to_tensor(square, self.image_size_aux, self.image_mean_aux, self.image_std_aux))
+            pv.append(self._to_uint8(square, self.image_size))
+            pva.append(self._to_uint8(square, self.image_size_aux))
             frames.append(frame)
-        return {"pixel_values": torch.stack(pv), "pixel_values_aux": torch.stack(pva), "frames": frames}
+        pixel_values, pixel_values_aux = torch.stack(pv), torch.stack(pva)
+        if normalize:
+            pixel_values, pixel_values_aux = self.normalize(pixel_values), self.normalize(pixel_values_aux, aux=True)
+        return {"pixel_values": pixel_values, "pixel_values_aux": pixel_values_aux, "frames": frames}
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:

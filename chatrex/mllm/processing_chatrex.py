@@ -194,6 +194,7 @@ class ChatRexProcessor:
         padding_side: str | None = None,
         max_boxes_policy: str | None = None,
         return_frames: bool = False,
+        normalize_images: bool = True,
     ) -> BatchFeature:
         """Batch of B (image, question, boxes[, answer]).
 
@@ -204,6 +205,8 @@ class ChatRexProcessor:
             answers: B strings for training (adds ``labels``).
             scores: per image, box scores for ``max_boxes_policy="topk"``.
             padding_side: "left" (default for generation) or "right" (default when ``answers`` are given).
+            normalize_images: False returns uint8 pixels, to be normalised later with
+                ``image_processor.normalize`` (training does this on the GPU).
             return_frames: also return ``frames`` (list of :class:`SquareFrame`) and ``kept_boxes`` (indices
                 of the boxes kept per image) — do not pass those two to the model.
         Returns:
@@ -230,7 +233,7 @@ class ChatRexProcessor:
         if side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right'; got '{side}'")
 
-        vision = self.image_processor(images)
+        vision = self.image_processor(images, normalize=normalize_images)
         frames: list[SquareFrame] = vision["frames"]
         box_tensors, kept, seqs, labs = [], [], [], []
         for i in range(n):

@@ -132,3 +132,17 @@ def test_save_and_load_round_trip(tiny_processor, tmp_path):
 def test_decode_keeps_chatrex_tokens_and_drops_others(tiny_processor, tiny_tokenizer):
     ids = tiny_tokenizer("<ground>dog</ground><objects><obj2></objects><|im_end|>", add_special_tokens=False)["input_ids"]
     assert tiny_processor.decode(ids) == "<ground>dog</ground><objects><obj2></objects>"
+
+
+def test_uint8_pixels_normalised_later_equal_the_float_path(tiny_processor):
+    import numpy as np
+    import torch
+
+    image = np.random.default_rng(0).integers(0, 256, size=(40, 70, 3), dtype=np.uint8)
+    ref = tiny_processor([image], ["What is this?"], [[[1, 2, 30, 20]]])
+    raw = tiny_processor([image], ["What is this?"], [[[1, 2, 30, 20]]], normalize_images=False)
+    assert raw["pixel_values"].dtype == torch.uint8 and raw["pixel_values_aux"].dtype == torch.uint8
+    ip = tiny_processor.image_processor
+    torch.testing.assert_close(ip.normalize(raw["pixel_values"]), ref["pixel_values"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ip.normalize(raw["pixel_values_aux"], aux=True), ref["pixel_values_aux"], atol=1e-5, rtol=1e-5)
+    assert torch.equal(raw["input_ids"], ref["input_ids"])
