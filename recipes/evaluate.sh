@@ -5,20 +5,20 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-runs/model}
 DATA=${DATA:-data/world}
-OUT=${OUT:-runs/eval}
+EVAL_OUT=${EVAL_OUT:-runs/eval}   # not $OUT: device machines reserve that name
 LIMIT=${LIMIT:-150}
 CHATREX=${CHATREX:-chatrex}
-mkdir -p "$OUT"
+mkdir -p "$EVAL_OUT"
 run() { echo "[$(date +%H:%M:%S)] eval $*"; $CHATREX eval "$@" || echo "FAILED: eval $*"; }
 for split in test test-comp; do
-  run proposals --model "$MODEL" --data "$DATA/$split.jsonl" --boxes instances --out "$OUT/$split-proposals-instances.json"
-  run proposals --model "$MODEL" --data "$DATA/$split.jsonl" --boxes all --out "$OUT/$split-proposals-all.json"
-  run detection --model "$MODEL" --data "$DATA/$split.jsonl" --limit "$LIMIT" --batch-size 16 --max-new-tokens 128 --out "$OUT/$split-detection.json"
-  run referring --model "$MODEL" --data "$DATA/$split.jsonl" --limit "$LIMIT" --batch-size 16 --max-new-tokens 128 --out "$OUT/$split-referring.json"
-  run region --model "$MODEL" --data "$DATA/$split.jsonl" --limit "$LIMIT" --batch-size 16 --max-new-tokens 128 --out "$OUT/$split-region.json"
+  run proposals --model "$MODEL" --data "$DATA/$split.jsonl" --boxes instances --out "$EVAL_OUT/$split-proposals-instances.json"
+  run proposals --model "$MODEL" --data "$DATA/$split.jsonl" --boxes all --out "$EVAL_OUT/$split-proposals-all.json"
+  run detection --model "$MODEL" --data "$DATA/$split.jsonl" --limit "$LIMIT" --batch-size 16 --max-new-tokens 128 --out "$EVAL_OUT/$split-detection.json"
+  run referring --model "$MODEL" --data "$DATA/$split.jsonl" --limit "$LIMIT" --batch-size 16 --max-new-tokens 128 --out "$EVAL_OUT/$split-referring.json"
+  run region --model "$MODEL" --data "$DATA/$split.jsonl" --limit "$LIMIT" --batch-size 16 --max-new-tokens 128 --out "$EVAL_OUT/$split-region.json"
 done
-run counting --model "$MODEL" --data "$DATA/test.jsonl" --limit "$LIMIT" --batch-size 16 --max-new-tokens 128 --out "$OUT/test-counting.json"
-run grounded-caption --model "$MODEL" --data "$DATA/test.jsonl" --limit 100 --batch-size 16 --max-new-tokens 256 --out "$OUT/test-grounded-caption.json"
-run pope --model "$MODEL" --data "$DATA/test.jsonl" --limit 100 --batch-size 16 --max-new-tokens 128 --out "$OUT/test-pope.json"
-$CHATREX eval summary "$OUT"/*.json --out "$OUT/summary.md"
-echo "[$(date +%H:%M:%S)] evaluation done: $OUT/summary.md"
+run counting --model "$MODEL" --data "$DATA/test.jsonl" --limit "$LIMIT" --batch-size 16 --max-new-tokens 128 --out "$EVAL_OUT/test-counting.json"
+run grounded-caption --model "$MODEL" --data "$DATA/test.jsonl" --limit 100 --batch-size 16 --max-new-tokens 256 --out "$EVAL_OUT/test-grounded-caption.json"
+run pope --model "$MODEL" --data "$DATA/test.jsonl" --limit 100 --batch-size 16 --max-new-tokens 128 --out "$EVAL_OUT/test-pope.json"
+$CHATREX eval summary "$EVAL_OUT"/*.json --out "$EVAL_OUT/summary.md"
+echo "[$(date +%H:%M:%S)] evaluation done: $EVAL_OUT/summary.md"
