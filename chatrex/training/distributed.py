@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -29,6 +30,8 @@ def init_distributed(device: str | None = None) -> DistInfo:
     """Join the process group described by torchrun's environment (RANK, WORLD_SIZE, ...).
 
     One process without those variables gives a plain single-process setup. CUDA uses NCCL, CPU gloo.
+    A collective that waits longer than ``$CHATREX_DIST_TIMEOUT_S`` seconds (default 600) fails
+    instead of hanging.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -43,8 +46,12 @@ def init_distributed(device: str | None = None) -> DistInfo:
     else:
         dev = torch.device(device)
     if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+        timeout = timedelta(seconds=float(os.environ.get("CHATREX_DIST_TIMEOUT_S", "600")))
+        if dev.type == "cuda":
+            # binding the device lets NCCL know each rank's GPU up front (no guessing in barrier())
+            dist.init_process_group(backend="nccl", rank=rank, world_size=world_size, timeout=timeout, device_id=dev)
+        else:
+            dist.init_process_group(backend="gloo", rank=rank, world_size=world_size, timeout=timeout)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 
