@@ -61,14 +61,22 @@ def barrier() -> None:
 
 
 def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Average a dict of floats over processes (identity for one process)."""
-    if not (dist.is_available() and dist.is_initialized()) or not values:
+    """Average a dict of floats over processes (identity for one process).
+
+    Processes may hold different keys (a loss term that only some batches produce): every key of any
+    process is averaged over the processes that have it. Mismatched keys must not reach the collective
+    itself, where tensors of different lengths would hang NCCL.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
         return dict(values)
-    keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, sorted(values))
+    keys = sorted(set().union(*gathered))
+    if not keys:
+        return {}
+    t = torch.tensor([[float(values.get(k, 0.0)), float(k in values)] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    t /= dist.get_world_size()
-    return {k: float(v) for k, v in zip(keys, t.tolist())}
+    return {k: float(total / count) for k, (total, count) in zip(keys, t.tolist())}
 
 
 def cleanup() -> None:

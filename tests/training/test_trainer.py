@@ -152,3 +152,29 @@ def test_time_budget_shortens_the_schedule(tmp_path):
     assert rows[-1]["lr"] == pytest.approx(cfg.lr * cfg.min_lr_ratio)  # the schedule ended too
     assert (tmp_path / "b" / "final" / "model.pt").exists()
     assert find_latest_checkpoint(tmp_path / "b").name == "step_0000021"
+
+
+def _reduce_worker(rank, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    from chatrex.training.distributed import all_reduce_mean, cleanup, init_distributed
+
+    info = init_distributed("cpu")
+    values = {"loss": 1.0 + rank, "only_rank1": 5.0} if rank else {"loss": 1.0, "only_rank0": 3.0}
+    out = all_reduce_mean(values, info.device)
+    with open(os.path.join(out_dir, f"r{rank}.json"), "w") as f:
+        json.dump(out, f)
+    cleanup()
+
+
+def test_all_reduce_mean_with_different_keys(tmp_path):
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    procs = [ctx.Process(target=_reduce_worker, args=(r, port, str(tmp_path))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    for r in range(2):
+        out = json.loads((tmp_path / f"r{r}.json").read_text())
+        assert out == {"loss": 1.5, "only_rank0": 3.0, "only_rank1": 5.0}
