@@ -191,7 +191,7 @@ def render_task(task: str, record: dict, index_of: dict[int, int], vocabulary: S
             return None
         if task == "counting":
             cat = rng.choice(absent) if (absent and (rng.random() < absent_prob or not present)) else rng.choice(present)
-            ids = sorted(by_cat.get(cat, []), key=lambda i: i)
+            ids = sorted(by_cat.get(cat, []))
             return build_prompt("counting", categories=cat, rng=rng), build_answer("counting", category=cat, indices=ids)
         k = min(len(present), rng.choice([1, 1, 1, 2, 2, 3]))
         cats = rng.sample(present, k) if present else []

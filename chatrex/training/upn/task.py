@@ -107,7 +107,6 @@ class UPNTask:
 
             loaded, _ = _load_model(self.cfg.init_checkpoint, upn_cfg, torch.device("cpu"))
             upn.load_state_dict(loaded.state_dict())
-        self.upn_config = upn_cfg
         return UPNTrainingModule(upn, DenoisingGenerator(upn_cfg.d_model, self.cfg.denoising))
 
     def build_dataset(self) -> UPNDataset:
