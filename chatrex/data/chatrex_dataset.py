@@ -45,6 +45,10 @@ class ChatRexDataConfig:
         synth_proposals: (min, max) number of synthesised proposals when a record has none.
         absent_prob: probability that detection/counting asks for a category absent from the image.
         region_levels: which region levels can be targets ("instance", "part").
+        max_targets: most categories a detection prompt names, and most regions a region prompt asks
+            about (half the prompts ask about one, the rest about 2..max_targets, uniformly).
+        region_boxes_only_prob: probability that a region task gets only a few ground-truth boxes
+            (1-3, including the asked ones) instead of the full mixed list, as when a user draws them.
     """
 
     files: list[str] = field(default_factory=list)
@@ -55,6 +59,8 @@ class ChatRexDataConfig:
     synth_proposals: tuple[int, int] = (5, 30)
     absent_prob: float = 0.15
     region_levels: list[str] = field(default_factory=lambda: ["instance", "part"])
+    max_targets: int = 3
+    region_boxes_only_prob: float = 0.3
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -131,6 +137,10 @@ class ChatRexDataset(torch.utils.data.Dataset):
     def __init__(self, cfg: ChatRexDataConfig, records: Optional[Sequence[tuple[dict, Path]]] = None) -> None:
         if cfg.stage not in STAGE_TASKS:
             raise ValueError(f"stage must be one of {sorted(STAGE_TASKS)}, got {cfg.stage!r}")
+        if cfg.max_targets < 1:
+            raise ValueError(f"max_targets must be >= 1, got {cfg.max_targets}")
+        if not 0.0 <= cfg.region_boxes_only_prob <= 1.0:
+            raise ValueError(f"region_boxes_only_prob must be in [0, 1], got {cfg.region_boxes_only_prob}")
         self.cfg = cfg
         self.weights = dict(cfg.task_weights or STAGE_TASKS[cfg.stage])
         unknown = set(self.weights) - set(STAGE_TASKS["stage2"])
@@ -154,11 +164,31 @@ class ChatRexDataset(torch.utils.data.Dataset):
         tasks = list(self.weights)
         order = rng.choices(tasks, weights=[self.weights[t] for t in tasks], k=len(tasks) * 2) + tasks
         for task in order:
-            sample = render_task(task, record, index_of, self.vocabulary, rng, self.cfg.absent_prob)
+            task_boxes, task_index = boxes, index_of
+            if task.startswith("region_") and index_of and rng.random() < self.cfg.region_boxes_only_prob:
+                task_boxes, task_index = user_box_list(record, index_of, rng)
+            sample = render_task(task, record, task_index, self.vocabulary, rng, self.cfg.absent_prob,
+                                 self.cfg.max_targets)
             if sample is not None:
                 question, answer = sample
-                return {"image": load_image(path), "boxes": boxes, "question": question, "answer": answer, "task": task}
+                return {"image": load_image(path), "boxes": task_boxes, "question": question, "answer": answer,
+                        "task": task}
         raise ValueError(f"record {record.get('id')!r} ({path}) serves none of the tasks {tasks}")
+
+
+def user_box_list(record: dict, index_of: dict[int, int], rng: random.Random,
+                  max_boxes: int = 3) -> tuple[list[list[float]], dict[int, int]]:
+    """A short box list as a user would draw it: 1..max_boxes ground-truth regions of ``index_of``,
+    shuffled (region tasks then ask about some of them)."""
+    ids = rng.sample(sorted(index_of), min(len(index_of), rng.randint(1, max_boxes)))
+    by_id = {r["id"]: r for r in record.get("regions", [])}
+    return [[float(v) for v in by_id[i]["box"]] for i in ids], {i: k for k, i in enumerate(ids)}
+
+
+def _num_targets(rng: random.Random, available: int, max_targets: int) -> int:
+    """1 with probability 1/2, else uniform in 2..max_targets; at most ``available``."""
+    k = 1 if max_targets < 2 or rng.random() < 0.5 else rng.randint(2, max_targets)
+    return min(available, k)
 
 
 def _regions(record: dict, index_of: dict[int, int]) -> list[dict]:
@@ -176,8 +206,11 @@ def _groundings(groundings: list[dict], index_of: dict[int, int]) -> Optional[li
 
 
 def render_task(task: str, record: dict, index_of: dict[int, int], vocabulary: Sequence[str],
-                rng: random.Random, absent_prob: float = 0.15) -> Optional[tuple[str, str]]:
-    """One (question, answer) of ``task`` for ``record``, or None when the record cannot serve it."""
+                rng: random.Random, absent_prob: float = 0.15, max_targets: int = 3) -> Optional[tuple[str, str]]:
+    """One (question, answer) of ``task`` for ``record``, or None when the record cannot serve it.
+
+    ``max_targets`` bounds the categories of a detection prompt and the regions of a region prompt.
+    """
     regions = _regions(record, index_of)
     by_cat: dict[str, list[int]] = {}
     for r in regions:
@@ -193,7 +226,7 @@ def render_task(task: str, record: dict, index_of: dict[int, int], vocabulary: S
             cat = rng.choice(absent) if (absent and (rng.random() < absent_prob or not present)) else rng.choice(present)
             ids = sorted(by_cat.get(cat, []))
             return build_prompt("counting", categories=cat, rng=rng), build_answer("counting", category=cat, indices=ids)
-        k = min(len(present), rng.choice([1, 1, 1, 2, 2, 3]))
+        k = _num_targets(rng, len(present), max_targets)
         cats = rng.sample(present, k) if present else []
         if absent and (rng.random() < absent_prob or not cats):
             cats.insert(rng.randrange(len(cats) + 1), rng.choice(absent))
@@ -212,7 +245,7 @@ def render_task(task: str, record: dict, index_of: dict[int, int], vocabulary: S
         cands = [r for r in regions if r.get(key)]
         if not cands:
             return None
-        chosen = rng.sample(cands, min(len(cands), rng.choice([1, 1, 1, 2, 3])))
+        chosen = rng.sample(cands, _num_targets(rng, len(cands), max_targets))
         ids = [index_of[r["id"]] for r in chosen]
         captions = {index_of[r["id"]]: r[key] for r in chosen}
         if task == "region_classification":

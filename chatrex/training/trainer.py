@@ -89,6 +89,9 @@ def find_latest_checkpoint(output_dir: Path) -> Optional[Path]:
     return max(done, key=lambda p: int(p.name.split("_")[1])) if done else None
 
 
+BUDGET_RECHECK_STEPS = 200  # with a time budget, re-estimate the run's length this often
+
+
 class Trainer:
     """Runs ``task`` under ``config``.
 
@@ -238,7 +241,7 @@ class Trainer:
         amp = torch.autocast(dev.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
         end = schedule.total if stop_after is None else min(schedule.total, stop_after)
         bar = self._progress(step, schedule.total, n_train, ckpt)
-        run_start, budget_step = time.perf_counter(), step + 20
+        run_start, first_step, budget_step = time.perf_counter(), step, step + 20
         model.train()
         acc: dict[str, float] = {}
         n_acc, bad_steps, t0, seen = 0, 0, time.perf_counter(), 0
@@ -270,8 +273,10 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
-            if cfg.time_budget_s and step == budget_step and schedule.total == cfg.max_steps:
-                end = min(end, self._fit_budget(schedule, step, time.perf_counter() - run_start, bar))
+            if cfg.time_budget_s and step >= budget_step and (step - budget_step) % BUDGET_RECHECK_STEPS == 0:
+                # estimated after 20 steps, then re-estimated: a GPU shared with another run can slow down
+                fitted = self._fit_budget(schedule, step, step - first_step, time.perf_counter() - run_start, bar)
+                end = fitted if stop_after is None else min(fitted, stop_after)
             if step % cfg.log_every == 0 or step == end:
                 logs_mean = all_reduce_mean({k: v / n_acc for k, v in acc.items()}, dev)
                 dt = time.perf_counter() - t0
@@ -296,12 +301,13 @@ class Trainer:
             self._export(model, raw_model)
         return raw_model
 
-    def _fit_budget(self, schedule: WarmupCosine, step: int, elapsed: float, bar) -> int:
-        """Shorten the run so that it ends within ``time_budget_s`` (same on every process)."""
-        per_step = all_reduce_mean({"t": elapsed / 20}, self.dist.device)["t"]
+    def _fit_budget(self, schedule: WarmupCosine, step: int, steps_run: int, elapsed: float, bar) -> int:
+        """Set the schedule's length so that the run ends within ``time_budget_s`` at the speed seen so
+        far (``steps_run`` steps in ``elapsed`` s; the same on every process)."""
+        per_step = all_reduce_mean({"t": elapsed / max(steps_run, 1)}, self.dist.device)["t"]
         left = self.cfg.time_budget_s - elapsed
         total = max(step + 1, min(self.cfg.max_steps, step + int(left / max(per_step, 1e-9))))
-        if total < self.cfg.max_steps:
+        if total != schedule.total:
             schedule.total = total
             if self.dist.is_main:
                 print(f"time budget {self.cfg.time_budget_s:.0f} s at {per_step:.3f} s/step: "

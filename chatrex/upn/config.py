@@ -102,6 +102,9 @@ class UPNConfig:
     ``pos_temperature`` is the temperature of the image sine embedding (20 in the official model;
     the query sine embedding always uses 10000). ``msda_chunk_size`` bounds how many queries the
     pure-PyTorch deformable-attention kernel samples at once (memory only; results do not change).
+    ``msda_implementation`` picks the deformable-attention kernel: "auto" (fused Triton kernel on CUDA,
+    PyTorch elsewhere), "pytorch" or "triton" (``chatrex.upn.ms_deform_attn``); it changes speed and
+    memory, not results beyond float rounding.
     """
 
     backbone: SwinConfig = field(default_factory=SwinConfig)
@@ -114,6 +117,7 @@ class UPNConfig:
     prompt_types: list[str] = field(default_factory=lambda: list(PROMPT_TYPES))
     gradient_checkpointing: bool = False
     msda_chunk_size: int = 16384
+    msda_implementation: str = "auto"
 
     # -- (de)serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -177,6 +181,8 @@ class UPNConfig:
             raise ConfigError("prompt_types must name at least one prompt")
         if self.msda_chunk_size < 1:
             raise ConfigError("msda_chunk_size must be >= 1")
+        if self.msda_implementation not in ("auto", "pytorch", "triton"):
+            raise ConfigError(f"msda_implementation must be 'auto', 'pytorch' or 'triton', got {self.msda_implementation!r}")
 
     @property
     def num_unique_prompts(self) -> int:

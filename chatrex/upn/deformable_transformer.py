@@ -124,9 +124,10 @@ class DeformableTransformerEncoderLayer(nn.Module):
     """Post-norm: src = LN1(src + MSDA(src + pos)); src = LN2(src + FFN(src))."""
 
     def __init__(self, d_model: int, d_ffn: int, dropout: float, n_levels: int, n_heads: int, n_points: int,
-                 chunk_size: int | None = None) -> None:
+                 chunk_size: int | None = None, msda_implementation: str = "auto") -> None:
         super().__init__()
-        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, chunk_size=chunk_size)
+        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, chunk_size=chunk_size,
+                                      implementation=msda_implementation)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, d_ffn)
@@ -150,7 +151,7 @@ class DeformableTransformerEncoder(nn.Module):
         e = cfg.encoder
         self.layers = nn.ModuleList(
             DeformableTransformerEncoderLayer(cfg.d_model, e.d_ffn, e.dropout, cfg.num_feature_levels, e.n_heads,
-                                              e.n_points, cfg.msda_chunk_size)
+                                              e.n_points, cfg.msda_chunk_size, cfg.msda_implementation)
             for _ in range(e.num_layers)
         )
         self.gradient_checkpointing = cfg.gradient_checkpointing
@@ -173,9 +174,10 @@ class DeformableTransformerDecoderLayer(nn.Module):
     """Post-norm, sequence-first: self-attn -> norm2; deformable cross-attn -> norm1; FFN -> norm3."""
 
     def __init__(self, d_model: int, d_ffn: int, dropout: float, n_levels: int, n_heads: int, n_points: int,
-                 chunk_size: int | None = None) -> None:
+                 chunk_size: int | None = None, msda_implementation: str = "auto") -> None:
         super().__init__()
-        self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, chunk_size=chunk_size)
+        self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, chunk_size=chunk_size,
+                                       implementation=msda_implementation)
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout)
@@ -213,7 +215,7 @@ class DeformableTransformerDecoder(nn.Module):
         self.d_model = d
         self.layers = nn.ModuleList(
             DeformableTransformerDecoderLayer(d, dc.d_ffn, dc.dropout, cfg.num_feature_levels, dc.n_heads,
-                                              dc.n_points, cfg.msda_chunk_size)
+                                              dc.n_points, cfg.msda_chunk_size, cfg.msda_implementation)
             for _ in range(dc.num_layers)
         )
         self.norm = nn.LayerNorm(d)

@@ -1,22 +1,57 @@
 """Multi-scale deformable attention (Zhu et al., Deformable DETR), as used by UPN.
 
-The sampling kernel lives in ONE function, ``multi_scale_deformable_attention``; it is pure PyTorch
-(``F.grid_sample``, bilinear, zero padding, ``align_corners=False``), runs on CPU and GPU and always
-computes in fp32. A fused GPU kernel can replace it later without touching the module.
+The sampling lives in ONE function, ``multi_scale_deformable_attention``, with two implementations:
+
+- ``"pytorch"``: ``F.grid_sample`` (bilinear, zero padding, ``align_corners=False``), runs anywhere;
+- ``"triton"``: the fused kernel of ``chatrex.upn.ms_deform_attn_triton`` (CUDA tensors, or CPU under
+  ``TRITON_INTERPRET=1``), which never materialises the per-point samples.
+
+``"auto"`` (the default) takes Triton for CUDA tensors when it imports, else PyTorch. Both compute in
+fp32 and agree to float rounding.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+IMPLEMENTATIONS = ("auto", "pytorch", "triton")
+
+
+@lru_cache(maxsize=None)
+def triton_available() -> bool:
+    """Whether the fused kernel can be imported (Triton installed)."""
+    try:
+        import chatrex.upn.ms_deform_attn_triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_implementation(implementation: str, device: torch.device) -> str:
+    """Map ``"auto"`` to ``"triton"`` (CUDA tensors, Triton importable) or ``"pytorch"``; check the rest."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"deformable-attention implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if implementation == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "pytorch"
+    if implementation == "triton":
+        if not triton_available():
+            raise RuntimeError("the 'triton' deformable attention needs the triton package (pip install triton)")
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError(f"the 'triton' deformable attention runs on CUDA tensors (got {device.type}); "
+                               "use 'pytorch', or set TRITON_INTERPRET=1 to run the kernel in Triton's interpreter")
+    return implementation
+
+
 def multi_scale_deformable_attention(value: torch.Tensor, spatial_shapes: torch.Tensor | list,
                                      sampling_locations: torch.Tensor, attention_weights: torch.Tensor,
-                                     chunk_size: int | None = None) -> torch.Tensor:
+                                     chunk_size: int | None = None, implementation: str = "pytorch") -> torch.Tensor:
     """Bilinearly sample every level's value map and sum with attention weights.
 
     Args:
@@ -24,7 +59,9 @@ def multi_scale_deformable_attention(value: torch.Tensor, spatial_shapes: torch.
         spatial_shapes: (L, 2) int (H_l, W_l) or a list of pairs.
         sampling_locations: (B, Lq, M, L, P, 2) normalised (x, y) in [0, 1] (pixel centres at +0.5).
         attention_weights: (B, Lq, M, L, P), already softmax-ed over L*P.
-        chunk_size: sample at most this many queries at once (memory bound; results are identical).
+        chunk_size: sample at most this many queries at once (``"pytorch"`` only: memory bound;
+            results are identical).
+        implementation: "pytorch", "triton" or "auto" (see the module docstring).
     Returns:
         (B, Lq, M*D) in the dtype of ``value``; computed in fp32 (autocast is disabled inside).
     """
@@ -40,6 +77,12 @@ def multi_scale_deformable_attention(value: torch.Tensor, spatial_shapes: torch.
             f"weights {tuple(attention_weights.shape)}, {len(shapes)} levels"
         )
     device_type = value.device.type if value.device.type in ("cuda", "cpu") else "cpu"
+    if resolve_implementation(implementation, value.device) == "triton":
+        from chatrex.upn.ms_deform_attn_triton import multi_scale_deformable_attention_triton
+
+        with torch.autocast(device_type=device_type, enabled=False):
+            out = multi_scale_deformable_attention_triton(value, shapes, sampling_locations, attention_weights)
+        return out.to(out_dtype)
     with torch.autocast(device_type=device_type, enabled=False):
         value = value.float()
         sampling_locations = sampling_locations.float()
@@ -47,6 +90,10 @@ def multi_scale_deformable_attention(value: torch.Tensor, spatial_shapes: torch.
         # (B, H_l*W_l, M, D) -> (B*M, D, H_l, W_l), one map per level
         maps = [v.flatten(2).transpose(1, 2).reshape(B * M, D, h, w)
                 for v, (h, w) in zip(value.split([h * w for h, w in shapes], dim=1), shapes)]
+        if Lq == 0:
+            # no queries: an empty output that still carries (zero) gradients to every input
+            empty = value[:, :0].reshape(B, 0, M * D)
+            return (empty + 0 * sampling_locations.sum() + 0 * attention_weights.sum()).to(out_dtype)
         step = Lq if not chunk_size or chunk_size >= Lq else int(chunk_size)
         outs = []
         for start in range(0, Lq, step):
@@ -76,12 +123,15 @@ class MSDeformAttn(nn.Module):
     """
 
     def __init__(self, d_model: int = 256, n_levels: int = 5, n_heads: int = 8, n_points: int = 4,
-                 chunk_size: int | None = 16384) -> None:
+                 chunk_size: int | None = 16384, implementation: str = "auto") -> None:
         super().__init__()
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
         if d_model % n_heads != 0:
             raise ValueError(f"d_model {d_model} must be divisible by n_heads {n_heads}")
         self.d_model, self.n_levels, self.n_heads, self.n_points = d_model, n_levels, n_heads, n_points
         self.chunk_size = chunk_size
+        self.implementation = implementation
         self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
         self.value_proj = nn.Linear(d_model, d_model)
@@ -136,5 +186,6 @@ class MSDeformAttn(nn.Module):
                          + offsets / P * reference_points[:, :, None, :, None, 2:] * 0.5)
         else:
             raise ValueError(f"reference_points must end in 2 or 4 coordinates, got {tuple(reference_points.shape)}")
-        out = multi_scale_deformable_attention(value, spatial_shapes, locations, weights, chunk_size=self.chunk_size)
+        out = multi_scale_deformable_attention(value, spatial_shapes, locations, weights, chunk_size=self.chunk_size,
+                                               implementation=self.implementation)
         return self.output_proj(out)

@@ -107,6 +107,38 @@ def test_every_task_renders_an_answer_that_parses_to_the_right_boxes():
     assert "no" in a and parse_grounded(a).groundings[0].indices == []
 
 
+def test_max_targets_bounds_and_reaches_the_prompt_size():
+    rec = _record(0)
+    boxes, index_of = build_box_list(rec, random.Random(3), ChatRexDataConfig())
+    vocab = ["car", "house", "wheel", "tree"]
+    sizes = set()
+    for seed in range(60):
+        _, a = render_task("region_category", rec, index_of, vocab, random.Random(seed), max_targets=3)
+        sizes.add(len(parse_grounded(a, num_boxes=len(boxes)).groundings))
+        _, a = render_task("detection", rec, index_of, vocab, random.Random(seed), absent_prob=0.0, max_targets=1)
+        assert len(parse_grounded(a).groundings) == 1
+    assert sizes == {1, 2, 3}  # the record has 3 regions: every size up to the cap occurs
+
+
+def test_region_tasks_sometimes_get_only_user_boxes(data_file):
+    from chatrex.training.sampler import SeededIndex
+
+    cfg = ChatRexDataConfig(files=[str(data_file)], task_weights={"region_category": 1.0}, region_boxes_only_prob=1.0)
+    ds = ChatRexDataset(cfg)
+    for i in range(20):
+        item = ds[SeededIndex(i % 4, i)]
+        assert 1 <= len(item["boxes"]) <= 3
+        for g in parse_grounded(item["answer"], num_boxes=len(item["boxes"])).groundings:
+            (idx,) = g.indices
+            region = next(r for r in _record(0)["regions"] if r["category"] == g.phrase)
+            assert item["boxes"][idx] == [float(v) for v in region["box"]]  # the index points at that region
+    never = ChatRexDataset(ChatRexDataConfig(files=[str(data_file)], task_weights={"region_category": 1.0},
+                                             region_boxes_only_prob=0.0))
+    assert all(len(never[SeededIndex(i % 4, i)]["boxes"]) > 3 for i in range(10))
+    with pytest.raises(ValueError, match="region_boxes_only_prob"):
+        ChatRexDataset(ChatRexDataConfig(files=[str(data_file)], region_boxes_only_prob=1.5))
+
+
 def test_dataset_items(data_file):
     ds = ChatRexDataset(ChatRexDataConfig(files=[str(data_file)], stage="stage2"))
     tasks = {ds[(i % 4)]["task"] for i in range(4)}
