@@ -18,7 +18,13 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+# Sizes change with every batch (image sizes differ). Triton specialises integer arguments on their
+# divisibility by 16, so each new combination compiled a new variant: the likely cause of the slow
+# first minutes of training seen on the GPU (benchmarks/RESULTS.md). Not yet re-measured there.
+_SIZES = ["n_rows", "S", "Lq"]
+
+
+@triton.jit(do_not_specialize=_SIZES)
 def _msda_fwd_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, out_ptr,
                      n_rows, S, Lq,
                      M: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, L: tl.constexpr, P: tl.constexpr,
@@ -65,7 +71,7 @@ def _msda_fwd_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, out_p
     tl.store(out_ptr + rows[:, None] * D + d[None, :], acc, mask=row_ok[:, None] & d_ok[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES)
 def _msda_bwd_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, grad_out_ptr,
                      grad_value_ptr, grad_loc_ptr, grad_attn_ptr,
                      n_rows, S, Lq,
