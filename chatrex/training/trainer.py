@@ -273,8 +273,10 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
-            if cfg.time_budget_s and step >= budget_step and (step - budget_step) % BUDGET_RECHECK_STEPS == 0:
-                # estimated after 20 steps, then re-estimated: a GPU shared with another run can slow down
+            since = step - budget_step
+            if cfg.time_budget_s and since >= 0 and (since in (20, 60, 140) or since % BUDGET_RECHECK_STEPS == 0):
+                # estimated after 20 steps, then re-estimated: the first steps include compilation and
+                # starting workers, and a GPU shared with another run can slow down
                 fitted = self._fit_budget(schedule, step, step - first_step, time.perf_counter() - run_start, bar)
                 end = fitted if stop_after is None else min(fitted, stop_after)
             if step % cfg.log_every == 0 or step == end:
