@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 #: The two prompt types of the official model (``UPN.forward(..., prompt_type=...)``).
 PROMPT_TYPES: tuple[str, ...] = ("fine_grained_prompt", "coarse_grained_prompt")
@@ -105,6 +105,10 @@ class UPNConfig:
     ``msda_implementation`` picks the deformable-attention kernel: "auto" (fused Triton kernel on CUDA,
     PyTorch elsewhere), "pytorch" or "triton" (``chatrex.upn.ms_deform_attn``); it changes speed and
     memory, not results beyond float rounding.
+    ``feature_stages`` picks the backbone stages that feed the encoder (like DINO's
+    ``return_interm_indices``); ``None`` means all of them (the official UPN). ``[1, 2, 3]`` drops the
+    stride-4 level, about three quarters of the encoder's tokens. It must end with the last stage,
+    from which the extra levels are built.
     """
 
     backbone: SwinConfig = field(default_factory=SwinConfig)
@@ -118,6 +122,7 @@ class UPNConfig:
     gradient_checkpointing: bool = False
     msda_chunk_size: int = 16384
     msda_implementation: str = "auto"
+    feature_stages: Optional[list[int]] = None
 
     # -- (de)serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -171,9 +176,14 @@ class UPNConfig:
             if part.n_points < 1:
                 raise ConfigError(f"{name}.n_points must be >= 1")
         n_stages = len(self.backbone.depths)
-        if self.num_feature_levels < n_stages:
+        stages = self.stages
+        if list(stages) != sorted(set(stages)) or not stages or stages[0] < 0 or stages[-1] != n_stages - 1:
+            raise ConfigError(f"feature_stages {self.feature_stages} must be increasing stage indices ending with "
+                              f"the last stage ({n_stages - 1})")
+        if self.num_feature_levels < len(stages):
             raise ConfigError(
-                f"num_feature_levels ({self.num_feature_levels}) must be >= the number of backbone stages ({n_stages})"
+                f"num_feature_levels ({self.num_feature_levels}) must be >= the number of backbone stages used "
+                f"({len(stages)})"
             )
         if self.num_queries < 1:
             raise ConfigError(f"num_queries must be >= 1, got {self.num_queries}")
@@ -183,6 +193,12 @@ class UPNConfig:
             raise ConfigError("msda_chunk_size must be >= 1")
         if self.msda_implementation not in ("auto", "pytorch", "triton"):
             raise ConfigError(f"msda_implementation must be 'auto', 'pytorch' or 'triton', got {self.msda_implementation!r}")
+
+    @property
+    def stages(self) -> list[int]:
+        """The backbone stages that feed the encoder (``feature_stages`` or all)."""
+        n = len(self.backbone.depths)
+        return list(range(n)) if self.feature_stages is None else [int(i) for i in self.feature_stages]
 
     @property
     def num_unique_prompts(self) -> int:

@@ -45,10 +45,13 @@ class SwinWrapper(nn.Module):
         super().__init__()
         self.model = _Joiner(SwinTransformer(cfg.backbone))
         self.pos_embed = PositionEmbeddingSineHW(cfg.d_model // 2, cfg.pos_temperature, cfg.pos_temperature)
-        self.num_channels = cfg.backbone.num_features
+        self.stages = cfg.stages
+        self.num_channels = [cfg.backbone.num_features[i] for i in self.stages]
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor):
+        """Returns the features of ``cfg.stages`` with their masks and position embeddings."""
         feats = self.model.backbone(images)
+        feats = [feats[i] for i in self.stages]
         masks = [resize_mask(mask, f.shape[-2:]) for f in feats]
         pos = [self.pos_embed(m).to(f.dtype) for f, m in zip(feats, masks)]
         return feats, masks, pos

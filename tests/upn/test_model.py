@@ -243,3 +243,28 @@ def test_config_is_attached_and_presets_build():
     assert model.config is cfg and model.num_queries == cfg.num_queries
     assert model.bbox_embed[0] is model.transformer.decoder.bbox_embed[-1]
     assert model.transformer.enc_out_bbox_embed is not model.bbox_embed[0]
+
+
+def test_feature_stages_drop_the_stride_4_level():
+    from chatrex.upn.config import ConfigError
+
+    cfg = upn_tiny()
+    cfg.feature_stages = [1, 2, 3]
+    cfg.num_feature_levels = 4
+    cfg.validate()
+    torch.manual_seed(0)
+    model = build_upn(cfg).eval()
+    assert len(model.input_proj) == 4 and model.input_proj[0][0].in_channels == 32  # stage 1: 2 * embed_dim
+    images = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        state = model.forward_encoder(images)
+        out = model.forward_decoder(state, "coarse_grained_prompt")
+    # strides 8, 16, 32 and one extra level at 64 (the full model starts at stride 4: 16 x 24)
+    assert state.spatial_shapes.tolist() == [[8, 12], [4, 6], [2, 3], [1, 2]]
+    assert out["pred_boxes"].shape == (1, cfg.num_queries, 4)
+    full = build_upn("upn_tiny")
+    assert full.forward_encoder(images).spatial_shapes.tolist()[0] == [16, 24]
+    for bad in ([0, 2], [1, 3, 2], [3, 3], []):
+        cfg.feature_stages = bad
+        with pytest.raises(ConfigError, match="feature_stages"):
+            cfg.validate()
