@@ -21,6 +21,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
+#: Implementations of the deformable attention (``chatrex.upn.ms_deform_attn``).
+MSDA_IMPLEMENTATIONS: tuple[str, ...] = ("auto", "pytorch", "triton")
+
 #: The two prompt types of the official model (``UPN.forward(..., prompt_type=...)``).
 PROMPT_TYPES: tuple[str, ...] = ("fine_grained_prompt", "coarse_grained_prompt")
 #: Short names accepted for the prompt types.
@@ -191,8 +194,9 @@ class UPNConfig:
             raise ConfigError("prompt_types must name at least one prompt")
         if self.msda_chunk_size < 1:
             raise ConfigError("msda_chunk_size must be >= 1")
-        if self.msda_implementation not in ("auto", "pytorch", "triton"):
-            raise ConfigError(f"msda_implementation must be 'auto', 'pytorch' or 'triton', got {self.msda_implementation!r}")
+        if self.msda_implementation not in MSDA_IMPLEMENTATIONS:
+            raise ConfigError(f"msda_implementation must be one of {MSDA_IMPLEMENTATIONS}, "
+                              f"got {self.msda_implementation!r}")
 
     @property
     def stages(self) -> list[int]:

@@ -20,8 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from chatrex.upn.config import MSDA_IMPLEMENTATIONS as IMPLEMENTATIONS
 
-IMPLEMENTATIONS = ("auto", "pytorch", "triton")
+
+def check_implementation(implementation: str) -> None:
+    """Raise ``ValueError`` unless ``implementation`` is one of ``IMPLEMENTATIONS``."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"deformable-attention implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
 
 
 @lru_cache(maxsize=None)
@@ -36,8 +41,7 @@ def triton_available() -> bool:
 
 def resolve_implementation(implementation: str, device: torch.device) -> str:
     """Map ``"auto"`` to ``"triton"`` (CUDA tensors, Triton importable) or ``"pytorch"``; check the rest."""
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"deformable-attention implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    check_implementation(implementation)
     if implementation == "auto":
         return "triton" if device.type == "cuda" and triton_available() else "pytorch"
     if implementation == "triton":
@@ -125,8 +129,7 @@ class MSDeformAttn(nn.Module):
     def __init__(self, d_model: int = 256, n_levels: int = 5, n_heads: int = 8, n_points: int = 4,
                  chunk_size: int | None = 16384, implementation: str = "auto") -> None:
         super().__init__()
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+        check_implementation(implementation)
         if d_model % n_heads != 0:
             raise ValueError(f"d_model {d_model} must be divisible by n_heads {n_heads}")
         self.d_model, self.n_levels, self.n_heads, self.n_points = d_model, n_levels, n_heads, n_points

@@ -55,7 +55,7 @@ def hungarian_match(pred_logits: torch.Tensor, pred_boxes: torch.Tensor, targets
     n_max = max(sizes, default=0)
     if n_max == 0:
         return [(empty, empty) for _ in targets]
-    B, Q = pred_boxes.shape[:2]
+    B = pred_boxes.shape[0]
     boxes = pred_boxes.float()
     padded = boxes.new_zeros((B, n_max, 4))
     padded[..., 2:] = 1.0  # a valid box for the padding slots (their costs are never read)
