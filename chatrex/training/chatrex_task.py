@@ -1,7 +1,9 @@
 """ChatRex training stages as ``TrainTask``s (``chatrex.md`` §5).
 
-* stage 1 (alignment): the vision towers (ours start from scratch), both projectors and the embedding
-  rows of the added tokens train; the LLM is frozen.
+* stage 0 (ours, ``chatrex.training.vision_task``): the towers are pretrained on the records'
+  annotations, standing in for the pretrained CLIP and ConvNeXt that cannot be downloaded here;
+* stage 1 (alignment): the vision towers (from stage 0 or from scratch), both projectors and the
+  embedding rows of the added tokens train; the LLM is frozen.
 * stage 2 (instruction tuning): additionally the LLM — through LoRA (default; the export is then a
   small delta over the installed base) or in full.
 
@@ -41,6 +43,8 @@ class ChatRexTaskConfig:
         vision: overrides of the ChatRex config's vision side (``vision_config``, ``aux_vision_config``,
             ...), applied over ``chatrex_small``.
         init_from: a previous stage's exported directory (delta or full) to start from.
+        vision_init: a stage-0 export (``chatrex train vision``) whose pretrained towers replace the
+            fresh ones (used when ``init_from`` is not set).
         data: the data options (``ChatRexDataConfig``); its stage defaults to this stage.
         lora: stage 2 LoRA options; ``lora.enabled = False`` fine-tunes the whole LLM.
         vision_lr_mult: learning-rate factor of the vision towers.
@@ -50,6 +54,7 @@ class ChatRexTaskConfig:
     base: str = "smollm2"
     vision: dict[str, Any] = field(default_factory=dict)
     init_from: Optional[str] = None
+    vision_init: Optional[str] = None
     data: ChatRexDataConfig = field(default_factory=ChatRexDataConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     vision_lr_mult: float = 1.0
@@ -90,20 +95,17 @@ class ChatRexTask:
 
     # ------------------------------------------------------------------ model
     def _fresh_model(self):
-        from chatrex.mllm.configuration_chatrex import ChatRexConfig
         from chatrex.mllm.delta import base_fingerprint, load_base_llm
-        from chatrex.mllm.presets import build_chatrex_from_llm, chatrex_small
+        from chatrex.mllm.presets import build_chatrex_from_llm, chatrex_small, with_overrides
+        from chatrex.training.vision_task import load_pretrained_towers
 
         llm, tokenizer = load_base_llm(self.cfg.base)
         self.base_vocab_size = llm.get_input_embeddings().weight.shape[0]
         self.fingerprint = base_fingerprint(llm, self.base_vocab_size)
-        d = chatrex_small().to_dict()
-        for key, value in self.cfg.vision.items():
-            if isinstance(value, dict) and isinstance(d.get(key), dict):
-                d[key] = {**d[key], **value}
-            else:
-                d[key] = value
-        return build_chatrex_from_llm(llm, tokenizer, ChatRexConfig.from_dict(d))
+        model, tokenizer = build_chatrex_from_llm(llm, tokenizer, with_overrides(chatrex_small(), self.cfg.vision))
+        if self.cfg.vision_init:
+            load_pretrained_towers(model, self.cfg.vision_init)
+        return model, tokenizer
 
     def _from_previous(self, path: str):
         from chatrex.mllm.delta import DELTA_CONFIG, base_fingerprint, is_delta_dir, load_delta

@@ -1,4 +1,4 @@
-"""``chatrex train upn|chatrex RECIPE``: one entry point for CPU, one GPU and ``torchrun`` (DDP/FSDP)."""
+"""``chatrex train upn|vision|chatrex RECIPE``: one entry point for CPU, one GPU and ``torchrun`` (DDP/FSDP)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-train_app = typer.Typer(help="Train the UPN or a ChatRex stage from a recipe (recipes/*.json).", no_args_is_help=True)
+train_app = typer.Typer(help="Train the UPN, the vision towers (stage 0) or a ChatRex stage from a recipe (recipes/*.json).", no_args_is_help=True)
 
 
 def _overrides(items: Optional[list[str]]) -> dict[str, str]:
@@ -34,6 +34,10 @@ def _run(kind: str, recipe: Path, sets: Optional[list[str]], device: Optional[st
             from chatrex.training.upn.task import UPNTask, UPNTaskConfig
 
             task = UPNTask(UPNTaskConfig.from_dict(spec["task"]))
+        elif kind == "vision":
+            from chatrex.training.vision_task import VisionTask, VisionTaskConfig
+
+            task = VisionTask(VisionTaskConfig.from_dict(spec["task"]))
         else:
             from chatrex.training.chatrex_task import ChatRexTask, ChatRexTaskConfig
 
@@ -58,6 +62,17 @@ def train_upn(
 ) -> None:
     """Train the Universal Proposal Network (both prompts)."""
     _run("upn", recipe, set_, device, resume)
+
+
+@train_app.command("vision")
+def train_vision(
+    recipe: Path = typer.Argument(..., help="recipe JSON, e.g. recipes/chatrex_small_stage0.json"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="override, e.g. --set train.batch_size=32"),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when available)"),
+    resume: bool = typer.Option(True, help="continue from the run folder's latest checkpoint"),
+) -> None:
+    """Stage 0: pretrain ChatRex's vision towers on the records' boxes and categories."""
+    _run("vision", recipe, set_, device, resume)
 
 
 @train_app.command("chatrex")

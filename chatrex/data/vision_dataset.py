@@ -1,0 +1,149 @@
+"""Data for pretraining ChatRex's vision towers on records (stage 0, ``chatrex.training.vision_task``).
+
+The official model starts from pretrained CLIP and ConvNeXt towers; ours start from scratch, and the
+language-model loss alone teaches them too slowly. Stage 0 gives the towers direct supervision from the
+records' annotations:
+
+* **objects**: every region box (instances and parts) with its category and attributes, plus
+  synthesised boxes that overlap no region much (``background``): what an object token must tell
+  apart;
+* **dense**: for each cell of the g x g image-token grid, the category of the smallest region whose
+  box holds the cell's centre (``background`` where none does): what the image tokens must carry.
+
+Labels are indices into a :class:`VisionVocabulary` built from the records; index 0 of the
+categories is ``background``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from chatrex.data.chatrex_dataset import box_iou, synthesize_proposals
+from chatrex.data.jsonl import load_training_records
+from chatrex.training.sampler import split_index
+from chatrex.utils.image import load_image
+
+BACKGROUND = "background"
+IGNORE = -100
+DEFAULT_ATTRIBUTES = ("color", "pattern", "size", "orientation")
+
+
+@dataclass
+class VisionDataConfig:
+    """Attributes:
+        files: JSONL record files.
+        max_regions: most region boxes per image (a random subset when a scene has more).
+        negatives: (min, max) synthesised boxes per image; those overlapping a region by IoU
+            ``negative_iou`` or more are dropped, the rest are ``background``.
+        negative_iou: see ``negatives``.
+        attributes: region attributes with a classification head (values absent from a region are ignored).
+    """
+
+    files: list[str] = field(default_factory=list)
+    max_regions: int = 48
+    negatives: tuple[int, int] = (4, 16)
+    negative_iou: float = 0.4
+    attributes: list[str] = field(default_factory=lambda: list(DEFAULT_ATTRIBUTES))
+
+    def __post_init__(self) -> None:
+        self.negatives = tuple(int(v) for v in self.negatives)
+        if len(self.negatives) != 2 or not 0 <= self.negatives[0] <= self.negatives[1]:
+            raise ValueError(f"negatives must be (min, max) with 0 <= min <= max, got {self.negatives}")
+        if self.max_regions < 1:
+            raise ValueError(f"max_regions must be >= 1, got {self.max_regions}")
+        if not 0.0 < self.negative_iou <= 1.0:
+            raise ValueError(f"negative_iou must be in (0, 1], got {self.negative_iou}")
+
+
+@dataclass
+class VisionVocabulary:
+    """Label names: ``categories[0]`` is ``background``; ``attributes[name]`` lists that attribute's values."""
+
+    categories: list[str]
+    attributes: dict[str, list[str]]
+
+    @classmethod
+    def from_records(cls, records: Sequence[dict], attributes: Sequence[str]) -> "VisionVocabulary":
+        cats = sorted({r["category"] for rec in records for r in rec.get("regions", []) if r.get("category")})
+        values = {a: sorted({str(r["attributes"][a]) for rec in records for r in rec.get("regions", [])
+                             if a in (r.get("attributes") or {})}) for a in attributes}
+        return cls([BACKGROUND] + [c for c in cats if c != BACKGROUND], {a: v for a, v in values.items() if v})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"categories": list(self.categories), "attributes": {k: list(v) for k, v in self.attributes.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "VisionVocabulary":
+        return cls(list(d["categories"]), {k: list(v) for k, v in d.get("attributes", {}).items()})
+
+
+def dense_labels(boxes: torch.Tensor, labels: torch.Tensor, grid: int) -> torch.Tensor:
+    """Category of each grid cell: that of the smallest box holding the cell's centre, 0 where none does.
+
+    Args:
+        boxes: (K, 4) xyxy normalised to [0, 1] of the square image; labels: (K,) category indices.
+    Returns:
+        (grid * grid,) int64, row-major (as image tokens are ordered).
+    """
+    centres = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
+    cy, cx = torch.meshgrid(centres, centres, indexing="ij")
+    cx, cy = cx.reshape(-1, 1), cy.reshape(-1, 1)  # (g², 1)
+    if boxes.numel() == 0:
+        return torch.zeros(grid * grid, dtype=torch.long)
+    inside = (cx >= boxes[:, 0]) & (cx < boxes[:, 2]) & (cy >= boxes[:, 1]) & (cy < boxes[:, 3])  # (g², K)
+    area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).expand_as(inside)
+    area = torch.where(inside, area, torch.full_like(area, float("inf")))
+    best = area.argmin(dim=1)
+    return torch.where(inside.any(dim=1), labels[best], torch.zeros_like(best))
+
+
+class VisionPretrainDataset(torch.utils.data.Dataset):
+    """Items: ``{"image": PIL, "boxes": (K, 4) xyxy px, "category": (K,), "<attribute>": (K,),
+    "regions": (R,) how many of the K boxes are regions (the rest are background)}``."""
+
+    def __init__(self, cfg: VisionDataConfig, records: Optional[Sequence[tuple[dict, Path]]] = None,
+                 vocabulary: Optional[VisionVocabulary] = None) -> None:
+        if records is None:
+            records = load_training_records(cfg.files, "the vision pretraining dataset")
+        elif not records:
+            raise ValueError("the vision pretraining dataset is empty: give at least one record")
+        self.cfg = cfg
+        self.records = list(records)
+        self.vocabulary = vocabulary or VisionVocabulary.from_records([r for r, _ in self.records], cfg.attributes)
+        self._cat_index = {c: i for i, c in enumerate(self.vocabulary.categories)}
+        self._attr_index = {a: {v: i for i, v in enumerate(vals)} for a, vals in self.vocabulary.attributes.items()}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, item) -> dict[str, Any]:
+        index, seed = split_index(item)
+        rng = random.Random(seed if seed is not None else index)
+        record, path = self.records[index]
+        regions = [r for r in record.get("regions", []) if r.get("category") in self._cat_index]
+        if len(regions) > self.cfg.max_regions:
+            regions = rng.sample(regions, self.cfg.max_regions)
+        gt = torch.tensor([r["box"] for r in regions], dtype=torch.float32).reshape(-1, 4)
+        lo, hi = self.cfg.negatives
+        neg = synthesize_proposals(gt, int(record["width"]), int(record["height"]), rng.randint(lo, hi), rng)
+        if len(neg) and len(gt):
+            neg = neg[box_iou(neg, gt).max(dim=1).values < self.cfg.negative_iou]
+        out: dict[str, Any] = {
+            "image": load_image(path),
+            "boxes": torch.cat([gt, neg]),
+            "category": torch.tensor([self._cat_index[r["category"]] for r in regions] + [0] * len(neg),
+                                     dtype=torch.long),
+            "regions": len(regions),
+        }
+        for name, index_of in self._attr_index.items():
+            values = [index_of.get(str((r.get("attributes") or {}).get(name)), IGNORE) for r in regions]
+            out[name] = torch.tensor(values + [IGNORE] * len(neg), dtype=torch.long)
+        return out
+
+
+__all__ = ["BACKGROUND", "IGNORE", "VisionDataConfig", "VisionVocabulary", "VisionPretrainDataset", "dense_labels"]

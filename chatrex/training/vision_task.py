@@ -1,0 +1,259 @@
+"""Stage 0: pretraining ChatRex's two vision towers on the records' annotations.
+
+The paper starts from pretrained towers (CLIP ViT, ConvNeXt); none can be downloaded here, and with the
+LLM's loss alone towers trained from scratch learn too slowly to tell object tokens apart. This stage
+gives them direct, dense supervision (``chatrex.data.vision_dataset``):
+
+* the **object feature** of each box (exactly what ChatRex's object encoder computes: multi-level RoIAlign
+  plus the sine box embedding) is classified into category (or background) and attributes;
+* every **image token** of each tower is classified into the category under it.
+
+Only the towers are kept: stage 1 loads them with ``vision_init`` (:func:`load_pretrained_towers`); the
+heads are exported beside them so that the stage-0 model itself can be reloaded and checked.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from chatrex.data.vision_dataset import (
+    IGNORE,
+    VisionDataConfig,
+    VisionPretrainDataset,
+    VisionVocabulary,
+    dense_labels,
+)
+from chatrex.mllm.configuration_chatrex import ChatRexConfig
+from chatrex.mllm.object_encoder import encode_objects
+from chatrex.mllm.vision_towers import CLIPVisionTower, ConvNeXtTower, ConvNeXtTowerConfig
+from chatrex.training.task import default_param_groups
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "vision_pretrain_config.json"
+TOWER_PREFIXES = ("vision_tower.", "vision_tower_aux.")
+
+
+@dataclass
+class VisionTaskConfig:
+    """Attributes:
+        vision: overrides of the ChatRex config's vision side, applied over ``chatrex_small`` (the same
+            dict as a ChatRex stage's ``task.vision``, so that the towers fit it).
+        data: see :class:`~chatrex.data.vision_dataset.VisionDataConfig`.
+        head_dim: width of the object head's hidden layer.
+        attribute_weight: weight of the mean attribute loss (the category loss has weight 1).
+        dense_weight: weight of the mean per-token loss of the two towers.
+    """
+
+    vision: dict[str, Any] = field(default_factory=dict)
+    data: VisionDataConfig = field(default_factory=VisionDataConfig)
+    head_dim: int = 512
+    attribute_weight: float = 0.5
+    dense_weight: float = 1.0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "VisionTaskConfig":
+        d = dict(d)
+        d.pop("type", None)
+        return cls(data=VisionDataConfig(**d.pop("data", {})), **d)
+
+
+def vision_config(overrides: dict[str, Any]) -> ChatRexConfig:
+    """``chatrex_small`` with ``overrides`` applied (its text side is not used here)."""
+    from chatrex.mllm.presets import chatrex_small, with_overrides
+
+    return with_overrides(chatrex_small(), overrides)
+
+
+class VisionPretrainModel(nn.Module):
+    """The two towers (named as in ``ChatRexForConditionalGeneration``) plus training heads.
+
+    ``forward(pixel_values (B,3,S,S), pixel_values_aux (B,3,S',S'), boxes [B x (K_i,4)])`` returns
+    ``dense_clip`` / ``dense_convnext`` (B, g², C) category logits per image token, and per box (sum K_i
+    rows) ``category`` (sum K, C) and one (sum K, V_a) tensor per attribute.
+    """
+
+    def __init__(self, config: ChatRexConfig, vocabulary: VisionVocabulary, head_dim: int = 512) -> None:
+        super().__init__()
+        self.config = config
+        self.vocabulary = vocabulary
+        self.vision_tower = CLIPVisionTower(config.vision_config, feature_layer=config.vision_feature_layer)
+        self.vision_tower_aux = ConvNeXtTower(ConvNeXtTowerConfig.from_dict(config.aux_vision_config))
+        n_cat = len(vocabulary.categories)
+        self.dense_clip = nn.Linear(int(config.vision_config.hidden_size), n_cat)
+        self.dense_convnext = nn.Linear(int(config.aux_vision_config["dims"][-1]), n_cat)
+        self.object_trunk = nn.Sequential(nn.Linear(config.object_feature_dim, head_dim), nn.GELU(),
+                                          nn.LayerNorm(head_dim))
+        heads = {"category": nn.Linear(head_dim, n_cat)}
+        heads.update({name: nn.Linear(head_dim, len(values)) for name, values in vocabulary.attributes.items()})
+        self.object_heads = nn.ModuleDict(heads)
+
+    def forward(self, pixel_values: torch.Tensor, pixel_values_aux: torch.Tensor,
+                boxes: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        clip_tokens = self.vision_tower(pixel_values)  # (B, g², C_clip)
+        levels = self.vision_tower_aux(pixel_values_aux)
+        last = levels[-1].flatten(2).transpose(1, 2)  # (B, g², C_last), row-major like the ViT patches
+        out = {"dense_clip": self.dense_clip(clip_tokens), "dense_convnext": self.dense_convnext(last)}
+        feats = encode_objects(levels, boxes, self.config.image_size_aux, self.config.roi_output_size)
+        hidden = self.object_trunk(feats.to(self.object_trunk[0].weight.dtype))
+        out.update({name: head(hidden) for name, head in self.object_heads.items()})
+        return out
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    valid = labels != IGNORE
+    if not bool(valid.any()):
+        return float("nan")
+    return float((logits.argmax(-1)[valid] == labels[valid]).float().mean())
+
+
+def vision_losses(out: dict[str, torch.Tensor], batch: dict[str, Any], cfg: VisionTaskConfig,
+                  attributes: list[str]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Category + weighted attribute + weighted dense cross-entropies, and accuracies to log.
+
+    ``batch`` holds ``category`` (sum K,), one (sum K,) label tensor per attribute (``IGNORE`` where
+    unknown), ``dense`` (B, g²) and ``is_region`` (sum K,) bools.
+    """
+    logs: dict[str, float] = {}
+    loss_cat = F.cross_entropy(out["category"].float(), batch["category"])
+    attr_losses = []
+    for name in attributes:
+        labels = batch[name]
+        if bool((labels != IGNORE).any()):
+            attr_losses.append(F.cross_entropy(out[name].float(), labels, ignore_index=IGNORE))
+            logs[f"acc_{name}"] = _accuracy(out[name], labels)
+    loss_attr = torch.stack(attr_losses).mean() if attr_losses else loss_cat.new_zeros(())
+    dense = batch["dense"].reshape(-1)
+    n_cat = out["dense_clip"].shape[-1]
+    loss_dense = 0.5 * (F.cross_entropy(out["dense_clip"].float().reshape(-1, n_cat), dense)
+                        + F.cross_entropy(out["dense_convnext"].float().reshape(-1, n_cat), dense))
+    regions = batch["is_region"]
+    logs.update({
+        "loss_category": float(loss_cat.detach()), "loss_attributes": float(loss_attr.detach()),
+        "loss_dense": float(loss_dense.detach()),
+        "acc_category": _accuracy(out["category"][regions], batch["category"][regions]),
+        "acc_background": _accuracy(out["category"][~regions], batch["category"][~regions]),
+        "acc_dense_clip": _accuracy(out["dense_clip"].reshape(-1, n_cat), dense),
+        "acc_dense_convnext": _accuracy(out["dense_convnext"].reshape(-1, n_cat), dense),
+    })
+    logs = {k: v for k, v in logs.items() if v == v}  # drop NaN accuracies (nothing to score)
+    return loss_cat + cfg.attribute_weight * loss_attr + cfg.dense_weight * loss_dense, logs
+
+
+class VisionTask:
+    """``TrainTask`` for stage 0 (see the module docstring)."""
+
+    name = "chatrex-stage0"
+    find_unused_parameters = True  # CLIP's last layer feeds nothing (features come from the penultimate one)
+
+    def __init__(self, cfg: VisionTaskConfig) -> None:
+        from chatrex.mllm.image_processing import ChatRexImageProcessor
+
+        self.cfg = cfg
+        self.config = vision_config(cfg.vision)
+        self.image_processor = ChatRexImageProcessor(self.config.image_size, self.config.image_size_aux)
+        self._dataset: Optional[VisionPretrainDataset] = None
+
+    @property
+    def dataset(self) -> VisionPretrainDataset:
+        if self._dataset is None:  # read once: the model's heads need the vocabulary
+            self._dataset = VisionPretrainDataset(self.cfg.data)
+        return self._dataset
+
+    def build_model(self) -> nn.Module:
+        return VisionPretrainModel(self.config, self.dataset.vocabulary, self.cfg.head_dim).train()
+
+    def build_dataset(self) -> VisionPretrainDataset:
+        return self.dataset
+
+    def param_groups(self, model: nn.Module, train_cfg) -> list[dict[str, Any]]:
+        return default_param_groups(model, train_cfg.lr, train_cfg.weight_decay)
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        from chatrex.mllm.image_processing import normalize_boxes
+
+        pixels = self.image_processor([s["image"] for s in samples], normalize=False)
+        boxes = [normalize_boxes(s["boxes"], frame) for s, frame in zip(samples, pixels["frames"])]
+        grid = self.config.image_grid
+        dense = torch.stack([dense_labels(b[: s["regions"]], s["category"][: s["regions"]], grid)
+                             for s, b in zip(samples, boxes)])
+        batch = {"pixel_values": pixels["pixel_values"], "pixel_values_aux": pixels["pixel_values_aux"],
+                 "boxes": boxes, "dense": dense,
+                 "is_region": torch.cat([torch.arange(len(s["category"])) < s["regions"] for s in samples])}
+        for name in ["category", *self.dataset.vocabulary.attributes]:
+            batch[name] = torch.cat([s[name] for s in samples])
+        return batch
+
+    def compute_loss(self, model, batch, device):
+        moved = {k: ([t.to(device) for t in v] if isinstance(v, list) else v.to(device, non_blocking=True))
+                 for k, v in batch.items()}
+        pv = self.image_processor.normalize(moved["pixel_values"])
+        pva = self.image_processor.normalize(moved["pixel_values_aux"], aux=True)
+        out = model(pv, pva, moved["boxes"])
+        return vision_losses(out, moved, self.cfg, list(self.dataset.vocabulary.attributes))
+
+    def export(self, model: nn.Module, out_dir: Path) -> None:
+        from safetensors.torch import save_file
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
+        (out_dir / CONFIG_FILE).write_text(json.dumps({
+            "vision": {"vision_config": self.config.vision_config.to_dict(),
+                       "aux_vision_config": self.config.aux_vision_config,
+                       "vision_feature_layer": self.config.vision_feature_layer,
+                       "roi_output_size": self.config.roi_output_size},
+            "vocabulary": model.vocabulary.to_dict(),
+            "head_dim": self.cfg.head_dim,
+        }, indent=2))
+        self.image_processor.save_pretrained(out_dir)
+
+
+def load_vision_pretrain(path: str | Path) -> VisionPretrainModel:
+    """Rebuild an exported stage-0 model (towers and heads)."""
+    from chatrex.mllm.modeling_chatrex import load_state_dict_report
+
+    path = Path(path)
+    meta = _read_meta(path)
+    model = VisionPretrainModel(vision_config(meta["vision"]), VisionVocabulary.from_dict(meta["vocabulary"]),
+                                int(meta.get("head_dim", 512)))
+    load_state_dict_report(model, path / WEIGHTS_FILE, strict=True)
+    return model.eval()
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(
+            f"'{path}' is not a stage-0 export: it needs {CONFIG_FILE} and {WEIGHTS_FILE} (`chatrex train vision`)"
+        )
+    return json.loads((path / CONFIG_FILE).read_text())
+
+
+def load_pretrained_towers(model: nn.Module, path: str | Path) -> int:
+    """Copy the towers of a stage-0 export into ``model`` (a ChatRex model or anything with the same
+    ``vision_tower`` / ``vision_tower_aux``). Returns the number of tensors loaded.
+
+    Raises ``ValueError`` when the export's towers do not have exactly the model's tensors and shapes.
+    """
+    from chatrex.mllm.modeling_chatrex import load_state_dict_report
+
+    path = Path(path)
+    _read_meta(path)
+    towers = nn.ModuleDict({"vision_tower": model.vision_tower, "vision_tower_aux": model.vision_tower_aux})
+    report = load_state_dict_report(towers, path / WEIGHTS_FILE,
+                                    key_mapping=lambda k: k if k.startswith(TOWER_PREFIXES) else None)
+    if not report.ok:
+        raise ValueError(f"the towers in '{path}' do not fit this model (check task.vision against the "
+                         f"stage-0 recipe's):\n{report.summary()}")
+    return len(report.loaded)
+
+
+__all__ = ["VisionTaskConfig", "VisionPretrainModel", "VisionTask", "vision_losses", "vision_config",
+           "load_vision_pretrain", "load_pretrained_towers"]

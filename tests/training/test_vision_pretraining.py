@@ -1,0 +1,141 @@
+import json
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from chatrex.data.vision_dataset import (
+    IGNORE,
+    VisionDataConfig,
+    VisionPretrainDataset,
+    VisionVocabulary,
+    dense_labels,
+)
+from chatrex.training.chatrex_task import ChatRexTask, ChatRexTaskConfig
+from chatrex.training.config import TrainConfig
+from chatrex.training.sampler import SeededIndex
+from chatrex.training.trainer import Trainer
+from chatrex.training.vision_task import (
+    VisionTask,
+    VisionTaskConfig,
+    load_pretrained_towers,
+    load_vision_pretrain,
+)
+from tests.training.test_chatrex_training import TINY_VISION, base_dir  # noqa: F401  (fixture)
+
+CAR, HOUSE, WHEEL = [4, 4, 40, 30], [50, 10, 90, 50], [8, 20, 18, 30]
+
+
+def _record(i, car_colour):
+    return {
+        "id": f"v{i}", "image": f"images/{i}.png", "width": 96, "height": 64,
+        "regions": [
+            {"id": 0, "box": CAR, "category": "car", "level": "instance", "attributes": {"color": car_colour}},
+            {"id": 1, "box": HOUSE, "category": "house", "level": "instance", "attributes": {"color": "blue"}},
+            {"id": 2, "box": WHEEL, "category": "wheel", "level": "part", "parent": 0},
+        ],
+    }
+
+
+@pytest.fixture()
+def vision_data(tmp_path):
+    (tmp_path / "images").mkdir()
+    lines = []
+    for i in range(4):
+        colour = ["red", "green"][i % 2]
+        im = Image.new("RGB", (96, 64), (200, 200, 200))
+        d = ImageDraw.Draw(im)
+        d.rectangle(CAR, fill=(220, 20, 20) if colour == "red" else (20, 200, 20))
+        d.rectangle(HOUSE, fill=(20, 20, 220))
+        d.ellipse(WHEEL, fill=(10, 10, 10))
+        im.save(tmp_path / "images" / f"{i}.png")
+        lines.append(json.dumps(_record(i, colour)))
+    p = tmp_path / "train.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def test_dense_labels_take_the_smallest_box_over_each_cell_centre():
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 0.5], [0.0, 0.0, 0.5, 0.5]])  # a wide box and a small one inside it
+    labels = dense_labels(boxes, torch.tensor([3, 7]), grid=4)
+    assert labels.shape == (16,)
+    grid = labels.reshape(4, 4)  # rows are y, columns x (row-major like image tokens)
+    assert grid[:2, :2].eq(7).all()  # the small box wins where both hold the centre
+    assert grid[:2, 2:].eq(3).all()
+    assert grid[2:].eq(0).all()  # background
+    assert dense_labels(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), 3).eq(0).all()
+
+
+def test_dataset_labels_regions_attributes_and_background_boxes(vision_data):
+    cfg = VisionDataConfig(files=[str(vision_data)], negatives=(20, 20), negative_iou=0.3)
+    ds = VisionPretrainDataset(cfg)
+    vocab = ds.vocabulary
+    assert vocab.categories == ["background", "car", "house", "wheel"]
+    assert vocab.attributes == {"color": ["blue", "green", "red"]}  # attributes no region has are left out
+    item = ds[SeededIndex(1, 5)]
+    k = item["regions"]
+    assert k == 3 and len(item["boxes"]) > k
+    names = [vocab.categories[c] for c in item["category"][:k].tolist()]
+    assert sorted(names) == ["car", "house", "wheel"]
+    colours = dict(zip(names, item["color"][:k].tolist()))
+    assert colours["car"] == vocab.attributes["color"].index("green") and colours["wheel"] == IGNORE
+    assert item["category"][k:].eq(0).all() and item["color"][k:].eq(IGNORE).all()
+    from torchvision.ops import box_iou
+
+    assert (box_iou(item["boxes"][k:], item["boxes"][:k]) < 0.3).all()  # background boxes overlap no region much
+    again = ds[SeededIndex(1, 5)]
+    assert torch.equal(again["boxes"], item["boxes"])  # deterministic per (index, seed)
+    with pytest.raises(ValueError, match="negatives"):
+        VisionDataConfig(negatives=(5, 2))
+
+
+def _task(vision_data, **data):
+    return VisionTask(VisionTaskConfig.from_dict({"vision": TINY_VISION, "data": {"files": [str(vision_data)], **data},
+                                                  "head_dim": 32}))
+
+
+def test_stage0_learns_exports_and_feeds_stage1(tmp_path, vision_data, base_dir):  # noqa: F811
+    task = _task(vision_data, negatives=[2, 4])
+    cfg = TrainConfig(output_dir=str(tmp_path / "s0"), max_steps=30, batch_size=4, lr=3e-3, warmup_steps=1,
+                      save_every=30, log_every=5, num_workers=0)
+    model = Trainer(task, cfg, device="cpu", progress=False).fit()
+    rows = [json.loads(x) for x in (tmp_path / "s0" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < 0.6 * rows[0]["loss"]
+    assert rows[-1]["acc_category"] > 0.9  # three regions, always in the same places: learnable in 30 steps
+
+    final = tmp_path / "s0" / "final"
+    reloaded = load_vision_pretrain(final)
+    batch = task.collate([task.dataset[0], task.dataset[1]])
+    pv = task.image_processor.normalize(batch["pixel_values"])
+    pva = task.image_processor.normalize(batch["pixel_values_aux"], aux=True)
+    model.eval()
+    with torch.no_grad():
+        a, b = model(pv, pva, batch["boxes"]), reloaded(pv, pva, batch["boxes"])
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+
+    s1 = ChatRexTask(ChatRexTaskConfig.from_dict({"stage": "stage1", "base": str(base_dir), "vision": TINY_VISION,
+                                                  "vision_init": str(final), "data": {"files": [str(vision_data)]}}))
+    chatrex = s1.build_model()
+    for name, tensor in model.vision_tower_aux.state_dict().items():
+        torch.testing.assert_close(chatrex.vision_tower_aux.state_dict()[name], tensor)
+    for name, tensor in model.vision_tower.state_dict().items():
+        torch.testing.assert_close(chatrex.vision_tower.state_dict()[name], tensor)
+
+
+def test_towers_of_another_shape_are_refused(tmp_path, vision_data):
+    task = _task(vision_data)
+    model = task.build_model()
+    task.export(model, tmp_path / "s0")
+    other = dict(TINY_VISION, aux_vision_config=dict(TINY_VISION["aux_vision_config"], dims=[8, 16, 32, 32]))
+    wrong = VisionTask(VisionTaskConfig.from_dict({"vision": other, "data": {"files": [str(vision_data)]}})).build_model()
+    with pytest.raises(ValueError, match="do not fit"):
+        load_pretrained_towers(wrong, tmp_path / "s0")
+    with pytest.raises(FileNotFoundError, match="stage-0 export"):
+        load_pretrained_towers(wrong, tmp_path)
+    assert load_pretrained_towers(model, tmp_path / "s0") > 0
+
+
+def test_vocabulary_round_trips():
+    v = VisionVocabulary(["background", "a"], {"color": ["red"]})
+    assert VisionVocabulary.from_dict(json.loads(json.dumps(v.to_dict()))) == v
