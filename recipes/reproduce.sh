@@ -15,10 +15,10 @@ RUNS=${RUNS:-runs}
 N_TRAIN=${N_TRAIN:-40000}
 N_TEST=${N_TEST:-500}
 WORKERS=${WORKERS:-$(nproc)}
-UPN_BUDGET=${UPN_BUDGET:-1020}       # seconds of UPN training
-S0_BUDGET=${S0_BUDGET:-210}          # seconds of ChatRex stage 0 (vision towers)
-S1_BUDGET=${S1_BUDGET:-240}          # seconds of ChatRex stage 1
-S2_BUDGET=${S2_BUDGET:-540}          # seconds of ChatRex stage 2
+UPN_BUDGET=${UPN_BUDGET:-900}       # seconds of UPN training
+S0_BUDGET=${S0_BUDGET:-180}          # seconds of ChatRex stage 0 (vision towers)
+S1_BUDGET=${S1_BUDGET:-210}          # seconds of ChatRex stage 1
+S2_BUDGET=${S2_BUDGET:-480}          # seconds of ChatRex stage 2
 UPN_GPUS=${UPN_GPUS:-}               # e.g. 0,1,2 (several: torchrun DDP); empty: the default device
 CHATREX_GPU=${CHATREX_GPU:-}         # e.g. 3; empty: the default device
 UPN_ARGS=${UPN_ARGS:-}; S0_ARGS=${S0_ARGS:-}; S1_ARGS=${S1_ARGS:-}; S2_ARGS=${S2_ARGS:-}  # extra --set options
@@ -52,14 +52,20 @@ upn() {
 
 chatrex_chain() {
   local gpu=$CHATREX_GPU
-  on_gpus "$gpu" $CHATREX train vision recipes/chatrex_small_stage0.json --set task.data.files="$files" \
+  local towers="$RUNS/chatrex_stage0/final"
+  if on_gpus "$gpu" $CHATREX train vision recipes/chatrex_small_stage0.json --set task.data.files="$files" \
     --set train.output_dir="$RUNS/chatrex_stage0" --set train.time_budget_s="$S0_BUDGET" $S0_ARGS > "$RUNS/stage0.log" 2>&1
-  log "stage 0 done"
+  then
+    log "stage 0 done"
+  else  # the towers then start from scratch in stage 1, as in the first default model
+    log "stage 0 FAILED (see $RUNS/stage0.log); stage 1 starts the towers from scratch"
+    towers=null
+  fi
   if [ -n "$WAIT_FOR" ]; then
     while [ ! -e "$WAIT_FOR" ]; do sleep 5; done
   fi
   on_gpus "$gpu" $CHATREX train chatrex recipes/chatrex_small_stage1.json --set task.data.files="$files" \
-    --set task.vision_init="$RUNS/chatrex_stage0/final" --set train.output_dir="$RUNS/chatrex_stage1" \
+    --set task.vision_init="$towers" --set train.output_dir="$RUNS/chatrex_stage1" \
     --set train.time_budget_s="$S1_BUDGET" $S1_ARGS > "$RUNS/stage1.log" 2>&1
   log "stage 1 done"
   on_gpus "$gpu" $CHATREX train chatrex recipes/chatrex_small_stage2.json --set task.data.files="$files" \
