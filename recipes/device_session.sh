@@ -77,7 +77,7 @@ finish)
     ls -la "$OUT"
   fi
   MODEL="$RUNS/model" EVAL_OUT="$RUNS/eval" LIMIT="${LIMIT:-100}" EVAL_GPUS="$(seq -s ' ' 0 $((NGPU - 1)))" \
-    EVAL_TIMEOUT="${EVAL_TIMEOUT:-0}" bash recipes/evaluate.sh > "$RUNS/eval.log" 2>&1
+    EVAL_TIMEOUT="${EVAL_TIMEOUT:-0}" POPE_LIMIT="${POPE_LIMIT:-40}" bash recipes/evaluate.sh > "$RUNS/eval.log" 2>&1
   cat "$RUNS/eval/summary.md"
   if [ -n "${OUT:-}" ]; then cp "$RUNS/eval.log" "$RUNS/eval/"; pack_logs; fi
   ;;

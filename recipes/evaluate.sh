@@ -14,6 +14,8 @@ CHATREX=${CHATREX:-chatrex}
 SPLITS=${SPLITS:-test test-comp}
 EVAL_GPUS=${EVAL_GPUS:-}
 EVAL_TIMEOUT=${EVAL_TIMEOUT:-0}   # 0: no limit
+CAPTION_LIMIT=${CAPTION_LIMIT:-100}  # images for the grounded-caption evaluation
+POPE_LIMIT=${POPE_LIMIT:-100}        # images for POPE (about 6 questions per image and variant, 3 variants)
 mkdir -p "$EVAL_OUT"
 
 gpus=($EVAL_GPUS)
@@ -39,9 +41,9 @@ for split in $SPLITS; do
   run region --model "$MODEL" --data "$DATA/$split.jsonl" "${ask[@]}" --out "$EVAL_OUT/$split-region.json"
 done
 run counting --model "$MODEL" --data "$DATA/test.jsonl" "${ask[@]}" --out "$EVAL_OUT/test-counting.json"
-run grounded-caption --model "$MODEL" --data "$DATA/test.jsonl" --limit 100 --batch-size 16 --max-new-tokens 256 \
+run grounded-caption --model "$MODEL" --data "$DATA/test.jsonl" --limit "$CAPTION_LIMIT" --batch-size 16 --max-new-tokens 256 \
   --out "$EVAL_OUT/test-grounded-caption.json"
-run pope --model "$MODEL" --data "$DATA/test.jsonl" --limit 100 --batch-size 16 --max-new-tokens 128 --out "$EVAL_OUT/test-pope.json"
+run pope --model "$MODEL" --data "$DATA/test.jsonl" --limit "$POPE_LIMIT" --batch-size 16 --max-new-tokens 128 --out "$EVAL_OUT/test-pope.json"
 wait
 $CHATREX eval summary "$EVAL_OUT"/*.json --out "$EVAL_OUT/summary.md"
 echo "[$(date +%H:%M:%S)] evaluation done: $EVAL_OUT/summary.md"
