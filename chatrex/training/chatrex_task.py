@@ -79,6 +79,35 @@ def _zero_base_rows_hook(base_rows: int):
     return hook
 
 
+@torch.no_grad()
+def per_task_losses(logits: torch.Tensor, labels: torch.Tensor, tasks: list[str]) -> dict[str, float]:
+    """Mean answer-token loss of each task present in the batch, as ``{"loss_task/<task>": value}``.
+
+    A task whose loss does not fall (e.g. region_category while the object tokens are ignored) shows
+    here long before an evaluation would.
+
+    Args:
+        logits: (B, L, V); labels: (B, L) with -100 where there is no target; tasks: B task names.
+    """
+    if len(tasks) != labels.shape[0]:
+        raise ValueError(f"{len(tasks)} task names for a batch of {labels.shape[0]}")
+    target = labels[:, 1:]
+    mask = target != -100
+    rows, cols = mask.nonzero(as_tuple=True)
+    if rows.numel() == 0:
+        return {}
+    token_loss = nn.functional.cross_entropy(logits[:, :-1][rows, cols].float(), target[rows, cols], reduction="none")
+    per_sample = torch.zeros(labels.shape[0], device=token_loss.device).index_add_(0, rows, token_loss)
+    n_tokens = mask.sum(dim=1)
+    sums: dict[str, list[float]] = {}
+    for i, task in enumerate(tasks):
+        if int(n_tokens[i]):
+            total = sums.setdefault(task, [0.0, 0.0])
+            total[0] += float(per_sample[i])
+            total[1] += float(n_tokens[i])
+    return {f"loss_task/{t}": s / n for t, (s, n) in sums.items()}
+
+
 class ChatRexTask:
     """``TrainTask`` for one ChatRex stage."""
 
@@ -174,9 +203,13 @@ class ChatRexTask:
         batch = self.processor([s["image"] for s in samples], [s["question"] for s in samples],
                                [s["boxes"] for s in samples], answers=[s["answer"] for s in samples],
                                normalize_images=False)
-        return dict(batch)
+        out = dict(batch)
+        out["tasks"] = [s.get("task", "unknown") for s in samples]  # for the per-task losses, not the model
+        return out
 
     def compute_loss(self, model, batch, device):
+        batch = dict(batch)
+        tasks = batch.pop("tasks", None)
         inputs = {k: ([t.to(device) for t in v] if isinstance(v, list) else v.to(device, non_blocking=True))
                   for k, v in batch.items()}
         images = self.processor.image_processor
@@ -184,7 +217,10 @@ class ChatRexTask:
         inputs["pixel_values_aux"] = images.normalize(inputs["pixel_values_aux"], aux=True)
         out = model(**inputs)
         n_answer = int((inputs["labels"] != -100).sum())
-        return out.loss, {"answer_tokens": float(n_answer)}
+        logs = {"answer_tokens": float(n_answer)}
+        if tasks is not None:
+            logs.update(per_task_losses(out.logits, inputs["labels"], tasks))
+        return out.loss, logs
 
     # ------------------------------------------------------------------ export
     def export(self, model: nn.Module, out_dir: Path) -> None:

@@ -244,7 +244,8 @@ class Trainer:
         run_start, first_step, budget_step = time.perf_counter(), step, step + 20
         model.train()
         acc: dict[str, float] = {}
-        n_acc, bad_steps, t0, seen = 0, 0, time.perf_counter(), 0
+        counts: dict[str, int] = {}  # per key: a log only some batches produce is averaged over those
+        bad_steps, t0, seen = 0, time.perf_counter(), 0
         for micro, batch in enumerate(loader):
             if step >= end:
                 break
@@ -256,7 +257,7 @@ class Trainer:
             seen += cfg.batch_size
             for k, v in {"loss": float(loss.detach()), **logs}.items():
                 acc[k] = acc.get(k, 0.0) + float(v)
-            n_acc += 1
+                counts[k] = counts.get(k, 0) + 1
             if not sync:
                 continue
             grad_norm = None
@@ -280,7 +281,7 @@ class Trainer:
                 fitted = self._fit_budget(schedule, step, step - first_step, time.perf_counter() - run_start, bar)
                 end = fitted if stop_after is None else min(fitted, stop_after)
             if step % cfg.log_every == 0 or step == end:
-                logs_mean = all_reduce_mean({k: v / n_acc for k, v in acc.items()}, dev)
+                logs_mean = all_reduce_mean({k: v / counts[k] for k, v in acc.items()}, dev)
                 dt = time.perf_counter() - t0
                 record = {"step": step, "lr": scheduler.get_last_lr()[0], **logs_mean,
                           "samples_per_s": seen * self.dist.world_size / max(dt, 1e-9), "skipped": not finite}
@@ -288,7 +289,7 @@ class Trainer:
                     record["grad_norm"] = grad_norm
                 if self.dist.is_main:
                     append_metrics(metrics_path, record)
-                acc, n_acc, t0, seen = {}, 0, time.perf_counter(), 0
+                acc, counts, t0, seen = {}, {}, time.perf_counter(), 0
                 if bar is not None:
                     bar[0].update(bar[1], completed=step, description=f"{self.task.name} loss {record['loss']:.4f}")
             elif bar is not None:

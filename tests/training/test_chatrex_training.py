@@ -196,6 +196,12 @@ def test_two_stages_train_and_export_as_delta(tmp_path, data_file, base_dir):
                                rtol=3e-2, atol=3e-2)
     rows = [json.loads(x) for x in (tmp_path / "s2" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["answer_tokens"] > 0 for r in rows)
+    # every logged step names the loss of at least one task of the stage's mix
+    stage2_tasks = set(s2.build_dataset().weights)
+    for r in rows:
+        per_task = {k.split("/", 1)[1]: v for k, v in r.items() if k.startswith("loss_task/")}
+        assert per_task and set(per_task) <= stage2_tasks
+        assert all(v > 0 for v in per_task.values())
 
 
 def test_assembled_delta_model_runs_in_the_pipeline(tmp_path, data_file, base_dir):
@@ -226,3 +232,27 @@ def test_assembled_delta_model_runs_in_the_pipeline(tmp_path, data_file, base_di
     proposals = pipe([str(data_file.parent / "images" / "0.png")], ["Please detect car in this image."], min_score=0.0,
                      max_new_tokens=4)
     assert 1 <= len(proposals[0].boxes) <= 20  # UPN proposals of the tiny model (20 queries)
+
+
+def test_per_task_losses_average_each_task_over_its_answer_tokens():
+    from chatrex.training.chatrex_task import per_task_losses
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 7)
+    labels = torch.full((3, 5), -100)
+    labels[0, 2:4] = torch.tensor([1, 2])
+    labels[1, 1:5] = torch.tensor([3, 4, 5, 6])
+    labels[2, 3] = 0
+    got = per_task_losses(logits, labels, ["detection", "region_category", "detection"])
+
+    def token_losses(i):
+        ce = torch.nn.functional.cross_entropy(logits[i, :-1], labels[i, 1:], ignore_index=-100, reduction="none")
+        return ce[labels[i, 1:] != -100]
+
+    det = torch.cat([token_losses(0), token_losses(2)])
+    assert set(got) == {"loss_task/detection", "loss_task/region_category"}
+    assert got["loss_task/detection"] == pytest.approx(float(det.mean()), rel=1e-5)
+    assert got["loss_task/region_category"] == pytest.approx(float(token_losses(1).mean()), rel=1e-5)
+    assert per_task_losses(logits, torch.full((3, 5), -100), ["a", "b", "c"]) == {}
+    with pytest.raises(ValueError, match="task names"):
+        per_task_losses(logits, labels, ["a"])
