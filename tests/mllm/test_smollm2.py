@@ -25,6 +25,7 @@ def test_smollm2_becomes_the_chatrex_llm(tmp_path):
     ref = llm(**prompt).logits
     ref_rows = llm.get_input_embeddings().weight.detach().clone()
 
+    torch.manual_seed(0)  # the tiny vision towers and projectors are randomly initialised
     model, tok = build_chatrex_from_llm(llm, tok, chatrex_tiny())
     model.eval()
     assert model.config.tie_word_embeddings and model.lm_head.weight is model.get_input_embeddings().weight
@@ -40,5 +41,12 @@ def test_smollm2_becomes_the_chatrex_llm(tmp_path):
     inputs = proc.process(image=random_image(0, 40, 30), question="What is <obj0>?", bbox=[[1, 1, 20, 20]])
     text = tok.decode(inputs["input_ids"][0])
     assert "<|im_start|>user\n<image>" in text and "<obj0><objfeat>\nWhat is <obj0>?<|im_end|>" in text
-    gen = model.generate(**inputs, max_new_tokens=2, do_sample=False)
-    assert gen.shape[1] == inputs["input_ids"].shape[1] + 2
+    # the untrained towers may make <|im_end|> the first greedy token: min_new_tokens keeps the length fixed
+    gen = model.generate(**inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False)
+    n = inputs["input_ids"].shape[1]
+    assert gen.shape[1] == n + 2
+    torch.testing.assert_close(gen[:, :n], inputs["input_ids"])
+    # greedy decoding picks the argmax of the full forward pass (EOS masked, as min_new_tokens does)
+    logits = model(**inputs).logits[:, -1].clone()
+    logits[:, tok.eos_token_id] = float("-inf")
+    assert gen[0, n].item() == logits.argmax(-1).item()
