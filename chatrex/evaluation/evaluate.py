@@ -11,10 +11,11 @@ from typing import Any, Callable, Optional
 
 from chatrex.evaluation.datasets import EvalData, load_eval_data
 from chatrex.evaluation.report import write_results
-from chatrex.evaluation.runners import (run_counting, run_detection, run_grounded_caption, run_pope, run_proposals,
-                                        run_referring, run_region)
+from chatrex.evaluation.runners import (run_counting, run_detection, run_grounded_caption, run_object_tokens, run_pope,
+                                        run_proposals, run_referring, run_region)
 
-#: Task name → runner. ``proposals`` takes a UPN (``.inference``); the others a pipeline.
+#: Task name → runner. ``proposals`` takes a UPN (``.inference``); the others a pipeline
+#: (``object-tokens`` reads its ``.model`` and ``.processor``, it generates nothing).
 RUNNERS: dict[str, Callable[..., dict]] = {
     "detection": run_detection,
     "proposals": run_proposals,
@@ -23,6 +24,7 @@ RUNNERS: dict[str, Callable[..., dict]] = {
     "grounded-caption": run_grounded_caption,
     "counting": run_counting,
     "pope": run_pope,
+    "object-tokens": run_object_tokens,
 }
 TASKS = tuple(RUNNERS)
 

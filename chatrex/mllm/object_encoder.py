@@ -83,6 +83,7 @@ def encode_objects(
     boxes: Sequence[torch.Tensor],
     input_size: int,
     output_size: int = 7,
+    box_embedding: bool = True,
 ) -> torch.Tensor:
     """Object features of every box of every image, before the projector.
 
@@ -91,6 +92,8 @@ def encode_objects(
         boxes: B tensors (K_i, 4), xyxy normalised to [0, 1] of the (square) input image.
         input_size: side of the input image in pixels (768 at full size).
         output_size: RoIAlign grid (7).
+        box_embedding: add the sine box embedding (the model always does; False gives the pooled RoI
+            features alone, for diagnostics).
     Returns:
         (sum K_i, C_total), boxes of image 0 first, then image 1, … in the given order.
     """
@@ -112,6 +115,8 @@ def encode_objects(
         sampling_ratio=-1, aligned=False,
     )  # (sum K, C_total, 7, 7)
     feats = pooled.mean(dim=(2, 3))
+    if not box_embedding:
+        return feats.to(out_dtype)
     norm = torch.cat([b.to(device=fused.device) for b in boxes], dim=0).float()
     cxcywh = torch.stack(
         [(norm[:, 0] + norm[:, 2]) / 2, (norm[:, 1] + norm[:, 3]) / 2, norm[:, 2] - norm[:, 0], norm[:, 3] - norm[:, 1]],

@@ -10,10 +10,12 @@ from chatrex.evaluation.runners.common import Answer, Query, run_queries
 from chatrex.evaluation.runners.counting import run_counting
 from chatrex.evaluation.runners.detection import run_detection
 from chatrex.evaluation.runners.grounded_caption import run_grounded_caption
+from chatrex.evaluation.runners.object_tokens import run_object_tokens
 from chatrex.evaluation.runners.pope import run_pope
 from chatrex.evaluation.runners.proposals import run_proposals
 from chatrex.evaluation.runners.referring import run_referring
 from chatrex.evaluation.runners.region import run_region
 
-__all__ = ["Answer", "Query", "run_queries", "run_counting", "run_detection", "run_grounded_caption", "run_pope",
+__all__ = ["Answer", "Query", "run_queries", "run_counting", "run_detection", "run_grounded_caption", "run_object_tokens",
+           "run_pope",
            "run_proposals", "run_referring", "run_region"]

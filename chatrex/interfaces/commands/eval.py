@@ -260,6 +260,18 @@ def pope_cmd(
                            num_per_image=per_image, seed=seed, level=level.value, granularity=granularity.value)
 
 
+def object_tokens_cmd(
+    model: Path = _MODEL, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
+    limit: Optional[int] = _LIMIT, device: Optional[str] = _DEVICE, level: Level = _LEVEL,
+) -> None:
+    """Diagnostics of the object path on ground-truth boxes: how alike the boxes' tokens are, and how much
+    of their category a linear probe reads from them (no generation)."""
+    if not data.is_file():
+        _fail(f"data file '{data}' does not exist")
+    pipe = load_pipeline(model, device)
+    run_eval_command("object-tokens", pipe, data, images, out, limit, 1, model_name=str(model), level=level.value)
+
+
 def summary_cmd(
     results: List[Path] = typer.Argument(..., help="Result JSON files written by 'chatrex eval TASK'."),
     out: Path = typer.Option(Path("summary.md"), "--out", "-o", help="Markdown file to write."),
@@ -291,6 +303,7 @@ def build_eval_app() -> typer.Typer:
     eval_app.command("grounded-caption")(grounded_caption_cmd)
     eval_app.command("counting")(counting_cmd)
     eval_app.command("pope")(pope_cmd)
+    eval_app.command("object-tokens")(object_tokens_cmd)
     eval_app.command("summary")(summary_cmd)
     return eval_app
 
