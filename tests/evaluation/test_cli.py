@@ -42,7 +42,8 @@ def test_evaluate_rejects_unknown_task_and_option(tmp_path):
         evaluate("segmentation", None, ann)
     with pytest.raises(ValueError, match="does not take option"):
         evaluate("detection", None, ann, kind="brief")
-    assert set(TASKS) == {"detection", "proposals", "referring", "region", "grounded-caption", "counting", "pope"}
+    assert set(TASKS) == {"detection", "proposals", "referring", "region", "grounded-caption", "counting", "pope",
+                          "object-tokens"}
 
 
 def test_run_eval_command_and_summary_merge(tmp_path, capsys):
