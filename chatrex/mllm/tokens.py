@@ -68,6 +68,32 @@ def _mean_init_rows(weight: torch.Tensor, new_ids: list[int], old_ids_limit: int
     weight[torch.tensor(new_ids, dtype=torch.long, device=weight.device)] = mean.to(weight.dtype)
 
 
+@torch.no_grad()
+def spread_object_rows(tokenizer, model: Any, scale: float, base_vocab_size: int, seed: int = 0) -> None:
+    """Make the ``<objK>`` rows distinct: add Gaussian noise with the base rows' per-dimension std x ``scale``.
+
+    The paper starts every new row at the mean embedding, so ``<obj0>`` ... ``<obj99>`` are one vector
+    until training separates them, and the LLM cannot match the index asked about with the one in the
+    box list. Noise of the base rows' own spread gives each index a distinct embedding from the first
+    step (input rows; output rows too when untied). ``scale = 0`` leaves the rows unchanged.
+
+    Args:
+        base_vocab_size: rows of the LLM before the ChatRex tokens were added (their std is used).
+    """
+    if scale < 0:
+        raise ValueError(f"scale must be non-negative, got {scale}")
+    if scale == 0:
+        return
+    ids = torch.tensor([tokenizer.convert_tokens_to_ids(obj_token(k)) for k in range(MAX_OBJECTS)])
+    gen = torch.Generator().manual_seed(seed)
+    emb = model.get_input_embeddings().weight
+    out = model.get_output_embeddings()
+    for weight in [emb] + ([out.weight] if out is not None and out.weight is not emb else []):
+        std = weight[:base_vocab_size].float().std(dim=0)
+        noise = torch.randn(len(ids), weight.shape[1], generator=gen) * std.cpu() * scale
+        weight[ids.to(weight.device)] += noise.to(device=weight.device, dtype=weight.dtype)
+
+
 def add_chatrex_tokens(tokenizer, model: Any = None) -> dict[str, int]:
     """Add the ChatRex special tokens to ``tokenizer`` (idempotent) and fit ``model`` to them.
 
@@ -109,6 +135,7 @@ def add_chatrex_tokens(tokenizer, model: Any = None) -> dict[str, int]:
 
 
 __all__ = [
+    "spread_object_rows",
     "MAX_OBJECTS", "IMAGE_TOKEN", "OBJFEAT_TOKEN", "GROUND_START", "GROUND_END", "OBJECTS_START", "OBJECTS_END",
     "OBJ_TOKENS", "CHATREX_TOKENS", "obj_token", "chatrex_token_ids", "add_chatrex_tokens",
 ]

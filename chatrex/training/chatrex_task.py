@@ -47,7 +47,10 @@ class ChatRexTaskConfig:
             fresh ones (used when ``init_from`` is not set).
         data: the data options (``ChatRexDataConfig``); its stage defaults to this stage.
         lora: stage 2 LoRA options; ``lora.enabled = False`` fine-tunes the whole LLM.
-        vision_lr_mult: learning-rate factor of the vision towers.
+        vision_lr_mult: learning-rate factor of the vision towers; 0 freezes them.
+        object_row_noise: with a fresh model, add noise of this many base-row stds to the ``<objK>``
+            rows so that the indices start distinct (0: the paper's mean init; see
+            :func:`chatrex.mllm.tokens.spread_object_rows`).
     """
 
     stage: str = "stage1"
@@ -58,6 +61,7 @@ class ChatRexTaskConfig:
     data: ChatRexDataConfig = field(default_factory=ChatRexDataConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     vision_lr_mult: float = 1.0
+    object_row_noise: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ChatRexTaskConfig":
@@ -116,6 +120,9 @@ class ChatRexTask:
     def __init__(self, cfg: ChatRexTaskConfig) -> None:
         if cfg.stage not in ("stage1", "stage2"):
             raise ValueError(f"stage must be 'stage1' or 'stage2', got {cfg.stage!r}")
+        if cfg.vision_lr_mult < 0 or cfg.object_row_noise < 0:
+            raise ValueError(f"vision_lr_mult and object_row_noise must be non-negative, got {cfg.vision_lr_mult} "
+                             f"and {cfg.object_row_noise}")
         self.cfg = cfg
         self.name = f"chatrex-{cfg.stage}"
         self.processor = None
@@ -126,6 +133,7 @@ class ChatRexTask:
     def _fresh_model(self):
         from chatrex.mllm.delta import base_fingerprint, load_base_llm
         from chatrex.mllm.presets import build_chatrex_from_llm, chatrex_small, with_overrides
+        from chatrex.mllm.tokens import spread_object_rows
         from chatrex.training.vision_task import load_pretrained_towers
 
         llm, tokenizer = load_base_llm(self.cfg.base)
@@ -134,6 +142,7 @@ class ChatRexTask:
         model, tokenizer = build_chatrex_from_llm(llm, tokenizer, with_overrides(chatrex_small(), self.cfg.vision))
         if self.cfg.vision_init:
             load_pretrained_towers(model, self.cfg.vision_init)
+        spread_object_rows(tokenizer, model, self.cfg.object_row_noise, self.base_vocab_size)
         return model, tokenizer
 
     def _from_previous(self, path: str):
@@ -163,7 +172,10 @@ class ChatRexTask:
                             target_modules=self.cfg.lora.target_modules)
             inject_adapter_in_model(lc, model.model)
         model.requires_grad_(False)
-        for module in (model.vision_tower, model.vision_tower_aux, model.mm_projector, model.mm_object_projector):
+        trained = [model.mm_projector, model.mm_object_projector]
+        if self.cfg.vision_lr_mult > 0:
+            trained += [model.vision_tower, model.vision_tower_aux]
+        for module in trained:
             module.requires_grad_(True)
         if self.cfg.stage == "stage2":
             if lora:

@@ -256,3 +256,39 @@ def test_per_task_losses_average_each_task_over_its_answer_tokens():
     assert per_task_losses(logits, torch.full((3, 5), -100), ["a", "b", "c"]) == {}
     with pytest.raises(ValueError, match="task names"):
         per_task_losses(logits, labels, ["a"])
+
+
+def test_frozen_towers_and_distinct_object_rows(base_dir):
+    """vision_lr_mult = 0 freezes both towers; object_row_noise gives every <objK> its own starting row."""
+    from chatrex.mllm.tokens import MAX_OBJECTS, obj_token
+
+    def build(**extra):
+        task = ChatRexTask(ChatRexTaskConfig.from_dict({"stage": "stage1", "base": str(base_dir),
+                                                        "vision": TINY_VISION, **extra}))
+        model = task.build_model()
+        tok = task.processor.tokenizer
+        ids = [tok.convert_tokens_to_ids(obj_token(k)) for k in range(MAX_OBJECTS)]
+        return task, model, ids
+
+    task, model, ids = build()
+    plain = model.get_input_embeddings().weight.detach()[ids].clone()
+    plain_out = model.get_output_embeddings().weight.detach()[ids].clone()
+    assert all(p.requires_grad for p in model.vision_tower_aux.parameters())
+
+    task, model, ids = build(vision_lr_mult=0.0, object_row_noise=1.0)
+    assert not any(p.requires_grad for p in model.vision_tower.parameters())
+    assert not any(p.requires_grad for p in model.vision_tower_aux.parameters())
+    assert all(p.requires_grad for p in model.mm_object_projector.parameters())
+    weight = model.get_input_embeddings().weight.detach()
+    noise = weight[ids] - plain
+    base_std = weight[: task.base_vocab_size].std(0)
+    torch.testing.assert_close(noise.std(0).mean(), base_std.mean(), rtol=0.25, atol=0.0)  # the base rows' spread
+    assert noise.mean(0).abs().mean() < 0.3 * base_std.mean()
+    # untied LLM: the output rows get their own noise
+    out_noise = model.get_output_embeddings().weight.detach()[ids] - plain_out
+    assert out_noise.std(0).mean() > 0.5 * model.get_output_embeddings().weight[: task.base_vocab_size].std(0).mean()
+    # the same seed gives the same rows
+    _, again, _ = build(object_row_noise=1.0)
+    torch.testing.assert_close(again.get_input_embeddings().weight.detach()[ids], weight[ids])
+    with pytest.raises(ValueError, match="non-negative"):
+        ChatRexTask(ChatRexTaskConfig.from_dict({"stage": "stage1", "vision_lr_mult": -1.0}))
