@@ -145,6 +145,15 @@ def test_region_world(tmp_path):
     assert "<obj0>" in pipe.calls[0]["questions"][0]
     assert result["predictions"][0]["predicted_category"] == "cars"
 
+    # only the instances: the wheel (answered "tire") is no longer asked about
+    inst = run_region(ScriptedPipeline(_region_respond), data, tasks=["category"], sentence_encoder=None,
+                      use_java=False, progress=False, level="instance")
+    assert inst["metrics"]["num_regions"] == 5 and inst["metrics"]["category/accuracy"] == pytest.approx(4 / 5)
+    assert inst["config"]["level"] == "instance"
+    parts = run_region(ScriptedPipeline(_region_respond), data, tasks=["category"], sentence_encoder=None,
+                       use_java=False, progress=False, level="part")
+    assert parts["metrics"]["num_regions"] == 1 and parts["metrics"]["category/accuracy"] == 0.0
+
 
 def test_region_coco_category_only_and_ss_skip(tmp_path):
     data = load_eval_data(write_coco(tmp_path))

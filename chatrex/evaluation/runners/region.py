@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 from chatrex.evaluation.boxes import xywh_to_xyxy
+from chatrex.evaluation.coco import region_in_level
 from chatrex.evaluation.datasets import EvalData, coco_category_names, coco_image_annotations, data_synonyms
 from chatrex.evaluation.region import caption_metrics, category_accuracy, load_sentence_encoder, osprey_scores, predicted_name
 from chatrex.evaluation.runners.common import Query, answer_stats, limit_items, rounded_box, run_queries
@@ -19,13 +20,17 @@ REGION_TASKS = {
 }
 
 
-def region_samples(data: EvalData) -> list[dict]:
+def region_samples(data: EvalData, level: str = "all") -> list[dict]:
     """``[{"image", "box", "category"?, "phrase"?, "referring"?, "description"?}]``; text fields are
-    lists of accepted references (RefCOCO gives every expression of a box as ``referring``)."""
+    lists of accepted references (RefCOCO gives every expression of a box as ``referring``).
+
+    ``level`` (records only): the regions asked about, ``instance``, ``part`` or ``all``."""
     out = []
     if data.kind == "records":
         for rec in data.records:
             for r in rec.get("regions", []):
+                if not region_in_level(r, level):
+                    continue
                 s = {"image": rec["image"], "box": r["box"], "record": rec.get("id"), "region": r.get("id")}
                 for key in ("category", "phrase", "referring", "description"):
                     if (r.get(key) or "").strip():
@@ -53,8 +58,11 @@ def run_region(
     sentence_encoder: Any = "auto",
     use_java: Optional[bool] = None,
     progress: bool = True,
+    level: str = "all",
 ) -> dict:
     """Evaluate the first ``limit`` regions on each of ``tasks`` that the data has ground truth for.
+
+    ``level`` (world records): ask about instances, parts or all regions.
 
     ``sentence_encoder``: ``"auto"`` loads all-MiniLM-L6-v2 when installed, None skips SS, or a
     callable ``texts -> (N, D) array``. ``use_java``: None detects java for METEOR.
@@ -64,7 +72,7 @@ def run_region(
     unknown = [t for t in tasks if t not in REGION_TASKS]
     if unknown:
         raise ValueError(f"unknown region task(s) {unknown}; choose from {list(REGION_TASKS)}")
-    samples = limit_items(region_samples(data), limit)
+    samples = limit_items(region_samples(data, level), limit)
     synonyms = data_synonyms(data)
     metrics: dict = {"num_regions": len(samples)}
     headline: list = []
@@ -108,6 +116,6 @@ def run_region(
         "task": "region",
         "metrics": metrics,
         "headline": headline,
-        "config": {"tasks": list(tasks), "limit": limit, "data": data.source, "data_kind": data.kind},
+        "config": {"tasks": list(tasks), "level": level, "limit": limit, "data": data.source, "data_kind": data.kind},
         "predictions": predictions,
     }

@@ -215,10 +215,12 @@ def region_cmd(
     max_new_tokens: Optional[int] = _TOKENS,
     tasks: str = typer.Option("category,phrase,brief,sentence", "--tasks",
                               help="Comma-separated: category, phrase, brief, sentence."),
+    level: Level = typer.Option(Level.all, "--level", help="World records: which regions are asked about."),
 ) -> None:
     """Region understanding: category accuracy, SS / S-IoU, caption BLEU/METEOR/ROUGE-L/CIDEr."""
     names = [t.strip() for t in tasks.split(",") if t.strip()]
-    _pipeline_task("region")(model, data, images, out, limit, batch_size, device, max_new_tokens, tasks=names)
+    _pipeline_task("region")(model, data, images, out, limit, batch_size, device, max_new_tokens, tasks=names,
+                             level=level.value)
 
 
 def grounded_caption_cmd(
