@@ -43,6 +43,7 @@ done
 run counting --model "$MODEL" --data "$DATA/test.jsonl" "${ask[@]}" --out "$EVAL_OUT/test-counting.json"
 run grounded-caption --model "$MODEL" --data "$DATA/test.jsonl" --limit "$CAPTION_LIMIT" --batch-size 16 --max-new-tokens 256 \
   --out "$EVAL_OUT/test-grounded-caption.json"
+run object-tokens --model "$MODEL" --data "$DATA/test.jsonl" --limit 500 --out "$EVAL_OUT/test-object-tokens.json"
 run pope --model "$MODEL" --data "$DATA/test.jsonl" --limit "$POPE_LIMIT" --batch-size 16 --max-new-tokens 128 --out "$EVAL_OUT/test-pope.json"
 wait
 $CHATREX eval summary "$EVAL_OUT"/*.json --out "$EVAL_OUT/summary.md"
