@@ -46,6 +46,13 @@ def box_sine_embedding(boxes_cxcywh: torch.Tensor, num_feats: int, temperature: 
     return torch.cat(blocks, dim=-1)
 
 
+def xyxy_box_embedding(boxes_xyxy: torch.Tensor, num_feats: int) -> torch.Tensor:
+    """:func:`box_sine_embedding` of (N, 4) normalised xyxy boxes (converted to cx, cy, w, h); (N, 4 * D) float32."""
+    b = boxes_xyxy.float()
+    cxcywh = torch.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], dim=-1)
+    return box_sine_embedding(cxcywh, num_feats)
+
+
 def fuse_levels(levels: Sequence[torch.Tensor]) -> torch.Tensor:
     """Resize every level to the first (finest) one and concatenate channels.
 
@@ -117,12 +124,8 @@ def encode_objects(
     feats = pooled.mean(dim=(2, 3))
     if not box_embedding:
         return feats.to(out_dtype)
-    norm = torch.cat([b.to(device=fused.device) for b in boxes], dim=0).float()
-    cxcywh = torch.stack(
-        [(norm[:, 0] + norm[:, 2]) / 2, (norm[:, 1] + norm[:, 3]) / 2, norm[:, 2] - norm[:, 0], norm[:, 3] - norm[:, 1]],
-        dim=-1,
-    )
-    return (feats + box_sine_embedding(cxcywh, c_total // 4).to(feats.dtype)).to(out_dtype)
+    norm = torch.cat([b.to(device=fused.device) for b in boxes], dim=0)
+    return (feats + xyxy_box_embedding(norm, c_total // 4).to(feats.dtype)).to(out_dtype)
 
 
-__all__ = ["box_sine_embedding", "fuse_levels", "encode_objects", "validate_boxes"]
+__all__ = ["box_sine_embedding", "xyxy_box_embedding", "fuse_levels", "encode_objects", "validate_boxes"]

@@ -51,7 +51,7 @@ def test_probe_reads_separable_classes_and_falls_to_majority_on_constant_feature
 def test_roi_features_without_the_box_embedding():
     from torchvision.ops import box_convert
 
-    from chatrex.mllm.object_encoder import box_sine_embedding, encode_objects
+    from chatrex.mllm.object_encoder import box_sine_embedding, encode_objects, xyxy_box_embedding
 
     g = torch.Generator().manual_seed(1)
     levels = [torch.randn(1, 4, 16, 16, generator=g), torch.randn(1, 8, 8, 8, generator=g)]
@@ -60,6 +60,7 @@ def test_roi_features_without_the_box_embedding():
     roi = encode_objects(levels, boxes, 64, box_embedding=False)
     expected = box_sine_embedding(box_convert(boxes[0], "xyxy", "cxcywh"), 3)
     torch.testing.assert_close(full - roi, expected)
+    torch.testing.assert_close(xyxy_box_embedding(boxes[0], 3), expected)
 
 
 @pytest.mark.slow

@@ -17,5 +17,4 @@ from chatrex.evaluation.runners.referring import run_referring
 from chatrex.evaluation.runners.region import run_region
 
 __all__ = ["Answer", "Query", "run_queries", "run_counting", "run_detection", "run_grounded_caption", "run_object_tokens",
-           "run_pope",
-           "run_proposals", "run_referring", "run_region"]
+           "run_pope", "run_proposals", "run_referring", "run_region"]

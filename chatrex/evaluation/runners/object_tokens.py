@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import torch
 
+from chatrex.evaluation.boxes import xywh_to_xyxy
 from chatrex.evaluation.coco import region_in_level
 from chatrex.evaluation.datasets import EvalData, EvalDataError, coco_image_annotations
 from chatrex.evaluation.object_tokens import linear_probe_accuracy, majority_accuracy, mean_pairwise_cosine
@@ -40,8 +41,7 @@ def labelled_boxes(data: EvalData, level: str = "instance") -> list[tuple[str, l
         out = []
         for img in data.coco["images"]:
             items = [a for a in anns[img["id"]] if a.get("category_id") in names]
-            boxes = [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-                     for a in items]
+            boxes = xywh_to_xyxy([a["bbox"] for a in items]).tolist()
             out.append((img["path"], boxes, [names[a["category_id"]] for a in items]))
         return out
     raise EvalDataError(f"object tokens need JSONL records or a COCO file with categories, not {data.kind} data "
@@ -70,7 +70,7 @@ def run_object_tokens(
 
     ``batch_size`` is accepted for the common interface; images go through the towers one by one.
     """
-    from chatrex.mllm.object_encoder import encode_objects
+    from chatrex.mllm.object_encoder import encode_objects, xyxy_box_embedding
     from chatrex.utils.image import load_image
 
     model, processor = _model_and_processor(predictor)
@@ -92,7 +92,7 @@ def run_object_tokens(
             if boxes:
                 norm_boxes = [inputs["boxes"][0].to(param.device)]
                 roi = encode_objects(levels, norm_boxes, cfg.image_size_aux, cfg.roi_output_size, box_embedding=False)
-                pre = encode_objects(levels, norm_boxes, cfg.image_size_aux, cfg.roi_output_size)
+                pre = roi + xyxy_box_embedding(norm_boxes[0], roi.shape[1] // 4).to(roi.dtype)  # = encode_objects(...)
                 tokens = model.mm_object_projector(pre.to(model.mm_object_projector[0].weight.dtype))
                 for point, v in zip(POINTS, (roi, pre, tokens)):
                     vectors[point].append(v.float().cpu())
