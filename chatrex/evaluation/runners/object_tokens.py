@@ -98,7 +98,7 @@ def run_object_tokens(
                     vectors[point].append(v.float().cpu())
                 image_of_box += [index] * len(boxes)
                 categories += cats
-                item["object_token_cosine"] = mean_pairwise_cosine(tokens.float().cpu())
+                item["object_token_cosine"] = mean_pairwise_cosine(vectors["object_token"][-1])
             per_image.append(item)
             bar.update(1)
 
