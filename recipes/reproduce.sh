@@ -8,6 +8,9 @@
 #   bash recipes/reproduce.sh train             # only the trainings and the assembly
 #   UPN_GPUS=0,1,2 CHATREX_GPU=3 bash recipes/reproduce.sh train   # UPN with DDP on 3 GPUs, ChatRex on the 4th
 #   N_TRAIN=4000 UPN_BUDGET=300 bash recipes/reproduce.sh
+#   UPN_DIR=chatrex/assets/chatrex-small/upn bash recipes/reproduce.sh chatrex   # only the ChatRex chain, with a given UPN
+#   S0_DIR=runs/chatrex_stage0/final RUNS=runs/b bash recipes/reproduce.sh chatrex   # reuse stage-0 towers
+# S1_BUDGET=0 skips stage 1: stage 2 then starts from the stage-0 towers and fresh projectors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-data/world}
@@ -19,6 +22,8 @@ UPN_BUDGET=${UPN_BUDGET:-900}       # seconds of UPN training
 S0_BUDGET=${S0_BUDGET:-180}          # seconds of ChatRex stage 0 (vision towers)
 S1_BUDGET=${S1_BUDGET:-210}          # seconds of ChatRex stage 1
 S2_BUDGET=${S2_BUDGET:-480}          # seconds of ChatRex stage 2
+S0_DIR=${S0_DIR:-}                   # a finished stage-0 export to use instead of training stage 0
+UPN_DIR=${UPN_DIR:-}                 # an exported UPN to assemble with (default: the one trained here)
 UPN_GPUS=${UPN_GPUS:-}               # e.g. 0,1,2 (several: torchrun DDP); empty: the default device
 CHATREX_GPU=${CHATREX_GPU:-}         # e.g. 3; empty: the default device
 UPN_ARGS=${UPN_ARGS:-}; S0_ARGS=${S0_ARGS:-}; S1_ARGS=${S1_ARGS:-}; S2_ARGS=${S2_ARGS:-}  # extra --set options
@@ -53,7 +58,10 @@ upn() {
 chatrex_chain() {
   local gpu=$CHATREX_GPU
   local towers="$RUNS/chatrex_stage0/final"
-  if on_gpus "$gpu" $CHATREX train vision recipes/chatrex_small_stage0.json --set task.data.files="$files" \
+  if [ -n "$S0_DIR" ]; then
+    towers=$S0_DIR
+    log "stage 0 skipped: towers from $towers"
+  elif on_gpus "$gpu" $CHATREX train vision recipes/chatrex_small_stage0.json --set task.data.files="$files" \
     --set train.output_dir="$RUNS/chatrex_stage0" --set train.time_budget_s="$S0_BUDGET" $S0_ARGS > "$RUNS/stage0.log" 2>&1
   then
     log "stage 0 done"
@@ -64,14 +72,25 @@ chatrex_chain() {
   if [ -n "$WAIT_FOR" ]; then
     while [ ! -e "$WAIT_FOR" ]; do sleep 5; done
   fi
-  on_gpus "$gpu" $CHATREX train chatrex recipes/chatrex_small_stage1.json --set task.data.files="$files" \
-    --set task.vision_init="$towers" --set train.output_dir="$RUNS/chatrex_stage1" \
-    --set train.time_budget_s="$S1_BUDGET" $S1_ARGS > "$RUNS/stage1.log" 2>&1
-  log "stage 1 done"
+  local start=(--set task.init_from="$RUNS/chatrex_stage1/final")
+  if [ "$S1_BUDGET" = 0 ]; then
+    log "stage 1 skipped (S1_BUDGET=0): stage 2 starts from the towers and fresh projectors"
+    start=(--set task.init_from=null --set task.vision_init="$towers")
+  else
+    on_gpus "$gpu" $CHATREX train chatrex recipes/chatrex_small_stage1.json --set task.data.files="$files" \
+      --set task.vision_init="$towers" --set train.output_dir="$RUNS/chatrex_stage1" \
+      --set train.time_budget_s="$S1_BUDGET" $S1_ARGS > "$RUNS/stage1.log" 2>&1
+    log "stage 1 done"
+  fi
   on_gpus "$gpu" $CHATREX train chatrex recipes/chatrex_small_stage2.json --set task.data.files="$files" \
-    --set task.init_from="$RUNS/chatrex_stage1/final" --set train.output_dir="$RUNS/chatrex_stage2" \
+    "${start[@]}" --set train.output_dir="$RUNS/chatrex_stage2" \
     --set train.time_budget_s="$S2_BUDGET" $S2_ARGS > "$RUNS/stage2.log" 2>&1
   log "stage 2 done"
+}
+
+assemble() {
+  $CHATREX train assemble "${UPN_DIR:-$RUNS/upn_small/final}" "$RUNS/chatrex_stage2/final" "$RUNS/model"
+  log "model assembled in $RUNS/model"
 }
 
 train() {
@@ -81,13 +100,13 @@ train() {
   local upn_pid=$!
   chatrex_chain
   wait "$upn_pid"
-  $CHATREX train assemble "$RUNS/upn_small/final" "$RUNS/chatrex_stage2/final" "$RUNS/model"
-  log "model assembled in $RUNS/model"
+  assemble
 }
 
 case "$STEP" in
   data) data ;;
   train) train ;;
+  chatrex) mkdir -p "$RUNS"; chatrex_chain; assemble ;;
   all) data; train ;;
-  *) echo "usage: bash recipes/reproduce.sh [data|train|all]" >&2; exit 2 ;;
+  *) echo "usage: bash recipes/reproduce.sh [data|train|chatrex|all]" >&2; exit 2 ;;
 esac

@@ -136,19 +136,32 @@ def load_smollm2(cache_dir: str | os.PathLike | None = None, dtype=None):
 
 def _save_dequantised(llm, tokenizer, folder: Path) -> None:
     """Save a GGUF-loaded LLM as a plain transformers folder (``save_pretrained`` refuses GGUF-quantised
-    models even after dequantisation)."""
+    models even after dequantisation).
+
+    The files are written to a private folder first and then moved in, ``config.json`` last (the file whose
+    presence marks the cache complete), so that processes filling the cache side by side never read a
+    half-written one.
+    """
     import copy
+    import shutil
 
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(os.fspath(folder))
+    staging = folder / f".staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    tokenizer.save_pretrained(os.fspath(staging))
     config = copy.deepcopy(llm.config)
     tied = bool(getattr(config, "tie_word_embeddings", False))
     state = {k: v.detach().contiguous() for k, v in llm.state_dict().items() if not (tied and k == "lm_head.weight")}
-    save_file(state, os.fspath(folder / "model.safetensors"), metadata={"format": "pt"})
-    config.save_pretrained(os.fspath(folder))
-    llm.generation_config.save_pretrained(os.fspath(folder))
+    save_file(state, os.fspath(staging / "model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(os.fspath(staging))
+    llm.generation_config.save_pretrained(os.fspath(staging))
+    names = sorted(p.name for p in staging.iterdir() if p.name != "config.json") + ["config.json"]
+    for name in names:
+        os.replace(staging / name, folder / name)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _fix_gguf_special_tokens(tokenizer, path: Path) -> None:
