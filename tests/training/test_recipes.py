@@ -1,0 +1,57 @@
+"""The recipe files under recipes/ parse into their task and train configs, and fit together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chatrex.training.chatrex_task import ChatRexTaskConfig
+from chatrex.training.config import TrainConfig, load_recipe
+from chatrex.training.upn.task import UPNTaskConfig
+from chatrex.training.vision_task import VisionTaskConfig
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+PARSERS = {"upn": UPNTaskConfig, "vision": VisionTaskConfig, "chatrex": ChatRexTaskConfig}
+
+
+def _recipes() -> list[Path]:
+    return sorted(RECIPES.glob("*.json"))
+
+
+def test_recipes_exist():
+    names = {p.name for p in _recipes()}
+    assert {"upn_small.json", "chatrex_small_stage0.json", "chatrex_small_stage1.json",
+            "chatrex_small_stage2.json"} <= names
+
+
+@pytest.mark.parametrize("path", _recipes(), ids=lambda p: p.name)
+def test_recipe_parses(path: Path):
+    spec = load_recipe(path)
+    kind = spec["task"]["type"]
+    assert kind in PARSERS, f"{path.name}: unknown task type {kind!r}"
+    PARSERS[kind].from_dict(spec["task"])
+    TrainConfig.from_dict(spec["train"])
+
+
+@pytest.mark.parametrize("prefix", ["chatrex_small", "cpu_object_path"])
+def test_chatrex_stages_fit_the_stage0_towers(prefix: str):
+    """Stage 1, and stage 2 when stage 1 is skipped (``S1_BUDGET=0`` starts stage 2 fresh from the towers),
+    build their towers from ``task.vision``: it must be stage 0's, or the pretrained towers do not load."""
+    stage0 = load_recipe(RECIPES / f"{prefix}_stage0.json")["task"]["vision"]
+    stages = sorted(RECIPES.glob(f"{prefix}_stage[12].json"))
+    assert stages
+    for path in stages:
+        task = ChatRexTaskConfig.from_dict(load_recipe(path)["task"])
+        assert task.vision == stage0, f"{path.name}: task.vision differs from {prefix}_stage0.json"
+
+
+def test_default_chain_freezes_towers_and_spreads_object_rows():
+    """The default ChatRex recipes train on frozen stage-0 towers with distinct <objK> rows (README, Default
+    model: the shared row and trainable towers let the object tokens collapse)."""
+    for stage in ("stage1", "stage2"):
+        task = ChatRexTaskConfig.from_dict(load_recipe(RECIPES / f"chatrex_small_{stage}.json")["task"])
+        assert task.stage == stage
+        assert task.vision_lr_mult == 0.0
+        assert task.object_row_noise > 0
+    assert ChatRexTaskConfig.from_dict(load_recipe(RECIPES / "chatrex_small_stage2.json")["task"]).lora.enabled
