@@ -101,12 +101,13 @@ finish_variants)
   [ -n "${OUT:-}" ] && pack_variant_logs && ls -la "$OUT"
   for v in v1 v2; do
     mkdir -p "$RUNS/eval_$v"
-    ask=(--limit "${LIMIT:-40}" --batch-size 16 --max-new-tokens 128 --device "${EVAL_DEVICE:-cuda}")
+    gen=(--batch-size 16 --max-new-tokens 128 --device "${EVAL_DEVICE:-cuda}")
+    ask=(--limit "${LIMIT:-40}" "${gen[@]}")
     E="timeout ${EVAL_TIMEOUT:-200} $CLI eval"
     $E region --model "$RUNS/$v/model" --data "$DATA/test.jsonl" --level instance --tasks category,phrase "${ask[@]}" --out "$RUNS/eval_$v/test-region.json" > "$RUNS/eval_$v/region.log" 2>&1 &
     $E referring --model "$RUNS/$v/model" --data "$DATA/test.jsonl" "${ask[@]}" --out "$RUNS/eval_$v/test-referring.json" > "$RUNS/eval_$v/referring.log" 2>&1 &
     $E object-tokens --model "$RUNS/$v/model" --data "$DATA/test.jsonl" --limit "${TOKENS_LIMIT:-300}" --device "${EVAL_DEVICE:-cuda}" --out "$RUNS/eval_$v/test-object-tokens.json" > "$RUNS/eval_$v/object-tokens.log" 2>&1 &
-    $E detection --model "$RUNS/$v/model" --data "$DATA/test.jsonl" "${ask[@]}" --limit "${DET_LIMIT:-20}" --out "$RUNS/eval_$v/test-detection.json" > "$RUNS/eval_$v/detection.log" 2>&1 &
+    $E detection --model "$RUNS/$v/model" --data "$DATA/test.jsonl" --limit "${DET_LIMIT:-20}" "${gen[@]}" --out "$RUNS/eval_$v/test-detection.json" > "$RUNS/eval_$v/detection.log" 2>&1 &
   done
   wait
   for v in v1 v2; do echo "== $v"; $CLI eval summary "$RUNS/eval_$v"/*.json --out "$RUNS/eval_$v/summary.md" > /dev/null 2>&1; cat "$RUNS/eval_$v/summary.md"; done
