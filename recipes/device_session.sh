@@ -5,7 +5,7 @@
 #   bash recipes/device_session.sh gguf PART    # add one carried part of the SmolLM2 GGUF (00, 01, 02)
 #   bash recipes/device_session.sh train        # recipes/reproduce.sh train in the background (GPUs split below)
 #   bash recipes/device_session.sh variants     # ChatRex only: stage 0, then two recipes side by side (below)
-#   bash recipes/device_session.sh wait SECONDS # keep the machine warm and show the logs
+#   bash recipes/device_session.sh wait SECONDS # show the logs after SECONDS, or once no training runs
 #   bash recipes/device_session.sh finish       # assemble, pack the model into $OUT, evaluate on every GPU
 #   bash recipes/device_session.sh finish_variants  # pack both variants' ChatRex into $OUT, evaluate them
 #   bash recipes/device_session.sh bench        # kernel and UPN-step benchmarks
@@ -61,6 +61,7 @@ gguf)
       && echo "LLM cache filled"  # once, before several trainings read it
   fi
   if [ -d .carry/upn ]; then rm -rf "$RUNS/upn_shipped" && cp -r .carry/upn "$RUNS/upn_shipped" && echo "UPN copied"; fi
+  true  # a part that does not complete the GGUF, or no carried UPN, is no failure (`gguf 00 && variants`)
   ;;
 variants)
   setsid nohup bash "$0" _variants > "$RUNS/variants.log" 2>&1 < /dev/null &
@@ -70,18 +71,23 @@ variants)
 _variants)
   files="[\"$DATA/train.jsonl\"]"
   log "stage 0"
-  $CLI train vision recipes/chatrex_small_stage0.json --set task.data.files="$files" \
-    --set train.output_dir="$RUNS/chatrex_stage0" --set train.time_budget_s="${S0_BUDGET:-450}" ${S0_ARGS:-} > "$RUNS/stage0.log" 2>&1
+  S0_BUDGET="${S0_BUDGET:-450}" CHATREX="$CLI" bash recipes/reproduce.sh stage0
   log "stage 0 done; waiting for the GGUF"
   # the towers come back with the next `wait` call, so they survive a lost machine
   mkdir -p "$RUNS/s0_out" && tar czf "$RUNS/s0.tgz" -C "$RUNS/chatrex_stage0" final metrics.jsonl \
     && split -b 15M "$RUNS/s0.tgz" "$RUNS/s0_out/s0.tgz." && log "stage-0 towers packed"
   while [ ! -e "$GGUF.ok" ]; do sleep 5; done
-  W="--set train.num_workers=7 ${V_ARGS:-}"
+  # two runs at the recipe's full batch need more than one H200 (77 + 58 GiB, then cuDNN attention
+  # fails): each takes half the batch with two micro-steps per optimizer step (same effective batch)
+  export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+  half() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['train']['batch_size'] // 2)" "$1"; }
+  W="--set train.num_workers=7 --set train.grad_accum=2 ${V_ARGS:-}"
+  W1="--set train.batch_size=$(half recipes/chatrex_small_stage1.json) $W"
+  W2="--set train.batch_size=$(half recipes/chatrex_small_stage2.json) $W"
   common=(env S0_DIR="$RUNS/chatrex_stage0/final" UPN_DIR="$RUNS/upn_shipped" CHATREX="$CLI")
-  "${common[@]}" RUNS="$RUNS/v1" S1_BUDGET="${V1_S1:-200}" S2_BUDGET="${V1_S2:-340}" S1_ARGS="$W" S2_ARGS="$W" \
+  "${common[@]}" RUNS="$RUNS/v1" S1_BUDGET="${V1_S1:-200}" S2_BUDGET="${V1_S2:-340}" S1_ARGS="$W1" S2_ARGS="$W2" \
     bash recipes/reproduce.sh chatrex > "$RUNS/v1.log" 2>&1 &
-  "${common[@]}" RUNS="$RUNS/v2" S1_BUDGET=0 S2_BUDGET="${V2_S2:-540}" S2_ARGS="$W" \
+  "${common[@]}" RUNS="$RUNS/v2" S1_BUDGET=0 S2_BUDGET="${V2_S2:-540}" S2_ARGS="$W2" \
     bash recipes/reproduce.sh chatrex > "$RUNS/v2.log" 2>&1 &
   wait
   log "variants done"
@@ -131,7 +137,12 @@ train)
   for f in upn stage0; do [ -f "$RUNS/$f.log" ] && { echo "== $f"; tail -c 800 "$RUNS/$f.log"; }; done
   ;;
 wait)
-  sleep "${2:-120}"
+  # up to SECONDS, but no longer than the background training runs (a crashed run must not hold the
+  # machine idle for the rest of the call)
+  end=$(( $(date +%s) + ${2:-120} ))
+  sleep 5
+  while [ "$(date +%s)" -lt "$end" ] && pgrep -f "device_session.sh _variants|recipes/reproduce.sh" > /dev/null; do sleep 5; done
+  pgrep -f "device_session.sh _variants|recipes/reproduce.sh" > /dev/null || log "no training running"
   if [ -n "${OUT:-}" ] && [ -d "$RUNS/s0_out" ] && [ ! -e "$RUNS/s0_out.sent" ] && grep -q "towers packed" "$RUNS/variants.log"; then
     cp "$RUNS"/s0_out/* "$OUT"/ && touch "$RUNS/s0_out.sent" && echo "stage-0 towers in \$OUT"
   fi

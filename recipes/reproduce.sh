@@ -6,6 +6,7 @@
 #   bash recipes/reproduce.sh                   # everything, on one GPU (both runs share it)
 #   bash recipes/reproduce.sh data              # only the world data
 #   bash recipes/reproduce.sh train             # only the trainings and the assembly
+#   bash recipes/reproduce.sh stage0            # only ChatRex stage 0 (the vision towers)
 #   UPN_GPUS=0,1,2 CHATREX_GPU=3 bash recipes/reproduce.sh train   # UPN with DDP on 3 GPUs, ChatRex on the 4th
 #   N_TRAIN=4000 UPN_BUDGET=300 bash recipes/reproduce.sh
 #   UPN_DIR=chatrex/assets/chatrex-small/upn bash recipes/reproduce.sh chatrex   # only the ChatRex chain, with a given UPN
@@ -55,15 +56,18 @@ upn() {
   log "UPN done"
 }
 
+stage0() {  # the vision towers, into $RUNS/chatrex_stage0/final
+  on_gpus "$CHATREX_GPU" $CHATREX train vision recipes/chatrex_small_stage0.json --set task.data.files="$files" \
+    --set train.output_dir="$RUNS/chatrex_stage0" --set train.time_budget_s="$S0_BUDGET" $S0_ARGS > "$RUNS/stage0.log" 2>&1
+}
+
 chatrex_chain() {
   local gpu=$CHATREX_GPU
   local towers="$RUNS/chatrex_stage0/final"
   if [ -n "$S0_DIR" ]; then
     towers=$S0_DIR
     log "stage 0 skipped: towers from $towers"
-  elif on_gpus "$gpu" $CHATREX train vision recipes/chatrex_small_stage0.json --set task.data.files="$files" \
-    --set train.output_dir="$RUNS/chatrex_stage0" --set train.time_budget_s="$S0_BUDGET" $S0_ARGS > "$RUNS/stage0.log" 2>&1
-  then
+  elif stage0; then
     log "stage 0 done"
   else  # the towers then start from scratch in stage 1, as in the first default model
     log "stage 0 FAILED (see $RUNS/stage0.log); stage 1 starts the towers from scratch"
@@ -107,6 +111,7 @@ case "$STEP" in
   data) data ;;
   train) train ;;
   chatrex) mkdir -p "$RUNS"; chatrex_chain; assemble ;;
+  stage0) mkdir -p "$RUNS"; stage0; log "stage 0 done" ;;
   all) data; train ;;
-  *) echo "usage: bash recipes/reproduce.sh [data|train|chatrex|all]" >&2; exit 2 ;;
+  *) echo "usage: bash recipes/reproduce.sh [data|train|chatrex|stage0|all]" >&2; exit 2 ;;
 esac

@@ -38,6 +38,35 @@ from chatrex.training.task import TrainTask, count_parameters, default_param_gro
 CHECKPOINT_DIR = "checkpoints"
 
 
+class OutOfDeviceMemory(RuntimeError):
+    """A training step ran out of accelerator memory; the message says what to lower."""
+
+
+# cuDNN's fused attention reports an exhausted workspace as a failed graph execution, not as an OOM
+_OOM_MARKERS = ("out of memory", "mha_graph.execute", "CUDNN_STATUS_ALLOC_FAILED", "CUDNN_STATUS_EXECUTION_FAILED")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is the device running out of memory (also when cuDNN's attention reports it)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _OOM_MARKERS)
+
+
+def out_of_memory_message(cfg: TrainConfig, step: int, exc: BaseException) -> str:
+    """What to tell the user when step ``step`` of a run configured by ``cfg`` ran out of memory."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    ckpt = find_latest_checkpoint(Path(cfg.output_dir))
+    resume = f"the run resumes from {ckpt}" if ckpt is not None else "no checkpoint was written yet"
+    hints = [f"halve train.batch_size ({cfg.batch_size}) and double train.grad_accum ({cfg.grad_accum}) "
+             "for the same effective batch"]
+    if not cfg.gradient_checkpointing:
+        hints.append("set train.gradient_checkpointing=true")
+    hints.append("or stop other processes on the same device")
+    return (f"out of device memory at step {step} ({first[:200]}). To fit: " + "; ".join(hints)
+            + f". {resume[0].upper()}{resume[1:]}.")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -250,10 +279,15 @@ class Trainer:
             if step >= end:
                 break
             sync = (micro + 1) % cfg.grad_accum == 0
-            with self._no_sync(model, sync):
-                with amp:
-                    loss, logs = self.task.compute_loss(model, batch, dev)
-                (loss / cfg.grad_accum).backward()
+            try:
+                with self._no_sync(model, sync):
+                    with amp:
+                        loss, logs = self.task.compute_loss(model, batch, dev)
+                    (loss / cfg.grad_accum).backward()
+            except RuntimeError as exc:  # torch.OutOfMemoryError is one
+                if is_out_of_memory(exc):
+                    raise OutOfDeviceMemory(out_of_memory_message(cfg, step, exc)) from exc
+                raise
             seen += cfg.batch_size
             for k, v in {"loss": float(loss.detach()), **logs}.items():
                 acc[k] = acc.get(k, 0.0) + float(v)

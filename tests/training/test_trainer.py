@@ -183,3 +183,42 @@ def test_all_reduce_mean_with_different_keys(tmp_path):
     for r in range(2):
         out = json.loads((tmp_path / f"r{r}.json").read_text())
         assert out == {"loss": 1.5, "only_rank0": 3.0, "only_rank1": 5.0}
+
+
+class _FailingToyTask(ToyTask):
+    """Raises ``error`` from the forward pass of micro-step ``at`` (counted from 0)."""
+
+    def __init__(self, error: BaseException, at: int) -> None:
+        super().__init__()
+        self.error, self.at, self.calls = error, at, 0
+
+    def compute_loss(self, model, batch, device):
+        self.calls += 1
+        if self.calls > self.at:
+            raise self.error
+        return super().compute_loss(model, batch, device)
+
+
+@pytest.mark.parametrize("error", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.11 GiB."),
+    RuntimeError("Expected mha_graph.execute(handle, variant_pack, workspace_ptr.get()).is_good() to be true"),
+])
+def test_out_of_memory_names_the_fix_and_the_checkpoint(tmp_path, error):
+    from chatrex.training.trainer import OutOfDeviceMemory
+
+    cfg = _cfg(tmp_path, "oom", save_every=1, grad_accum=1)
+    with pytest.raises(OutOfDeviceMemory) as info:
+        Trainer(_FailingToyTask(error, at=3), cfg, device="cpu", progress=False).fit()
+    msg = str(info.value)
+    assert "out of device memory at step 3" in msg
+    assert "train.batch_size (4)" in msg and "train.grad_accum (1)" in msg
+    assert "train.gradient_checkpointing=true" in msg
+    assert "step_0000003" in msg  # the work done so far is kept and named
+    assert info.value.__cause__ is error
+
+
+def test_other_runtime_errors_pass_through(tmp_path):
+    error = RuntimeError("shape mismatch in the toy model")
+    with pytest.raises(RuntimeError) as info:
+        Trainer(_FailingToyTask(error, at=0), _cfg(tmp_path, "bug"), device="cpu", progress=False).fit()
+    assert info.value is error

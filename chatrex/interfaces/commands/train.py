@@ -25,7 +25,7 @@ def _run(kind: str, recipe: Path, sets: Optional[list[str]], device: Optional[st
 
     from chatrex.training.config import TrainConfig, load_recipe
     from chatrex.training.distributed import cleanup
-    from chatrex.training.trainer import Trainer
+    from chatrex.training.trainer import OutOfDeviceMemory, Trainer
 
     console = Console(stderr=True)
     try:
@@ -48,6 +48,9 @@ def _run(kind: str, recipe: Path, sets: Optional[list[str]], device: Optional[st
         raise typer.Exit(2)
     try:
         Trainer(task, cfg, device=device).fit(resume=resume)
+    except OutOfDeviceMemory as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(3)
     finally:
         cleanup()
     console.print(f"done: {cfg.output_dir} (final model in {Path(cfg.output_dir) / 'final'})")
