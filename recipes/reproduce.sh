@@ -24,6 +24,7 @@ S0_BUDGET=${S0_BUDGET:-180}          # seconds of ChatRex stage 0 (vision towers
 S1_BUDGET=${S1_BUDGET:-210}          # seconds of ChatRex stage 1
 S2_BUDGET=${S2_BUDGET:-480}          # seconds of ChatRex stage 2
 S0_DIR=${S0_DIR:-}                   # a finished stage-0 export to use instead of training stage 0
+S0_INIT=${S0_INIT:-}                 # a stage-0 export that stage 0 continues from (e.g. an earlier session's)
 UPN_DIR=${UPN_DIR:-}                 # an exported UPN to assemble with (default: the one trained here)
 UPN_GPUS=${UPN_GPUS:-}               # e.g. 0,1,2 (several: torchrun DDP); empty: the default device
 CHATREX_GPU=${CHATREX_GPU:-}         # e.g. 3; empty: the default device
@@ -56,8 +57,9 @@ upn() {
   log "UPN done"
 }
 
-stage0() {  # the vision towers, into $RUNS/chatrex_stage0/final
+stage0() {  # the vision towers, into $RUNS/chatrex_stage0/final (continuing from $S0_INIT when set)
   on_gpus "$CHATREX_GPU" $CHATREX train vision recipes/chatrex_small_stage0.json --set task.data.files="$files" \
+    ${S0_INIT:+--set task.init_from="$S0_INIT"} \
     --set train.output_dir="$RUNS/chatrex_stage0" --set train.time_budget_s="$S0_BUDGET" $S0_ARGS > "$RUNS/stage0.log" 2>&1
 }
 

@@ -49,6 +49,10 @@ class VisionTaskConfig:
         head_dim: width of the object head's hidden layer.
         attribute_weight: weight of the mean attribute loss (the category loss has weight 1).
         dense_weight: weight of the mean per-token loss of the two towers.
+        init_from: a stage-0 export (towers and heads) to start from instead of random weights, with a
+            fresh optimizer and schedule. Only the final export of a run comes back from a lent GPU
+            machine, so this is how stage 0 goes on in the next session. Its config and vocabulary must
+            match this task's.
     """
 
     vision: dict[str, Any] = field(default_factory=dict)
@@ -56,6 +60,7 @@ class VisionTaskConfig:
     head_dim: int = 512
     attribute_weight: float = 0.5
     dense_weight: float = 1.0
+    init_from: Optional[str] = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "VisionTaskConfig":
@@ -159,6 +164,8 @@ class VisionTask:
         self.config = vision_config(cfg.vision)
         self.image_processor = ChatRexImageProcessor(self.config.image_size, self.config.image_size_aux)
         self._dataset: Optional[VisionPretrainDataset] = None
+        if cfg.init_from:
+            _read_meta(Path(cfg.init_from))  # a wrong path fails before any training starts
 
     @property
     def dataset(self) -> VisionPretrainDataset:
@@ -167,7 +174,10 @@ class VisionTask:
         return self._dataset
 
     def build_model(self) -> nn.Module:
-        return VisionPretrainModel(self.config, self.dataset.vocabulary, self.cfg.head_dim).train()
+        model = VisionPretrainModel(self.config, self.dataset.vocabulary, self.cfg.head_dim)
+        if self.cfg.init_from:
+            _init_from_export(model, Path(self.cfg.init_from))
+        return model.train()
 
     def build_dataset(self) -> VisionPretrainDataset:
         return self.dataset
@@ -226,6 +236,23 @@ def load_vision_pretrain(path: str | Path) -> VisionPretrainModel:
                                 int(meta.get("head_dim", 512)))
     load_state_dict_report(model, path / WEIGHTS_FILE, strict=True)
     return model.eval()
+
+
+def _init_from_export(model: VisionPretrainModel, path: Path) -> None:
+    """Load every tensor of the stage-0 export ``path`` into ``model``; ``ValueError`` naming the difference
+    when the export was trained with another vocabulary or another shape."""
+    from chatrex.mllm.modeling_chatrex import load_state_dict_report
+
+    meta = _read_meta(path)
+    theirs = VisionVocabulary.from_dict(meta["vocabulary"])
+    if theirs != model.vocabulary:
+        raise ValueError(f"task.init_from '{path}' was trained on another vocabulary ({len(theirs.categories)} "
+                         f"categories, attributes {sorted(theirs.attributes)}) than this data "
+                         f"({len(model.vocabulary.categories)}, {sorted(model.vocabulary.attributes)})")
+    report = load_state_dict_report(model, path / WEIGHTS_FILE)
+    if not report.ok:
+        raise ValueError(f"task.init_from '{path}' does not fit this model (check task.vision and task.head_dim "
+                         f"against the recipe it was trained with):\n{report.summary()}")
 
 
 def _read_meta(path: Path) -> dict[str, Any]:

@@ -139,3 +139,29 @@ def test_towers_of_another_shape_are_refused(tmp_path, vision_data):
 def test_vocabulary_round_trips():
     v = VisionVocabulary(["background", "a"], {"color": ["red"]})
     assert VisionVocabulary.from_dict(json.loads(json.dumps(v.to_dict()))) == v
+
+
+def test_stage0_continues_from_an_export(tmp_path, vision_data):
+    first = _task(vision_data)
+    trained = first.build_model()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p))  # anything but the fresh initialisation
+    first.export(trained, tmp_path / "s0")
+
+    spec = {"vision": TINY_VISION, "data": {"files": [str(vision_data)]}, "head_dim": 32,
+            "init_from": str(tmp_path / "s0")}
+    resumed = VisionTask(VisionTaskConfig.from_dict(spec)).build_model()
+    for name, tensor in trained.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], tensor, msg=name)
+    assert resumed.training
+
+    with pytest.raises(ValueError, match="does not fit"):  # another head width
+        VisionTask(VisionTaskConfig.from_dict(dict(spec, head_dim=16))).build_model()
+    other = VisionVocabulary(["background", "kite"], {"color": ["red"]})
+    meta = json.loads((tmp_path / "s0" / "vision_pretrain_config.json").read_text())
+    (tmp_path / "s0" / "vision_pretrain_config.json").write_text(json.dumps(dict(meta, vocabulary=other.to_dict())))
+    with pytest.raises(ValueError, match="another vocabulary"):
+        VisionTask(VisionTaskConfig.from_dict(spec)).build_model()
+    with pytest.raises(FileNotFoundError, match="stage-0 export"):  # when the task is made, not mid-run
+        VisionTask(VisionTaskConfig.from_dict(dict(spec, init_from=str(tmp_path))))
