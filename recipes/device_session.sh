@@ -63,12 +63,14 @@ gguf)
       && echo "LLM cache filled"  # once, before several trainings read it
   fi
   if [ -d .carry/upn ]; then rm -rf "$RUNS/upn_shipped" && cp -r .carry/upn "$RUNS/upn_shipped" && echo "UPN copied"; fi
-  true  # a part that does not complete the GGUF, or no carried UPN, is no failure (`gguf 00 && variants`)
   ;;
 variants)
+  # once per machine: a second start would train into the same folders (the trainer refuses that now)
+  if pgrep -f "device_session.sh _variants" > /dev/null; then log "variants already running"; exit 0; fi
   setsid nohup bash "$0" _variants > "$RUNS/variants.log" 2>&1 < /dev/null &
   sleep "${2:-45}"
-  tail -c 600 "$RUNS/stage0.log" | tr '\r' '\n' | grep -v '^ *$' | tail -3
+  # an empty log this early is no failure: status 0, so that `... && variants` reads as started
+  tail -c 600 "$RUNS/stage0.log" 2>/dev/null | tr '\r' '\n' | grep -av '^ *$' | tail -3 || true
   ;;
 _variants)
   files="[\"$DATA/train.jsonl\"]"

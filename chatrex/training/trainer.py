@@ -32,6 +32,7 @@ from torch.distributed.checkpoint.state_dict import (
 from chatrex.training.config import TrainConfig
 from chatrex.training.curves import append_metrics, plot_curves, truncate_metrics
 from chatrex.training.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from chatrex.training.run_lock import RunLockedError, acquire_run_lock, release_run_lock
 from chatrex.training.sampler import ResumableBatchSampler
 from chatrex.training.task import TrainTask, count_parameters, default_param_groups
 
@@ -230,7 +231,26 @@ class Trainer:
 
         Returns:
             The trained (unwrapped) model.
+
+        Raises:
+            RunLockedError: another live run writes to the same ``output_dir`` (:mod:`.run_lock`).
         """
+        lock, refused = None, None
+        if self.dist.is_main:
+            try:
+                lock = acquire_run_lock(self.out)
+            except RunLockedError as exc:
+                refused = exc
+        # every process stops together when the folder is taken
+        if all_reduce_mean({"refused": float(refused is not None)}, self.dist.device)["refused"] > 0:
+            raise refused or RunLockedError(f"another training run writes to '{self.out}'")
+        try:
+            return self._fit(resume, stop_after)
+        finally:
+            if lock is not None:
+                release_run_lock(lock)
+
+    def _fit(self, resume: bool, stop_after: Optional[int]) -> nn.Module:
         cfg, dev = self.cfg, self.dist.device
         seed_everything(cfg.seed)
         model = self.task.build_model().to(dev)

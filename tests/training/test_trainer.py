@@ -222,3 +222,38 @@ def test_other_runtime_errors_pass_through(tmp_path):
     with pytest.raises(RuntimeError) as info:
         Trainer(_FailingToyTask(error, at=0), _cfg(tmp_path, "bug"), device="cpu", progress=False).fit()
     assert info.value is error
+
+
+def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    from chatrex.training.run_lock import LOCK_FILE, RunLockedError
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    lock = out / LOCK_FILE
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "now"}))
+    with pytest.raises(RunLockedError, match=f"pid {os.getpid()}"):
+        Trainer(ToyTask(), _cfg(tmp_path, "busy"), device="cpu", progress=False).fit()
+    assert lock.exists()  # the holder's lock is left alone
+    assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "since": "then"}))
+    Trainer(ToyTask(), _cfg(tmp_path, "busy"), device="cpu", progress=False).fit()  # stale: taken over
+    assert (out / "final" / "model.pt").exists()
+    assert not lock.exists()  # released at the end
+
+    lock.write_text(json.dumps({"pid": 1, "host": "another-host", "since": "then"}))
+    with pytest.raises(RunLockedError, match="another-host"):
+        Trainer(ToyTask(), _cfg(tmp_path, "busy"), device="cpu", progress=False).fit()
+
+
+def test_the_lock_is_released_when_training_fails(tmp_path):
+    from chatrex.training.run_lock import LOCK_FILE
+
+    with pytest.raises(RuntimeError):
+        Trainer(_FailingToyTask(RuntimeError("boom"), at=2), _cfg(tmp_path, "f"), device="cpu", progress=False).fit()
+    assert not (tmp_path / "f" / LOCK_FILE).exists()
+    Trainer(ToyTask(), _cfg(tmp_path, "f"), device="cpu", progress=False).fit()  # the folder is free again

@@ -25,6 +25,7 @@ def _run(kind: str, recipe: Path, sets: Optional[list[str]], device: Optional[st
 
     from chatrex.training.config import TrainConfig, load_recipe
     from chatrex.training.distributed import cleanup
+    from chatrex.training.run_lock import RunLockedError
     from chatrex.training.trainer import OutOfDeviceMemory, Trainer
 
     console = Console(stderr=True)
@@ -48,7 +49,7 @@ def _run(kind: str, recipe: Path, sets: Optional[list[str]], device: Optional[st
         raise typer.Exit(2)
     try:
         Trainer(task, cfg, device=device).fit(resume=resume)
-    except OutOfDeviceMemory as exc:
+    except (OutOfDeviceMemory, RunLockedError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(3)
     finally:
