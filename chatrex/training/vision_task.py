@@ -157,12 +157,15 @@ class VisionTask:
     name = "chatrex-stage0"
     find_unused_parameters = True  # CLIP's last layer feeds nothing (features come from the penultimate one)
 
-    def __init__(self, cfg: VisionTaskConfig) -> None:
+    def __init__(self, cfg: VisionTaskConfig, vocabulary: Optional[VisionVocabulary] = None) -> None:
+        """``vocabulary``: label the data with these names (e.g. an export's, to evaluate it on another
+        split) instead of the names found in the data."""
         from chatrex.mllm.image_processing import ChatRexImageProcessor
 
         self.cfg = cfg
         self.config = vision_config(cfg.vision)
         self.image_processor = ChatRexImageProcessor(self.config.image_size, self.config.image_size_aux)
+        self._vocabulary = vocabulary
         self._dataset: Optional[VisionPretrainDataset] = None
         if cfg.init_from:
             _read_meta(Path(cfg.init_from))  # a wrong path fails before any training starts
@@ -170,7 +173,7 @@ class VisionTask:
     @property
     def dataset(self) -> VisionPretrainDataset:
         if self._dataset is None:  # read once: the model's heads need the vocabulary
-            self._dataset = VisionPretrainDataset(self.cfg.data)
+            self._dataset = VisionPretrainDataset(self.cfg.data, vocabulary=self._vocabulary)
         return self._dataset
 
     def build_model(self) -> nn.Module:

@@ -165,3 +165,50 @@ def test_stage0_continues_from_an_export(tmp_path, vision_data):
         VisionTask(VisionTaskConfig.from_dict(spec)).build_model()
     with pytest.raises(FileNotFoundError, match="stage-0 export"):  # when the task is made, not mid-run
         VisionTask(VisionTaskConfig.from_dict(dict(spec, init_from=str(tmp_path))))
+
+
+def test_towers_evaluation_scores_held_out_data_with_the_exports_vocabulary(tmp_path, vision_data):
+    from typer.testing import CliRunner
+
+    from chatrex.evaluation.towers import evaluate_towers
+    from chatrex.interfaces.cli import build_app
+
+    task = _task(vision_data, negatives=[2, 4])
+    untrained = task.build_model()
+    task.export(untrained, tmp_path / "untrained")
+    cfg = TrainConfig(output_dir=str(tmp_path / "s0"), max_steps=30, batch_size=4, lr=3e-3, warmup_steps=1,
+                      save_every=30, log_every=5, num_workers=0)
+    Trainer(task, cfg, device="cpu", progress=False).fit()
+
+    # "held-out" data: the same scenes, plus a category the towers never saw (dropped, not mislabelled)
+    held_out = tmp_path / "held_out.jsonl"
+    records = [json.loads(line) for line in vision_data.read_text().splitlines()]
+    for r in records:
+        r["image"] = str(vision_data.parent / r["image"])
+        r["regions"].append({"id": 3, "box": [60, 52, 70, 60], "category": "kite", "level": "instance"})
+    held_out.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+
+    trained = evaluate_towers(load_vision_pretrain(tmp_path / "s0" / "final"), held_out, progress=False)
+    before = evaluate_towers(load_vision_pretrain(tmp_path / "untrained"), held_out, progress=False)
+    assert trained["metrics"]["category"]["count"] == 12  # 3 known regions x 4 images; the kites are left out
+    assert trained["metrics"]["category"]["accuracy"] > 0.9
+    assert before["metrics"]["category"]["accuracy"] < trained["metrics"]["category"]["accuracy"]
+    assert trained["metrics"]["category"]["majority"] == pytest.approx(1 / 3)
+    assert trained["metrics"]["color"]["count"] == 8  # cars and houses have a colour, wheels do not
+    assert {"category/accuracy", "background/accuracy", "color/accuracy"} <= set(trained["headline"])
+
+    runner = CliRunner()
+    out = tmp_path / "res" / "towers.json"
+    ok = runner.invoke(build_app(), ["eval", "towers", "--model", str(tmp_path / "s0" / "final"), "--data",
+                                     str(held_out), "--limit", "2", "--device", "cpu", "--out", str(out)])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(out.read_text())["config"]["images"] == 2 and out.with_suffix(".md").exists()
+    bad = runner.invoke(build_app(), ["eval", "towers", "--model", str(tmp_path), "--data", str(held_out)])
+    assert bad.exit_code == 1 and "stage-0 export" in bad.output
+    kites = tmp_path / "kites.jsonl"
+    for r in records:
+        r["regions"] = [x for x in r["regions"] if x["category"] == "kite"]
+    kites.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    none = runner.invoke(build_app(), ["eval", "towers", "--model", str(tmp_path / "s0" / "final"), "--data", str(kites),
+                                       "--device", "cpu", "--out", str(out)])
+    assert none.exit_code == 1 and "no region of a category" in none.output

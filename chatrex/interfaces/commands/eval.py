@@ -274,6 +274,42 @@ def object_tokens_cmd(
     run_eval_command("object-tokens", pipe, data, images, out, limit, 1, model_name=str(model), level=level.value)
 
 
+def towers_cmd(
+    model: Path = typer.Option(..., "--model", "-m", help="A stage-0 export (`chatrex train vision`'s final/)."),
+    data: Path = typer.Option(..., "--data", "-d", help="JSONL records of a held-out split, e.g. data/world/test.jsonl."),
+    out: Optional[Path] = _OUT, limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N images."),
+    batch_size: int = _BATCH, device: Optional[str] = _DEVICE,
+) -> None:
+    """Stage-0 towers on held-out data: category, background and attribute accuracy of the export's heads."""
+    from rich.console import Console
+
+    from chatrex.evaluation.report import format_value, scalar_metrics, write_results
+    from chatrex.evaluation.towers import evaluate_towers
+    from chatrex.training.vision_task import load_vision_pretrain
+    from chatrex.utils.image import ImageLoadError
+
+    out = out or Path("results") / "towers.json"
+    if out.suffix.lower() != ".json":
+        _fail(f"--out must be a .json file, got '{out}'")
+    if not data.is_file():
+        _fail(f"data file '{data}' does not exist")
+    try:
+        towers = load_vision_pretrain(model)
+    except (FileNotFoundError, ValueError, KeyError, OSError) as exc:
+        _fail(f"could not load a stage-0 export from '{model}': {exc}")
+    try:
+        result = evaluate_towers(towers, data, limit=limit, batch_size=batch_size, device=device or _default_device())
+    except (ValueError, OSError, ImageLoadError) as exc:
+        _fail(f"towers: {exc}")
+    result["config"]["model"] = str(model)
+    json_path, md_path = write_results(result, out)
+    flat = scalar_metrics(result["metrics"])
+    console = Console()
+    for key in result["headline"]:
+        console.print(f"{key:28s} {format_value(flat[key])}", highlight=False)
+    console.print(f"wrote {json_path} and {md_path}", highlight=False, soft_wrap=True)
+
+
 def summary_cmd(
     results: List[Path] = typer.Argument(..., help="Result JSON files written by 'chatrex eval TASK'."),
     out: Path = typer.Option(Path("summary.md"), "--out", "-o", help="Markdown file to write."),
@@ -306,6 +342,7 @@ def build_eval_app() -> typer.Typer:
     eval_app.command("counting")(counting_cmd)
     eval_app.command("pope")(pope_cmd)
     eval_app.command("object-tokens")(object_tokens_cmd)
+    eval_app.command("towers")(towers_cmd)
     eval_app.command("summary")(summary_cmd)
     return eval_app
 
