@@ -40,6 +40,11 @@ GGUF_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
 mkdir -p "$RUNS"
 log() { echo "[$(date +%H:%M:%S)] $*"; }
+towers_eval() {  # what the stage-0 towers know, on held-out images, before ChatRex reads them
+  mkdir -p "$RUNS/eval_stage0"
+  timeout 300 $CLI eval towers --model "$RUNS/chatrex_stage0/final" --data "$DATA/test.jsonl" --limit 200 \
+    --device "${EVAL_DEVICE:-cuda}" --out "$RUNS/eval_stage0/test-towers.json" > "$RUNS/eval_stage0/towers.log" 2>&1
+}
 
 case "${1:-}" in
 setup)
@@ -81,6 +86,7 @@ _variants)
   # the towers come back with the next `wait` call, so they survive a lost machine
   mkdir -p "$RUNS/s0_out" && tar czf "$RUNS/s0.tgz" -C "$RUNS/chatrex_stage0" final metrics.jsonl \
     && split -b 15M "$RUNS/s0.tgz" "$RUNS/s0_out/s0.tgz." && log "stage-0 towers packed"
+  towers_eval &  # held-out accuracy of the towers; the next `wait` shows it
   while [ ! -e "$GGUF.ok" ]; do sleep 5; done
   # two runs at the recipe's full batch need more than one H200 (77 + 58 GiB, then cuDNN attention
   # fails): each takes half the batch with two micro-steps per optimizer step (same effective batch)
@@ -110,9 +116,10 @@ finish_variants)
     tar czf "$OUT/logs.tgz" -C "$RUNS" variants.log stage0.log chatrex_stage0/metrics.jsonl chatrex_stage0/loss.png \
       v1.log v2.log v1/stage1.log v1/stage2.log v2/stage2.log v1/chatrex_stage1/metrics.jsonl v1/chatrex_stage1/loss.png \
       v1/chatrex_stage2/metrics.jsonl v1/chatrex_stage2/loss.png v2/chatrex_stage2/metrics.jsonl v2/chatrex_stage2/loss.png \
-      eval_v1 eval_v2 2>/dev/null
+      eval_v1 eval_v2 eval_stage0 2>/dev/null
   }
   [ -n "${OUT:-}" ] && pack_variant_logs && ls -la "$OUT"
+  [ -f "$RUNS/eval_stage0/test-towers.json" ] || towers_eval &
   for v in v1 v2; do
     mkdir -p "$RUNS/eval_$v"
     gen=(--batch-size 16 --max-new-tokens 128 --device "${EVAL_DEVICE:-cuda}")
@@ -125,6 +132,7 @@ finish_variants)
   done
   wait
   for v in v1 v2; do echo "== $v"; $CLI eval summary "$RUNS/eval_$v"/*.json --out "$RUNS/eval_$v/summary.md" > /dev/null 2>&1; cat "$RUNS/eval_$v/summary.md"; done
+  echo "== stage-0 towers"; cat "$RUNS/eval_stage0/test-towers.md" 2>/dev/null
   [ -n "${OUT:-}" ] && pack_variant_logs
   ;;
 train)
@@ -157,6 +165,7 @@ wait)
   for m in v1/chatrex_stage1 v1/chatrex_stage2 v2/chatrex_stage2; do  # the object path's signal
     [ -f "$RUNS/$m/metrics.jsonl" ] && python3 -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; k='loss_task/region_category'; v=[x[k] for x in r if k in x]; print(sys.argv[1], 'step', r[-1]['step'], 'region_category loss', [round(x,3) for x in v[:2]], '...', [round(x,3) for x in v[-4:]])" "$RUNS/$m/metrics.jsonl"
   done
+  [ -f "$RUNS/eval_stage0/test-towers.md" ] && grep -E "category/(accuracy|majority)" "$RUNS/eval_stage0/test-towers.md"
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
   ;;
 finish)
