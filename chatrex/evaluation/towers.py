@@ -46,7 +46,7 @@ def evaluate_towers(
     """
     from tqdm.auto import tqdm
 
-    from chatrex.training.vision_task import VisionTask, VisionTaskConfig
+    from chatrex.training.vision_task import VisionTask, VisionTaskConfig, vision_overrides
 
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -54,11 +54,8 @@ def evaluate_towers(
         raise ValueError(f"limit must be at least 1, got {limit}")
     start = time.perf_counter()
     vocab = model.vocabulary
-    cfg = model.config
-    vision = {"vision_config": cfg.vision_config.to_dict(), "aux_vision_config": cfg.aux_vision_config,
-              "vision_feature_layer": cfg.vision_feature_layer, "roi_output_size": cfg.roi_output_size}
     data_cfg = VisionDataConfig(files=[str(data)], attributes=list(vocab.attributes))
-    task = VisionTask(VisionTaskConfig(vision=vision, data=data_cfg), vocabulary=vocab)
+    task = VisionTask(VisionTaskConfig(vision=vision_overrides(model.config), data=data_cfg), vocabulary=vocab)
     dataset = task.dataset
     n = len(dataset) if limit is None else min(limit, len(dataset))
     model = model.to(device).eval()

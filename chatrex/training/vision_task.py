@@ -76,6 +76,12 @@ def vision_config(overrides: dict[str, Any]) -> ChatRexConfig:
     return with_overrides(chatrex_small(), overrides)
 
 
+def vision_overrides(config: ChatRexConfig) -> dict[str, Any]:
+    """The vision side of ``config`` as a ``task.vision`` dict: :func:`vision_config` of it gives it back."""
+    return {"vision_config": config.vision_config.to_dict(), "aux_vision_config": config.aux_vision_config,
+            "vision_feature_layer": config.vision_feature_layer, "roi_output_size": config.roi_output_size}
+
+
 class VisionPretrainModel(nn.Module):
     """The two towers (named as in ``ChatRexForConditionalGeneration``) plus training heads.
 
@@ -219,10 +225,7 @@ class VisionTask:
         state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
         (out_dir / CONFIG_FILE).write_text(json.dumps({
-            "vision": {"vision_config": self.config.vision_config.to_dict(),
-                       "aux_vision_config": self.config.aux_vision_config,
-                       "vision_feature_layer": self.config.vision_feature_layer,
-                       "roi_output_size": self.config.roi_output_size},
+            "vision": vision_overrides(self.config),
             "vocabulary": model.vocabulary.to_dict(),
             "head_dim": self.cfg.head_dim,
         }, indent=2))
@@ -286,4 +289,4 @@ def load_pretrained_towers(model: nn.Module, path: str | Path) -> int:
 
 
 __all__ = ["VisionTaskConfig", "VisionPretrainModel", "VisionTask", "vision_losses", "vision_config",
-           "load_vision_pretrain", "load_pretrained_towers"]
+           "vision_overrides", "load_vision_pretrain", "load_pretrained_towers"]

@@ -100,14 +100,10 @@ def run_eval_command(
 
     Bad data, bad options and unreadable model output end with a one-line error (exit code 1).
     """
-    from rich.console import Console
-    from rich.table import Table
-
     from chatrex.evaluation.boxes import BoxError
     from chatrex.evaluation.coco import CocoFormatError
     from chatrex.evaluation.datasets import EvalDataError
     from chatrex.evaluation.evaluate import evaluate
-    from chatrex.evaluation.report import format_value, scalar_metrics
     from chatrex.evaluation.runners.common import PredictorError
     from chatrex.utils.image import ImageLoadError
 
@@ -119,7 +115,18 @@ def run_eval_command(
                           progress=progress, model_name=model_name, **options)
     except (EvalDataError, CocoFormatError, BoxError, ImageLoadError, PredictorError, ValueError, OSError) as exc:
         _fail(f"{task}: {exc}")
-    table = Table(title=f"{task} ({result['config'].get('data_kind')})")
+    show_result(f"{task} ({result['config'].get('data_kind')})", result)
+    return result
+
+
+def show_result(title: str, result: dict) -> None:
+    """Print a result's headline metrics as a table, and where it was written."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from chatrex.evaluation.report import format_value, scalar_metrics
+
+    table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     flat = scalar_metrics(result["metrics"])
@@ -130,7 +137,6 @@ def run_eval_command(
     console.print(table)
     console.print(f"wrote {result['files']['json']} and {result['files']['markdown']}", highlight=False,
                   soft_wrap=True)
-    return result
 
 
 # ------------------------------------------------------------------------------------------------
@@ -281,9 +287,7 @@ def towers_cmd(
     batch_size: int = _BATCH, device: Optional[str] = _DEVICE,
 ) -> None:
     """Stage-0 towers on held-out data: category, background and attribute accuracy of the export's heads."""
-    from rich.console import Console
-
-    from chatrex.evaluation.report import format_value, scalar_metrics, write_results
+    from chatrex.evaluation.report import write_results
     from chatrex.evaluation.towers import evaluate_towers
     from chatrex.training.vision_task import load_vision_pretrain
     from chatrex.utils.image import ImageLoadError
@@ -303,11 +307,8 @@ def towers_cmd(
         _fail(f"towers: {exc}")
     result["config"]["model"] = str(model)
     json_path, md_path = write_results(result, out)
-    flat = scalar_metrics(result["metrics"])
-    console = Console()
-    for key in result["headline"]:
-        console.print(f"{key:28s} {format_value(flat[key])}", highlight=False)
-    console.print(f"wrote {json_path} and {md_path}", highlight=False, soft_wrap=True)
+    result["files"] = {"json": str(json_path), "markdown": str(md_path)}
+    show_result("towers (stage-0 heads, held out)", result)
 
 
 def summary_cmd(
