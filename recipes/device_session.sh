@@ -40,6 +40,8 @@ GGUF_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
 mkdir -p "$RUNS"
 log() { echo "[$(date +%H:%M:%S)] $*"; }
+half() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['train']['batch_size'] // 2)" "$1"; }  # a recipe's half batch
+training_running() { pgrep -f "device_session.sh _variants|recipes/reproduce.sh" > /dev/null; }
 towers_eval() {  # what the stage-0 towers know, on held-out images, before ChatRex reads them
   mkdir -p "$RUNS/eval_stage0"
   timeout 300 $CLI eval towers --model "$RUNS/chatrex_stage0/final" --data "$DATA/test.jsonl" --limit 200 \
@@ -91,7 +93,6 @@ _variants)
   # two runs at the recipe's full batch need more than one H200 (77 + 58 GiB, then cuDNN attention
   # fails): each takes half the batch with two micro-steps per optimizer step (same effective batch)
   export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-  half() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['train']['batch_size'] // 2)" "$1"; }
   W="--set train.num_workers=7 --set train.grad_accum=2 ${V_ARGS:-}"
   W1="--set train.batch_size=$(half recipes/chatrex_small_stage1.json) $W"
   W2="--set train.batch_size=$(half recipes/chatrex_small_stage2.json) $W"
@@ -139,7 +140,6 @@ train)
   if [ "$NGPU" -gt 1 ]; then
     export UPN_GPUS=$(seq -s, 0 $((NGPU - 2))) CHATREX_GPU=$((NGPU - 1))
   else
-    half() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['train']['batch_size'] // 2)" "$1"; }
     export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
     export UPN_ARGS="--set train.batch_size=$(half recipes/upn_small.json) --set train.grad_accum=2 ${UPN_ARGS:-}"
     export S1_ARGS="--set train.batch_size=$(half recipes/chatrex_small_stage1.json) --set train.grad_accum=2 ${S1_ARGS:-}"
@@ -154,8 +154,8 @@ wait)
   # machine idle for the rest of the call)
   end=$(( $(date +%s) + ${2:-120} ))
   sleep 5
-  while [ "$(date +%s)" -lt "$end" ] && pgrep -f "device_session.sh _variants|recipes/reproduce.sh" > /dev/null; do sleep 5; done
-  pgrep -f "device_session.sh _variants|recipes/reproduce.sh" > /dev/null || log "no training running"
+  while [ "$(date +%s)" -lt "$end" ] && training_running; do sleep 5; done
+  training_running || log "no training running"
   if [ -n "${OUT:-}" ] && [ -d "$RUNS/s0_out" ] && [ ! -e "$RUNS/s0_out.sent" ] && grep -q "towers packed" "$RUNS/variants.log"; then
     cp "$RUNS"/s0_out/* "$OUT"/ && touch "$RUNS/s0_out.sent" && echo "stage-0 towers in \$OUT"
   fi
