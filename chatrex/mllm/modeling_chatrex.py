@@ -8,6 +8,9 @@ Parameter layout (LLaVA / RexSeek style)::
     vision_tower_aux.*       ConvNeXt trunk (vision_tower_aux.trunk.*)
     mm_projector.{0,2}.*     Linear(C_clip + C_last → H), GELU, Linear(H → H)
     mm_object_projector.{0,2}.*  Linear(C_total → H), GELU, Linear(H → H)
+    mm_object_trunk.{0,2}.*  only with ``config.object_trunk_dim`` D > 0 (ours, not in official checkpoints):
+                             Linear(C_total → D), GELU, LayerNorm(D) before ``mm_object_projector``,
+                             which then reads D channels
 
 Sequence layout: the processor writes g² ``<image>`` placeholders (one per image token) and one
 ``<objfeat>`` placeholder per box; :meth:`ChatRexForConditionalGeneration.merge_multimodal_embeddings`
@@ -180,6 +183,11 @@ def _projector(in_dim: int, hidden: int, act: str) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden), ACT2FN[act], nn.Linear(hidden, hidden))
 
 
+def object_trunk(in_dim: int, dim: int) -> nn.Sequential:
+    """Linear(in_dim → dim), GELU, LayerNorm(dim): the stage-0 object head's trunk, and ``mm_object_trunk``."""
+    return nn.Sequential(nn.Linear(in_dim, dim), nn.GELU(), nn.LayerNorm(dim))
+
+
 class ChatRexPreTrainedModel(PreTrainedModel):
     config_class = ChatRexConfig
     config: ChatRexConfig
@@ -230,7 +238,9 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
         self.vision_tower_aux = ConvNeXtTower(ConvNeXtTowerConfig.from_dict(config.aux_vision_config))
         hidden = config.text_config.hidden_size
         self.mm_projector = _projector(config.image_feature_dim, hidden, config.projector_hidden_act)
-        self.mm_object_projector = _projector(config.object_feature_dim, hidden, config.projector_hidden_act)
+        if config.object_trunk_dim:
+            self.mm_object_trunk = object_trunk(config.object_feature_dim, config.object_trunk_dim)
+        self.mm_object_projector = _projector(config.object_projector_in_dim, hidden, config.projector_hidden_act)
         self.post_init()
 
     # ---------------------------------------------------------------- embeddings (HF API)
@@ -279,6 +289,13 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
     def get_object_features(self, levels: list[torch.Tensor], boxes: list[torch.Tensor]) -> torch.Tensor:
         """Object tokens (sum K_i, H) for ``boxes`` (B tensors (K_i, 4), xyxy normalised to the padded square)."""
         feats = encode_objects(levels, boxes, self.config.image_size_aux, self.config.roi_output_size)
+        return self.project_objects(feats)
+
+    def project_objects(self, feats: torch.Tensor) -> torch.Tensor:
+        """Object tokens (N, H) from pooled object features (N, C_total) (:func:`encode_objects`' output):
+        through ``mm_object_trunk`` when the model has one, then ``mm_object_projector``."""
+        if self.config.object_trunk_dim:
+            feats = self.mm_object_trunk(feats.to(self.mm_object_trunk[0].weight.dtype))
         return self.mm_object_projector(feats.to(self.mm_object_projector[0].weight.dtype))
 
     def merge_multimodal_embeddings(

@@ -47,7 +47,8 @@ class ChatRexTaskConfig:
             fresh ones (used when ``init_from`` is not set).
         data: the data options (``ChatRexDataConfig``); its stage defaults to this stage.
         lora: stage 2 LoRA options; ``lora.enabled = False`` fine-tunes the whole LLM.
-        vision_lr_mult: learning-rate factor of the vision towers; 0 freezes them.
+        vision_lr_mult: learning-rate factor of what stage 0 trained: the vision towers and, when the model
+            has one (``vision.object_trunk_dim`` > 0), the object trunk; 0 freezes them.
         object_row_noise: with a fresh model, add noise of this many base-row stds to the ``<objK>``
             rows so that the indices start distinct (0: the paper's mean init; see
             :func:`chatrex.mllm.tokens.spread_object_rows`).
@@ -175,6 +176,8 @@ class ChatRexTask:
         trained = [model.mm_projector, model.mm_object_projector]
         if self.cfg.vision_lr_mult > 0:
             trained += [model.vision_tower, model.vision_tower_aux]
+            if model.config.object_trunk_dim:
+                trained.append(model.mm_object_trunk)
         for module in trained:
             module.requires_grad_(True)
         if self.cfg.stage == "stage2":
@@ -202,7 +205,8 @@ class ChatRexTask:
 
     def param_groups(self, model: nn.Module, train_cfg) -> list[dict[str, Any]]:
         return default_param_groups(model, train_cfg.lr, train_cfg.weight_decay,
-                                    {"vision_tower": self.cfg.vision_lr_mult})
+                                    {"vision_tower": self.cfg.vision_lr_mult,
+                                     "mm_object_trunk": self.cfg.vision_lr_mult})
 
     # ------------------------------------------------------------------ data
     def build_dataset(self) -> ChatRexDataset:

@@ -31,6 +31,7 @@ from chatrex.data.vision_dataset import (
     dense_labels,
 )
 from chatrex.mllm.configuration_chatrex import ChatRexConfig
+from chatrex.mllm.modeling_chatrex import object_trunk
 from chatrex.mllm.object_encoder import encode_objects
 from chatrex.mllm.vision_towers import CLIPVisionTower, ConvNeXtTower, ConvNeXtTowerConfig
 from chatrex.training.task import default_param_groups
@@ -99,8 +100,7 @@ class VisionPretrainModel(nn.Module):
         n_cat = len(vocabulary.categories)
         self.dense_clip = nn.Linear(int(config.vision_config.hidden_size), n_cat)
         self.dense_convnext = nn.Linear(int(config.aux_vision_config["dims"][-1]), n_cat)
-        self.object_trunk = nn.Sequential(nn.Linear(config.object_feature_dim, head_dim), nn.GELU(),
-                                          nn.LayerNorm(head_dim))
+        self.object_trunk = object_trunk(config.object_feature_dim, head_dim)
         heads = {"category": nn.Linear(head_dim, n_cat)}
         heads.update({name: nn.Linear(head_dim, len(values)) for name, values in vocabulary.attributes.items()})
         self.object_heads = nn.ModuleDict(heads)
@@ -271,17 +271,32 @@ def _read_meta(path: Path) -> dict[str, Any]:
 
 def load_pretrained_towers(model: nn.Module, path: str | Path) -> int:
     """Copy the towers of a stage-0 export into ``model`` (a ChatRex model or anything with the same
-    ``vision_tower`` / ``vision_tower_aux``). Returns the number of tensors loaded.
+    ``vision_tower`` / ``vision_tower_aux``), and its object head's trunk into ``model.mm_object_trunk``
+    when the model has one (``config.object_trunk_dim`` > 0). Returns the number of tensors loaded.
 
-    Raises ``ValueError`` when the export's towers do not have exactly the model's tensors and shapes.
+    Raises ``ValueError`` when the export's towers (or trunk) do not have exactly the model's tensors and shapes.
     """
     from chatrex.mllm.modeling_chatrex import load_state_dict_report
 
     path = Path(path)
-    _read_meta(path)
-    towers = nn.ModuleDict({"vision_tower": model.vision_tower, "vision_tower_aux": model.vision_tower_aux})
-    report = load_state_dict_report(towers, path / WEIGHTS_FILE,
-                                    key_mapping=lambda k: k if k.startswith(TOWER_PREFIXES) else None)
+    meta = _read_meta(path)
+    parts = {"vision_tower": model.vision_tower, "vision_tower_aux": model.vision_tower_aux}
+    trunk = getattr(model, "mm_object_trunk", None)
+    if trunk is not None:
+        head_dim = int(meta.get("head_dim", 512))
+        if head_dim != trunk[0].out_features:
+            raise ValueError(f"the stage-0 export '{path}' has an object trunk of width {head_dim}, but this model's "
+                             f"object_trunk_dim is {trunk[0].out_features}; set them equal")
+        parts["mm_object_trunk"] = trunk
+
+    def rename(key: str) -> str | None:
+        if key.startswith(TOWER_PREFIXES):
+            return key
+        if trunk is not None and key.startswith("object_trunk."):
+            return "mm_" + key
+        return None
+
+    report = load_state_dict_report(nn.ModuleDict(parts), path / WEIGHTS_FILE, key_mapping=rename)
     if not report.ok:
         raise ValueError(f"the towers in '{path}' do not fit this model (check task.vision against the "
                          f"stage-0 recipe's):\n{report.summary()}")

@@ -187,6 +187,35 @@ def test_parameter_layout_and_key_mapping_report(tiny_tokenizer, tiny_processor)
 
 
 @torch.no_grad()
+def test_object_trunk_runs_before_the_projector_and_round_trips(tiny_model, tiny_processor, tmp_path):
+    """object_trunk_dim = D adds Linear-GELU-LayerNorm(D) before mm_object_projector; 0 keeps the paper's layout."""
+    from chatrex.mllm.object_encoder import encode_objects
+    from chatrex.mllm.presets import with_overrides
+
+    assert not any(k.startswith("mm_object_trunk") for k in tiny_model.state_dict())
+    torch.manual_seed(7)
+    cfg = with_overrides(tiny_model.config, {"object_trunk_dim": 12})
+    model = ChatRexForConditionalGeneration(cfg).eval()
+    assert model.mm_object_projector[0].in_features == 12
+    assert model.mm_object_trunk[0].in_features == cfg.object_feature_dim
+    b = _batch(tiny_processor)
+    _, levels = model.get_image_features(b["pixel_values"], b["pixel_values_aux"])
+    feats = encode_objects(levels, b["boxes"], cfg.image_size_aux, cfg.roi_output_size)
+    hidden = torch.nn.functional.layer_norm(torch.nn.functional.gelu(model.mm_object_trunk[0](feats)), (12,),
+                                            model.mm_object_trunk[2].weight, model.mm_object_trunk[2].bias)
+    torch.testing.assert_close(model.get_object_features(levels, b["boxes"]), model.mm_object_projector(hidden))
+
+    model.save_pretrained(tmp_path / "m")
+    loaded = ChatRexForConditionalGeneration.from_pretrained(tmp_path / "m", attn_implementation="eager").eval()
+    assert loaded.config.object_trunk_dim == 12
+    model.config.text_config._attn_implementation = "eager"
+    model.config.vision_config._attn_implementation = "eager"
+    torch.testing.assert_close(loaded(**b).logits, model(**b).logits, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="object_trunk_dim"):
+        with_overrides(tiny_model.config, {"object_trunk_dim": -1})
+
+
+@torch.no_grad()
 def test_qwen2_llm_works(tiny_tokenizer, tiny_processor):
     model = make_model(tiny_tokenizer, text_model_type="qwen2", seed=6)
     assert type(model.model).__name__ == "Qwen2Model"

@@ -37,13 +37,16 @@ def test_recipe_parses(path: Path):
 @pytest.mark.parametrize("prefix", ["chatrex_small", "cpu_object_path"])
 def test_chatrex_stages_fit_the_stage0_towers(prefix: str):
     """Stage 1, and stage 2 when stage 1 is skipped (``S1_BUDGET=0`` starts stage 2 fresh from the towers),
-    build their towers from ``task.vision``: it must be stage 0's, or the pretrained towers do not load."""
-    stage0 = load_recipe(RECIPES / f"{prefix}_stage0.json")["task"]["vision"]
+    build their towers from ``task.vision``: it must be stage 0's, or the pretrained towers do not load. An
+    object trunk (``object_trunk_dim``) is loaded from stage 0's object head, so its width is ``head_dim``."""
+    stage0 = load_recipe(RECIPES / f"{prefix}_stage0.json")["task"]
     stages = sorted(RECIPES.glob(f"{prefix}_stage[12].json"))
     assert stages
     for path in stages:
-        task = ChatRexTaskConfig.from_dict(load_recipe(path)["task"])
-        assert task.vision == stage0, f"{path.name}: task.vision differs from {prefix}_stage0.json"
+        vision = dict(ChatRexTaskConfig.from_dict(load_recipe(path)["task"]).vision)
+        trunk = vision.pop("object_trunk_dim", 0)
+        assert vision == stage0["vision"], f"{path.name}: task.vision differs from {prefix}_stage0.json"
+        assert trunk in (0, stage0.get("head_dim", 512)), f"{path.name}: object_trunk_dim is not stage 0's head_dim"
 
 
 def test_default_chain_freezes_towers_and_spreads_object_rows():

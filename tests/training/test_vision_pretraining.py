@@ -136,6 +136,44 @@ def test_towers_of_another_shape_are_refused(tmp_path, vision_data):
     assert load_pretrained_towers(model, tmp_path / "s0") > 0
 
 
+def test_object_trunk_comes_from_stage0_and_follows_vision_lr_mult(tmp_path, vision_data, base_dir):  # noqa: F811
+    """vision.object_trunk_dim = head_dim: stage 1 starts mm_object_trunk from the stage-0 head's trunk, frozen
+    with the towers at vision_lr_mult 0; the stage-1 delta keeps it; another width is refused by name."""
+    from chatrex.mllm.delta import load_delta
+
+    first = _task(vision_data)
+    trained = first.build_model()
+    with torch.no_grad():
+        for p in trained.object_trunk.parameters():
+            p.add_(torch.randn_like(p))
+    first.export(trained, tmp_path / "s0")
+
+    def stage1(dim, lr_mult):
+        spec = {"stage": "stage1", "base": str(base_dir), "vision": dict(TINY_VISION, object_trunk_dim=dim),
+                "vision_init": str(tmp_path / "s0"), "vision_lr_mult": lr_mult, "data": {"files": [str(vision_data)]}}
+        task = ChatRexTask(ChatRexTaskConfig.from_dict(spec))
+        return task, task.build_model()
+
+    task, model = stage1(32, 0.0)
+    for name, tensor in trained.object_trunk.state_dict().items():
+        torch.testing.assert_close(model.mm_object_trunk.state_dict()[name], tensor, msg=name)
+    assert not any(p.requires_grad for p in model.mm_object_trunk.parameters())
+    assert all(p.requires_grad for p in model.mm_object_projector.parameters())
+    assert model.mm_object_projector[0].in_features == 32
+    task.export(model, tmp_path / "s1")
+    reloaded, _ = load_delta(tmp_path / "s1")
+    assert reloaded.config.object_trunk_dim == 32
+    torch.testing.assert_close(reloaded.mm_object_trunk[0].weight, trained.object_trunk[0].weight.bfloat16().float())  # stored as bf16
+
+    task, model = stage1(32, 0.5)
+    assert all(p.requires_grad for p in model.mm_object_trunk.parameters())
+    trunk_group = [g for g in task.param_groups(model, TrainConfig(lr=1.0))
+                   if any(p is model.mm_object_trunk[0].weight for p in g["params"])]
+    assert trunk_group[0]["lr"] == 0.5
+    with pytest.raises(ValueError, match="object trunk of width 32"):
+        stage1(16, 0.0)
+
+
 def test_vocabulary_round_trips():
     v = VisionVocabulary(["background", "a"], {"color": ["red"]})
     assert VisionVocabulary.from_dict(json.loads(json.dumps(v.to_dict()))) == v

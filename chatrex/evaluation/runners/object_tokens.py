@@ -2,7 +2,7 @@
 
 For each image, the ground-truth boxes go through the model's own processor, vision towers, object
 encoder and projectors (no generation). The runner reports, at three points of the object path
-(pooled RoI features; + box embedding, i.e. before ``mm_object_projector``; object tokens after it):
+(pooled RoI features; + box embedding, i.e. what enters the object trunk or projector; object tokens after it):
 
 * the mean within-image cosine between the boxes' vectors (1.0: every box gives the same token);
 * the held-out accuracy of a linear probe from the vectors to the box's category (images alternate
@@ -50,7 +50,7 @@ def labelled_boxes(data: EvalData, level: str = "instance") -> list[tuple[str, l
 
 def _model_and_processor(predictor: Any) -> tuple[Any, Any]:
     model, processor = getattr(predictor, "model", None), getattr(predictor, "processor", None)
-    needed = ("get_image_features", "mm_object_projector", "config")
+    needed = ("get_image_features", "project_objects", "config")
     if model is None or processor is None or not all(hasattr(model, n) for n in needed):
         raise PredictorError("object tokens need a ChatRexPipeline (its .model and .processor), not "
                              f"{type(predictor).__name__}")
@@ -93,7 +93,7 @@ def run_object_tokens(
                 norm_boxes = [inputs["boxes"][0].to(param.device)]
                 roi = encode_objects(levels, norm_boxes, cfg.image_size_aux, cfg.roi_output_size, box_embedding=False)
                 pre = roi + xyxy_box_embedding(norm_boxes[0], roi.shape[1] // 4).to(roi.dtype)  # = encode_objects(...)
-                tokens = model.mm_object_projector(pre.to(model.mm_object_projector[0].weight.dtype))
+                tokens = model.project_objects(pre)
                 for point, v in zip(POINTS, (roi, pre, tokens)):
                     vectors[point].append(v.float().cpu())
                 image_of_box += [index] * len(boxes)
