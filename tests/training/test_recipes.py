@@ -50,11 +50,13 @@ def test_chatrex_stages_fit_the_stage0_towers(prefix: str):
 
 
 def test_default_chain_freezes_towers_and_spreads_object_rows():
-    """The default ChatRex recipes train on frozen stage-0 towers with distinct <objK> rows (README, Default
-    model: the shared row and trainable towers let the object tokens collapse)."""
+    """The default ChatRex recipes train on frozen stage-0 towers, read the object features through the
+    stage-0 trunk, and start the <objK> rows distinct (docs/object_path.md: without these the object
+    tokens collapsed)."""
     for stage in ("stage1", "stage2"):
         task = ChatRexTaskConfig.from_dict(load_recipe(RECIPES / f"chatrex_small_{stage}.json")["task"])
         assert task.stage == stage
         assert task.vision_lr_mult == 0.0
         assert task.object_row_noise > 0
+        assert task.vision["object_trunk_dim"] == load_recipe(RECIPES / "chatrex_small_stage0.json")["task"]["head_dim"]
     assert ChatRexTaskConfig.from_dict(load_recipe(RECIPES / "chatrex_small_stage2.json")["task"]).lora.enabled
