@@ -71,20 +71,22 @@ chatrex_chain() {
     log "stage 0 skipped: towers from $towers"
   elif stage0; then
     log "stage 0 done"
-  else  # the towers then start from scratch in stage 1, as in the first default model
-    log "stage 0 FAILED (see $RUNS/stage0.log); stage 1 starts the towers from scratch"
+  else  # the towers then start from scratch and train in stage 1, as in the first default model
+    log "stage 0 FAILED (see $RUNS/stage0.log); stage 1 starts the towers from scratch and trains them"
     towers=null
   fi
+  local tower_args=(--set task.vision_init="$towers")
+  [ "$towers" = null ] && tower_args+=(--set task.vision_lr_mult=1.0)  # the recipes freeze them otherwise
   if [ -n "$WAIT_FOR" ]; then
     while [ ! -e "$WAIT_FOR" ]; do sleep 5; done
   fi
   local start=(--set task.init_from="$RUNS/chatrex_stage1/final")
   if [ "$S1_BUDGET" = 0 ]; then
     log "stage 1 skipped (S1_BUDGET=0): stage 2 starts from the towers and fresh projectors"
-    start=(--set task.init_from=null --set task.vision_init="$towers")
+    start=(--set task.init_from=null "${tower_args[@]}")
   else
     on_gpus "$gpu" $CHATREX train chatrex recipes/chatrex_small_stage1.json --set task.data.files="$files" \
-      --set task.vision_init="$towers" --set train.output_dir="$RUNS/chatrex_stage1" \
+      "${tower_args[@]}" --set train.output_dir="$RUNS/chatrex_stage1" \
       --set train.time_budget_s="$S1_BUDGET" $S1_ARGS > "$RUNS/stage1.log" 2>&1
     log "stage 1 done"
   fi

@@ -13,6 +13,7 @@ The loss covers the answer tokens only (the processor sets every other label to 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -160,6 +161,10 @@ class ChatRexTask:
     def build_model(self) -> nn.Module:
         from chatrex.mllm.processing_chatrex import ChatRexProcessor
 
+        if self.cfg.vision_lr_mult == 0 and not (self.cfg.init_from or self.cfg.vision_init):
+            warnings.warn("task.vision_lr_mult = 0 freezes the vision towers (and any object trunk) at their random "
+                          "initialisation: set task.vision_init to a stage-0 export, or vision_lr_mult > 0",
+                          stacklevel=2)
         model, tokenizer = self._from_previous(self.cfg.init_from) if self.cfg.init_from else self._fresh_model()
         vc = model.config.vision_config
         self.processor = ChatRexProcessor(tokenizer, image_size=vc.image_size,

@@ -275,7 +275,8 @@ def test_frozen_towers_and_distinct_object_rows(base_dir):
     plain_out = model.get_output_embeddings().weight.detach()[ids].clone()
     assert all(p.requires_grad for p in model.vision_tower_aux.parameters())
 
-    task, model, ids = build(vision_lr_mult=0.0, object_row_noise=1.0)
+    with pytest.warns(UserWarning, match="random initialisation"):  # frozen, with nothing loaded into them
+        task, model, ids = build(vision_lr_mult=0.0, object_row_noise=1.0)
     assert not any(p.requires_grad for p in model.vision_tower.parameters())
     assert not any(p.requires_grad for p in model.vision_tower_aux.parameters())
     assert all(p.requires_grad for p in model.mm_object_projector.parameters())
