@@ -152,8 +152,14 @@ class ChatRexTask:
 
         if not is_delta_dir(path):
             raise ValueError(f"init_from {path!r} is not a ChatRex delta directory (no {DELTA_CONFIG})")
-        model, tokenizer = load_delta(path)
         meta = json.loads((Path(path) / DELTA_CONFIG).read_text())
+        full_export = self.cfg.stage == "stage2" and not self.cfg.lora.enabled
+        if meta.get("lora") and not full_export:
+            raise ValueError(
+                f"init_from {path!r} holds LoRA factors: they are merged into the LLM on load, and this run's "
+                "export (a delta over the base LLM) would keep only its own LoRA, losing them. Start from the "
+                "stage-1 export, or set task.lora.enabled=false (the export is then the whole model)")
+        model, tokenizer = load_delta(path)
         self.base_vocab_size = meta["base_vocab_size"]
         self.fingerprint = base_fingerprint(model, self.base_vocab_size)
         return model, tokenizer

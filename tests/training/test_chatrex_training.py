@@ -194,6 +194,14 @@ def test_two_stages_train_and_export_as_delta(tmp_path, data_file, base_dir):
     assert not any("lora_" in n for n, _ in loaded2.named_parameters())  # merged
     torch.testing.assert_close(_logits(loaded2, s2.processor, image), _logits(m2.eval(), s2.processor, image),
                                rtol=3e-2, atol=3e-2)
+    # going on from a LoRA delta would drop its (merged) LoRA from the next delta: refused before loading
+    for stage in ("stage1", "stage2"):
+        again = ChatRexTask(ChatRexTaskConfig.from_dict({"stage": stage, "init_from": str(final), **common}))
+        with pytest.raises(ValueError, match="holds LoRA factors"):
+            again.build_model()
+    full = ChatRexTask(ChatRexTaskConfig.from_dict({"stage": "stage2", "init_from": str(final),
+                                                    "lora": {"enabled": False}, **common}))
+    assert full.build_model().model.layers[0].self_attn.q_proj.weight.requires_grad  # a full export keeps it all
     rows = [json.loads(x) for x in (tmp_path / "s2" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["answer_tokens"] > 0 for r in rows)
     # every logged step names the loss of at least one task of the stage's mix
