@@ -28,6 +28,14 @@ def test_eval_referring_and_proposals_with_saved_model(model_dir, tmp_path):
     assert saved["metrics"]["num_samples"] == 2 and 0.0 <= saved["metrics"]["Acc@0.5"] <= 1.0
     assert all("raw_text" in p["answer"] for p in saved["predictions"])
     assert out.with_suffix(".md").is_file()
+    gt = tmp_path / "res" / "referring-gt.json"
+    res = runner.invoke(build_app(), ["eval", "referring", "--model", str(model_dir), "--data", str(data),
+                                      "--out", str(gt), "--batch-size", "2", "--device", "cpu",
+                                      "--max-new-tokens", "4", "--boxes", "gt"])
+    assert res.exit_code == 0, res.output
+    saved = json.loads(gt.read_text())
+    assert saved["config"]["boxes"] == "gt" and saved["metrics"]["boxes_per_query"] == 3
+    assert saved["metrics"]["chance@0.5"] == pytest.approx(1 / 3)
 
     prop = tmp_path / "res" / "proposals.json"
     res = runner.invoke(build_app(), ["eval", "proposals", "--model", str(model_dir), "--data", str(data),

@@ -109,6 +109,41 @@ def test_referring_world_and_refcoco(tmp_path):
     assert ok["metrics"]["num_samples"] == 2 and ok["metrics"]["Acc@0.5"] == 1.0
 
 
+def test_referring_on_ground_truth_boxes(tmp_path):
+    """boxes="gt": the model gets the image's ground-truth regions (shuffled, the same every run) and the
+    result reports the accuracy of a random index."""
+    data = load_eval_data(write_world(tmp_path))
+    targets = {"red car": [2.0, 2.0, 30.0, 20.0], "tall tree": [40.0, 5.0, 60.0, 40.0], "person": [0.0, 0.0, 8.0, 30.0]}
+
+    def oracle(q, given):
+        k = given.index(next(box for name, box in targets.items() if name in q))
+        return f"<ground>it</ground><objects><obj{k}></objects>", [], []
+
+    pipe = ScriptedPipeline(oracle)
+    result = run_referring(pipe, data, boxes="gt", progress=False)
+    m = result["metrics"]
+    assert m["Acc@0.5"] == 1.0 and m["num_samples"] == 3
+    assert m["chance@0.5"] == pytest.approx(1 / 3) and m["boxes_per_query"] == 3
+    given = [b for call in pipe.calls for b in call["boxes"]]
+    assert sorted(map(tuple, given[0])) == sorted(tuple(map(float, r)) for r in ([2, 2, 30, 20], [4, 14, 10, 20], [40, 5, 60, 40]))
+    again = ScriptedPipeline(oracle)
+    run_referring(again, data, boxes="gt", progress=False)
+    assert [b for call in again.calls for b in call["boxes"]] == given  # the same order every run
+    first = run_referring(ScriptedPipeline(lambda q, g: ("<ground>it</ground><objects><obj0></objects>", [], [])),
+                          data, boxes="gt", progress=False)
+    assert first["metrics"]["Acc@0.5"] < 1.0 and first["config"]["boxes"] == "gt"
+
+    with pytest.raises(ValueError, match="proposals' or 'gt'"):
+        run_referring(pipe, data, boxes="upn", progress=False)
+    with pytest.raises(EvalDataError, match="more than max_boxes"):
+        run_referring(pipe, data, boxes="gt", max_boxes=2, progress=False)
+    write_image(tmp_path / "coco_imgs" / "x.png", (64, 48))
+    ref = tmp_path / "refs.json"
+    ref.write_text(json.dumps([{"image": "x.png", "expressions": ["the man"], "bbox": [0, 0, 20, 40]}]))
+    with pytest.raises(EvalDataError, match="JSONL records"):
+        run_referring(pipe, load_eval_data(ref, images=tmp_path / "coco_imgs"), boxes="gt", progress=False)
+
+
 REGION_NAMES = {(2, 2, 30, 20): "cars", (4, 14, 10, 20): "tire", (40, 5, 60, 40): "tree",
                 (10, 10, 30, 30): "automobile", (32, 10, 50, 30): "truck", (0, 0, 8, 30): "man"}
 

@@ -1,7 +1,13 @@
-"""Referring expression comprehension: Acc@0.5 of the first grounded box."""
+"""Referring expression comprehension: Acc@0.5 of the first grounded box.
+
+The model picks among the UPN's proposals (``boxes="proposals"``, the paper's protocol) or, for world
+records, among all the image's ground-truth regions (``boxes="gt"``): a diagnostic that leaves the
+proposals' recall out and reports ``chance@<t>``, the accuracy of an index drawn at random.
+"""
 
 from __future__ import annotations
 
+import random
 from typing import Any, Optional
 
 from chatrex.evaluation.datasets import EvalData, EvalDataError
@@ -22,6 +28,31 @@ def referring_samples(data: EvalData) -> list[dict]:
     raise EvalDataError(f"referring needs RefCOCO-style JSON or JSONL records, not {data.kind} data ({data.source})")
 
 
+def ground_truth_box_lists(data: EvalData, max_boxes: int = 100) -> dict[tuple, list[list[float]]]:
+    """(record id, image) -> its regions' boxes (every level), in an order shuffled with the record id as seed,
+    at most ``max_boxes`` (``EvalDataError`` for a record with more: its targets might be cut)."""
+    if data.kind != "records":
+        raise EvalDataError(f"ground-truth boxes need JSONL records, not {data.kind} data ({data.source})")
+    lists = {}
+    for rec in data.records:
+        boxes = [[float(v) for v in r["box"]] for r in rec.get("regions", [])]
+        if len(boxes) > max_boxes:
+            raise EvalDataError(f"record {rec.get('id')} has {len(boxes)} regions, more than max_boxes={max_boxes}")
+        random.Random(f"{rec.get('id')}|{rec['image']}").shuffle(boxes)
+        lists[(rec.get("id"), rec["image"])] = boxes
+    return lists
+
+
+def random_index_accuracy(box_list: list, target: list, threshold: float) -> float:
+    """Accuracy of an index drawn uniformly from ``box_list``: the share of its boxes with IoU ≥ threshold."""
+    from chatrex.evaluation.boxes import as_boxes, box_iou
+
+    if not box_list:
+        return 0.0
+    ious = box_iou(as_boxes(box_list, "box list"), as_boxes(target, "target box"))[:, 0]
+    return float((ious >= threshold).mean())
+
+
 def run_referring(
     predictor: Any,
     data: EvalData,
@@ -32,13 +63,22 @@ def run_referring(
     max_boxes: int = 100,
     threshold: float = 0.5,
     progress: bool = True,
+    boxes: str = "proposals",
 ) -> dict:
     """Ask ``build_prompt("referring", expression=...)`` per sample; the first grounded box of the
-    answer (first grounding with an index) is compared with the ground truth."""
+    answer (first grounding with an index) is compared with the ground truth.
+
+    ``boxes``: "proposals" (the UPN's, the paper's protocol) or "gt" (world records: the image's
+    ground-truth regions, see :func:`ground_truth_box_lists`).
+    """
     from chatrex.grounding.prompts import build_prompt
 
+    if boxes not in ("proposals", "gt"):
+        raise ValueError(f"boxes must be 'proposals' or 'gt', got {boxes!r}")
     samples = limit_items(referring_samples(data), limit)
-    queries = [Query(s["image"], build_prompt("referring", expression=s["expression"])) for s in samples]
+    given = ground_truth_box_lists(data, max_boxes) if boxes == "gt" else {}
+    queries = [Query(s["image"], build_prompt("referring", expression=s["expression"]),
+                     boxes=given[(s["record"], s["image"])] if given else None) for s in samples]
     answers = run_queries(predictor, queries, batch_size=batch_size, granularity=granularity, min_score=min_score,
                           max_boxes=max_boxes, desc="referring", progress=progress)
     firsts = []
@@ -55,11 +95,16 @@ def run_referring(
     metrics = {f"Acc@{threshold:g}": acc["accuracy"], "num_samples": acc["num_samples"],
                "num_without_box": acc["num_without_box"],
                **answer_stats(answers)}
+    if given and samples:
+        lists = [given[(s["record"], s["image"])] for s in samples]
+        chance = [random_index_accuracy(b, s["box"], threshold) for b, s in zip(lists, samples)]
+        metrics[f"chance@{threshold:g}"] = sum(chance) / len(chance)
+        metrics["boxes_per_query"] = sum(len(b) for b in lists) / len(lists)
     return {
         "task": "referring",
         "metrics": metrics,
         "headline": [f"Acc@{threshold:g}"],
-        "config": {"granularity": granularity, "min_score": min_score, "max_boxes": max_boxes,
+        "config": {"boxes": boxes, "granularity": granularity, "min_score": min_score, "max_boxes": max_boxes,
                    "threshold": threshold, "limit": limit, "data": data.source, "data_kind": data.kind},
         "predictions": predictions,
     }

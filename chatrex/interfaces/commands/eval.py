@@ -30,6 +30,11 @@ class BoxKind(str, Enum):
     all = "all"
 
 
+class ReferringBoxes(str, Enum):
+    proposals = "proposals"
+    gt = "gt"
+
+
 class CaptionKind(str, Enum):
     brief = "brief"
     detailed = "detailed"
@@ -209,10 +214,13 @@ def referring_cmd(
     limit: Optional[int] = _LIMIT, batch_size: int = _BATCH, device: Optional[str] = _DEVICE,
     max_new_tokens: Optional[int] = _TOKENS,
     granularity: Granularity = _GRAN, min_score: float = _MIN_SCORE, max_boxes: int = _MAX_BOXES,
+    boxes: ReferringBoxes = typer.Option(ReferringBoxes.proposals, "--boxes",
+                                         help="proposals (UPN, the paper's protocol) or gt (world records: the "
+                                              "image's ground-truth regions; reports chance@0.5 too)."),
 ) -> None:
     """Referring expressions: Acc@0.5 of the first grounded box."""
     _pipeline_task("referring")(model, data, images, out, limit, batch_size, device, max_new_tokens, granularity=granularity.value,
-                                min_score=min_score, max_boxes=max_boxes)
+                                min_score=min_score, max_boxes=max_boxes, boxes=boxes.value)
 
 
 def region_cmd(
