@@ -110,8 +110,8 @@ def test_referring_world_and_refcoco(tmp_path):
 
 
 def test_referring_on_ground_truth_boxes(tmp_path):
-    """boxes="gt": the model gets the image's ground-truth regions (shuffled, the same every run) and the
-    result reports the accuracy of a random index."""
+    """boxes="gt": the model gets the image's ground-truth regions (shuffled, the same every run, capped at
+    max_boxes with the target kept) and the result reports the accuracy of a random index."""
     data = load_eval_data(write_world(tmp_path))
     targets = {"red car": [2.0, 2.0, 30.0, 20.0], "tall tree": [40.0, 5.0, 60.0, 40.0], "person": [0.0, 0.0, 8.0, 30.0]}
 
@@ -135,8 +135,9 @@ def test_referring_on_ground_truth_boxes(tmp_path):
 
     with pytest.raises(ValueError, match="proposals' or 'gt'"):
         run_referring(pipe, data, boxes="upn", progress=False)
-    with pytest.raises(EvalDataError, match="more than max_boxes"):
-        run_referring(pipe, data, boxes="gt", max_boxes=2, progress=False)
+    capped = ScriptedPipeline(oracle)
+    assert run_referring(capped, data, boxes="gt", max_boxes=2, progress=False)["metrics"]["Acc@0.5"] == 1.0
+    assert all(len(b) == 2 for call in capped.calls for b in call["boxes"])  # the target is always kept
     write_image(tmp_path / "coco_imgs" / "x.png", (64, 48))
     ref = tmp_path / "refs.json"
     ref.write_text(json.dumps([{"image": "x.png", "expressions": ["the man"], "bbox": [0, 0, 20, 40]}]))

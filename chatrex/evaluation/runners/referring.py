@@ -1,8 +1,9 @@
 """Referring expression comprehension: Acc@0.5 of the first grounded box.
 
 The model picks among the UPN's proposals (``boxes="proposals"``, the paper's protocol) or, for world
-records, among all the image's ground-truth regions (``boxes="gt"``): a diagnostic that leaves the
-proposals' recall out and reports ``chance@<t>``, the accuracy of an index drawn at random.
+records, among the image's ground-truth regions (``boxes="gt"``, the target always included): a
+diagnostic that leaves the proposals' recall out and reports ``chance@<t>``, the accuracy of an index
+drawn at random.
 """
 
 from __future__ import annotations
@@ -28,18 +29,21 @@ def referring_samples(data: EvalData) -> list[dict]:
     raise EvalDataError(f"referring needs RefCOCO-style JSON or JSONL records, not {data.kind} data ({data.source})")
 
 
-def ground_truth_box_lists(data: EvalData, max_boxes: int = 100) -> dict[tuple, list[list[float]]]:
-    """(record id, image) -> its regions' boxes (every level), in an order shuffled with the record id as seed,
-    at most ``max_boxes`` (``EvalDataError`` for a record with more: its targets might be cut)."""
+def ground_truth_box_lists(data: EvalData, samples: list[dict], max_boxes: int = 100) -> list[list[list[float]]]:
+    """For each sample of :func:`referring_samples`: its image's ground-truth regions (every level), at most
+    ``max_boxes`` of them with the target always among them, in an order drawn with the record id and
+    region id as seed (the same every run)."""
     if data.kind != "records":
         raise EvalDataError(f"ground-truth boxes need JSONL records, not {data.kind} data ({data.source})")
-    lists = {}
-    for rec in data.records:
-        boxes = [[float(v) for v in r["box"]] for r in rec.get("regions", [])]
-        if len(boxes) > max_boxes:
-            raise EvalDataError(f"record {rec.get('id')} has {len(boxes)} regions, more than max_boxes={max_boxes}")
-        random.Random(f"{rec.get('id')}|{rec['image']}").shuffle(boxes)
-        lists[(rec.get("id"), rec["image"])] = boxes
+    regions = {(rec.get("id"), rec["image"]): rec.get("regions", []) for rec in data.records}
+    lists = []
+    for s in samples:
+        rng = random.Random(f"{s['record']}|{s['image']}|{s['region']}")
+        others = [r for r in regions[(s["record"], s["image"])] if r.get("id") != s["region"]]
+        others = rng.sample(others, min(len(others), max_boxes - 1))
+        boxes = [[float(v) for v in s["box"]]] + [[float(v) for v in r["box"]] for r in others]
+        rng.shuffle(boxes)
+        lists.append(boxes)
     return lists
 
 
@@ -69,16 +73,16 @@ def run_referring(
     answer (first grounding with an index) is compared with the ground truth.
 
     ``boxes``: "proposals" (the UPN's, the paper's protocol) or "gt" (world records: the image's
-    ground-truth regions, see :func:`ground_truth_box_lists`).
+    ground-truth regions, at most ``max_boxes``; see :func:`ground_truth_box_lists`).
     """
     from chatrex.grounding.prompts import build_prompt
 
     if boxes not in ("proposals", "gt"):
         raise ValueError(f"boxes must be 'proposals' or 'gt', got {boxes!r}")
     samples = limit_items(referring_samples(data), limit)
-    given = ground_truth_box_lists(data, max_boxes) if boxes == "gt" else {}
-    queries = [Query(s["image"], build_prompt("referring", expression=s["expression"]),
-                     boxes=given[(s["record"], s["image"])] if given else None) for s in samples]
+    given = ground_truth_box_lists(data, samples, max_boxes) if boxes == "gt" else [None] * len(samples)
+    queries = [Query(s["image"], build_prompt("referring", expression=s["expression"]), boxes=b)
+               for s, b in zip(samples, given)]
     answers = run_queries(predictor, queries, batch_size=batch_size, granularity=granularity, min_score=min_score,
                           max_boxes=max_boxes, desc="referring", progress=progress)
     firsts = []
@@ -95,11 +99,10 @@ def run_referring(
     metrics = {f"Acc@{threshold:g}": acc["accuracy"], "num_samples": acc["num_samples"],
                "num_without_box": acc["num_without_box"],
                **answer_stats(answers)}
-    if given and samples:
-        lists = [given[(s["record"], s["image"])] for s in samples]
-        chance = [random_index_accuracy(b, s["box"], threshold) for b, s in zip(lists, samples)]
+    if boxes == "gt" and samples:
+        chance = [random_index_accuracy(b, s["box"], threshold) for b, s in zip(given, samples)]
         metrics[f"chance@{threshold:g}"] = sum(chance) / len(chance)
-        metrics["boxes_per_query"] = sum(len(b) for b in lists) / len(lists)
+        metrics["boxes_per_query"] = sum(len(b) for b in given) / len(given)
     return {
         "task": "referring",
         "metrics": metrics,
