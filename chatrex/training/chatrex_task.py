@@ -132,6 +132,11 @@ class ChatRexTask:
         self.fingerprint: Optional[str] = None
 
     # ------------------------------------------------------------------ model
+    @property
+    def full_llm(self) -> bool:
+        """Stage 2 without LoRA: the whole LLM trains, and the export is the whole model, not a delta."""
+        return self.cfg.stage == "stage2" and not self.cfg.lora.enabled
+
     def _fresh_model(self):
         from chatrex.mllm.delta import base_fingerprint, load_base_llm
         from chatrex.mllm.presets import build_chatrex_from_llm, chatrex_small, with_overrides
@@ -153,8 +158,7 @@ class ChatRexTask:
         if not is_delta_dir(path):
             raise ValueError(f"init_from {path!r} is not a ChatRex delta directory (no {DELTA_CONFIG})")
         meta = json.loads((Path(path) / DELTA_CONFIG).read_text())
-        full_export = self.cfg.stage == "stage2" and not self.cfg.lora.enabled
-        if meta.get("lora") and not full_export:
+        if meta.get("lora") and not self.full_llm:
             raise ValueError(
                 f"init_from {path!r} holds LoRA factors: they are merged into the LLM on load, and this run's "
                 "export (a delta over the base LLM) would keep only its own LoRA, losing them. Start from the "
@@ -199,12 +203,11 @@ class ChatRexTask:
             else:
                 model.model.requires_grad_(True)
                 model.lm_head.requires_grad_(True)
-        full_llm = self.cfg.stage == "stage2" and not lora
         emb = model.get_input_embeddings().weight
         emb.requires_grad_(True)
         head = model.get_output_embeddings().weight
         head.requires_grad_(True)
-        if not full_llm:  # only the rows of the added tokens train; the base rows stay the installed ones
+        if not self.full_llm:  # only the rows of the added tokens train; the base rows stay the installed ones
             emb.register_hook(_zero_base_rows_hook(self.base_vocab_size))
             if head is not emb:
                 head.register_hook(_zero_base_rows_hook(self.base_vocab_size))
@@ -257,7 +260,7 @@ class ChatRexTask:
         lora = None
         if self.cfg.stage == "stage2" and self.cfg.lora.enabled:
             lora = {"r": self.cfg.lora.r, "alpha": self.cfg.lora.alpha}
-        if self.cfg.stage == "stage2" and not self.cfg.lora.enabled:
+        if self.full_llm:
             model.save_pretrained(out_dir, max_shard_size="16MB")
         else:
             save_delta(model, out_dir, base=self.cfg.base, base_vocab_size=self.base_vocab_size, lora=lora,
