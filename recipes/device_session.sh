@@ -94,21 +94,22 @@ _variants)
   export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
   common=(env S0_DIR="$RUNS/chatrex_stage0/final" UPN_DIR="$RUNS/upn_shipped" CHATREX="$CLI")
   if [ "${V2_S2:-540}" = 0 ]; then  # v1 alone: the whole GPU, the recipes' batch
-    W="--set train.num_workers=14 ${V_ARGS:-}"
-    "${common[@]}" RUNS="$RUNS/v1" S1_BUDGET="${V1_S1:-200}" S2_BUDGET="${V1_S2:-340}" S1_ARGS="$W" S2_ARGS="$W" \
-      bash recipes/reproduce.sh chatrex > "$RUNS/v1.log" 2>&1
+    W1="--set train.num_workers=14 ${V_ARGS:-}"
+    W2=$W1
   else
     # two runs at the recipe's full batch need more than one H200 (77 + 58 GiB, then cuDNN attention
     # fails): each takes half the batch with two micro-steps per optimizer step (same effective batch)
     W="--set train.num_workers=7 --set train.grad_accum=2 ${V_ARGS:-}"
     W1="--set train.batch_size=$(half recipes/chatrex_small_stage1.json) $W"
     W2="--set train.batch_size=$(half recipes/chatrex_small_stage2.json) $W"
-    "${common[@]}" RUNS="$RUNS/v1" S1_BUDGET="${V1_S1:-200}" S2_BUDGET="${V1_S2:-340}" S1_ARGS="$W1" S2_ARGS="$W2" \
-      bash recipes/reproduce.sh chatrex > "$RUNS/v1.log" 2>&1 &
+  fi
+  "${common[@]}" RUNS="$RUNS/v1" S1_BUDGET="${V1_S1:-200}" S2_BUDGET="${V1_S2:-340}" S1_ARGS="$W1" S2_ARGS="$W2" \
+    bash recipes/reproduce.sh chatrex > "$RUNS/v1.log" 2>&1 &
+  if [ "${V2_S2:-540}" != 0 ]; then
     "${common[@]}" RUNS="$RUNS/v2" S1_BUDGET=0 S2_BUDGET="${V2_S2:-540}" S2_ARGS="$W2" \
       bash recipes/reproduce.sh chatrex > "$RUNS/v2.log" 2>&1 &
-    wait
   fi
+  wait
   log "variants done"
   ;;
 finish_variants)
