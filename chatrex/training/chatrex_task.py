@@ -189,6 +189,8 @@ class ChatRexTask:
             inject_adapter_in_model(lc, model.model)
         model.requires_grad_(False)
         trained = [model.mm_projector, model.mm_object_projector]
+        if model.config.object_pointer_dim:
+            trained.append(model.mm_object_pointer)
         if self.cfg.vision_lr_mult > 0:
             trained += [model.vision_tower, model.vision_tower_aux]
             if model.config.object_trunk_dim:

@@ -261,6 +261,16 @@ def _init_from_export(model: VisionPretrainModel, path: Path) -> None:
                          f"against the recipe it was trained with):\n{report.summary()}")
 
 
+def _is_chatrex_dir(path: Path) -> bool:
+    """A ChatRex delta directory, or a ChatRex ``save_pretrained`` directory."""
+    from chatrex.mllm.delta import is_delta_dir
+
+    if is_delta_dir(path):
+        return True
+    config = path / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("model_type") == "chatrex"
+
+
 def _read_meta(path: Path) -> dict[str, Any]:
     if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
         raise FileNotFoundError(
@@ -274,14 +284,28 @@ def load_pretrained_towers(model: nn.Module, path: str | Path) -> int:
     ``vision_tower`` / ``vision_tower_aux``), and its object head's trunk into ``model.mm_object_trunk``
     when the model has one (``config.object_trunk_dim`` > 0). Returns the number of tensors loaded.
 
+    ``path`` may also be a trained ChatRex (a delta directory or a ``save_pretrained`` one): its towers and
+    ``mm_object_trunk`` are copied, its projectors and LLM are not.
+
     Raises ``ValueError`` when the export's towers (or trunk) do not have exactly the model's tensors and shapes.
     """
     from chatrex.mllm.modeling_chatrex import load_state_dict_report
 
     path = Path(path)
+    trunk = getattr(model, "mm_object_trunk", None)
+    if _is_chatrex_dir(path):
+        parts = {"vision_tower": model.vision_tower, "vision_tower_aux": model.vision_tower_aux}
+        if trunk is not None:
+            parts["mm_object_trunk"] = trunk
+        keep = tuple(f"{name}." for name in parts)
+        report = load_state_dict_report(nn.ModuleDict(parts), path,
+                                        key_mapping=lambda k: k if k.startswith(keep) else None)
+        if not report.ok:
+            raise ValueError(f"the towers of the ChatRex model '{path}' do not fit this model (check task.vision, "
+                             f"object_trunk_dim included, against its config):\n{report.summary()}")
+        return len(report.loaded)
     meta = _read_meta(path)
     parts = {"vision_tower": model.vision_tower, "vision_tower_aux": model.vision_tower_aux}
-    trunk = getattr(model, "mm_object_trunk", None)
     if trunk is not None:
         head_dim = int(meta.get("head_dim", 512))
         if head_dim != trunk[0].out_features:

@@ -45,6 +45,7 @@ def test_chatrex_stages_fit_the_stage0_towers(prefix: str):
     for path in stages:
         vision = dict(ChatRexTaskConfig.from_dict(load_recipe(path)["task"]).vision)
         trunk = vision.pop("object_trunk_dim", 0)
+        vision.pop("object_pointer_dim", None)  # a head on the LLM's output: not part of the towers
         assert vision == stage0["vision"], f"{path.name}: task.vision differs from {prefix}_stage0.json"
         assert trunk in (0, stage0.get("head_dim", 512)), f"{path.name}: object_trunk_dim is not stage 0's head_dim"
 
@@ -60,3 +61,11 @@ def test_default_chain_freezes_towers_and_spreads_object_rows():
         assert task.object_row_noise > 0
         assert task.vision["object_trunk_dim"] == load_recipe(RECIPES / "chatrex_small_stage0.json")["task"]["head_dim"]
     assert ChatRexTaskConfig.from_dict(load_recipe(RECIPES / "chatrex_small_stage2.json")["task"]).lora.enabled
+
+
+def test_default_chain_points_at_boxes_in_both_stages():
+    """The object pointer (docs/object_path.md, "The object pointer") is built in stage 1 and kept by stage 2;
+    stage 2 started without stage 1 (S1_BUDGET=0) must build the same one."""
+    dims = {stage: ChatRexTaskConfig.from_dict(load_recipe(RECIPES / f"chatrex_small_{stage}.json")["task"])
+            .vision.get("object_pointer_dim", 0) for stage in ("stage1", "stage2")}
+    assert dims["stage1"] > 0 and dims["stage1"] == dims["stage2"]

@@ -174,6 +174,38 @@ def test_object_trunk_comes_from_stage0_and_follows_vision_lr_mult(tmp_path, vis
         stage1(16, 0.0)
 
 
+def test_towers_and_trunk_come_from_a_trained_chatrex(tmp_path, vision_data, base_dir):  # noqa: F811
+    """vision_init may name a ChatRex delta: its towers and trunk are copied, its projectors are not; a model
+    with a pointer trains it, and a model without a trunk does not fit a source without one."""
+    from chatrex.mllm.delta import load_delta
+
+    def task_for(init, **vision):
+        spec = {"stage": "stage1", "base": str(base_dir), "vision": dict(TINY_VISION, **vision),
+                "vision_init": init, "vision_lr_mult": 1.0, "data": {"files": [str(vision_data)]}}
+        return ChatRexTask(ChatRexTaskConfig.from_dict(spec))
+
+    first = task_for(None, object_trunk_dim=24)
+    source = first.build_model()
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(torch.randn_like(p))
+    first.export(source, tmp_path / "s1")
+    source, _ = load_delta(tmp_path / "s1")  # as stored (bf16-rounded)
+
+    task = task_for(str(tmp_path / "s1"), object_trunk_dim=24, object_pointer_dim=8)
+    model = task.build_model()
+    for part in ("vision_tower", "vision_tower_aux", "mm_object_trunk"):
+        for name, tensor in getattr(source, part).state_dict().items():
+            torch.testing.assert_close(getattr(model, part).state_dict()[name], tensor, msg=f"{part}.{name}")
+    assert not torch.equal(model.mm_object_projector[0].weight, source.mm_object_projector[0].weight)
+    assert all(p.requires_grad for p in model.mm_object_pointer.parameters())
+    task.export(model, tmp_path / "s1p")
+    reloaded, _ = load_delta(tmp_path / "s1p")
+    torch.testing.assert_close(reloaded.mm_object_pointer.key.weight, model.mm_object_pointer.key.weight.bfloat16().float())
+    with pytest.raises(ValueError, match="do not fit"):  # the source has a 24-wide trunk
+        task_for(str(tmp_path / "s1"), object_trunk_dim=16).build_model()
+
+
 def test_vocabulary_round_trips():
     v = VisionVocabulary(["background", "a"], {"color": ["red"]})
     assert VisionVocabulary.from_dict(json.loads(json.dumps(v.to_dict()))) == v
