@@ -49,11 +49,10 @@ class ObjectPointer(nn.Module):
         """
         counts = objfeat_mask.sum(dim=1)
         k_max = int(counts.max()) if counts.numel() else 0
-        dim = self.key.out_features
-        keys = hidden.new_zeros((hidden.shape[0], k_max, dim), dtype=self.key.weight.dtype)
+        projected = self.key(hidden[objfeat_mask].to(self.key.weight.dtype))  # (sum K_i, P), autocast's dtype
+        keys = projected.new_zeros((hidden.shape[0], k_max, projected.shape[-1]))
         key_mask = torch.arange(k_max, device=hidden.device)[None, :] < counts[:, None]
-        if k_max:
-            keys[key_mask] = self.key(hidden[objfeat_mask].to(self.key.weight.dtype))
+        keys[key_mask] = projected
         return keys, key_mask
 
     def forward(self, hidden: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
