@@ -180,6 +180,16 @@ wait)
   if [ -n "${OUT:-}" ] && [ -d "$RUNS/s0_out" ] && [ ! -e "$RUNS/s0_out.sent" ] && grep -q "towers packed" "$RUNS/variants.log"; then
     cp "$RUNS"/s0_out/* "$OUT"/ && touch "$RUNS/s0_out.sent" && echo "stage-0 towers in \$OUT"
   fi
+  # the latest stage-2 export (train.export_every) comes back with every call: a machine taken away
+  # mid-run (it happened on 2026-12-04 after 1,060 of 1,900 steps) then loses only the steps since
+  for v in v1 v2; do
+    d="$RUNS/$v/chatrex_stage2/latest"
+    if [ -n "${OUT:-}" ] && [ -d "$d" ] && [ "$d" -nt "$RUNS/$v-latest.sent" ]; then
+      tar czf "$RUNS/$v-latest.tgz" -C "$RUNS/$v/chatrex_stage2" latest metrics.jsonl \
+        && split -b 15M "$RUNS/$v-latest.tgz" "$OUT/$v-latest.tgz." && touch "$RUNS/$v-latest.sent" \
+        && echo "$v's latest stage-2 export in \$OUT"
+    fi
+  done
   for f in reproduce upn stage0 stage1 stage2 variants v1/stage1 v1/stage2 v2/stage2; do
     [ -f "$RUNS/$f.log" ] && { echo "== $f"; tail -c 600 "$RUNS/$f.log" | tr '\r' '\n' | grep -v '^ *$' | tail -3; }
   done

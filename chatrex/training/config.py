@@ -26,6 +26,9 @@ class TrainConfig:
         strategy: "auto" (DDP when several processes, else none), "none", "ddp" or "fsdp".
         save_every: checkpoint every N optimizer steps (and always at the end).
         keep_checkpoints: how many step checkpoints to keep on disk.
+        export_every: if > 0, also write the task's export every N optimizer steps to
+            ``output_dir/latest`` (replaced each time; ``final`` is still written at the end): a usable
+            model from a run that may not finish, e.g. on a machine that can be taken away.
         log_every: write a metrics line every N optimizer steps.
         seed: seeds model init, data order and augmentation.
         num_workers: DataLoader workers per process.
@@ -48,6 +51,7 @@ class TrainConfig:
     strategy: str = "auto"
     save_every: int = 500
     keep_checkpoints: int = 2
+    export_every: int = 0
     log_every: int = 10
     seed: int = 0
     num_workers: int = 2
@@ -63,6 +67,8 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "save_every", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if int(self.export_every) < 0:
+            raise ValueError(f"export_every must be >= 0 (0: only the final export), got {self.export_every}")
         self.betas = tuple(self.betas)  # JSON gives lists
 
     def to_dict(self) -> dict[str, Any]:

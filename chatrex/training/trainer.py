@@ -352,6 +352,8 @@ class Trainer:
                 self._save(model, optimizer, scheduler, step)
                 if self.dist.is_main:
                     plot_curves(metrics_path, self.out / "loss.png", title=self.task.name)
+            if cfg.export_every and step % cfg.export_every == 0 and step < schedule.total:
+                self._export(model, raw_model, "latest")
         if bar is not None:
             bar[0].stop()
         if step >= schedule.total:
@@ -373,15 +375,21 @@ class Trainer:
                 bar[0].update(bar[1], total=total)
         return schedule.total
 
-    def _export(self, model: nn.Module, raw_model: nn.Module) -> None:
-        if self.strategy == "fsdp":
+    def _export(self, model: nn.Module, raw_model: nn.Module, name: str = "final") -> None:
+        """The task's export into ``output_dir/name``, written beside it first and then moved in place, so
+        that a reader never sees half an export."""
+        target, staging = self.out / name, self.out / f".{name}.partial"
+        export_model = raw_model
+        if self.strategy == "fsdp":  # every process takes part in gathering the weights
             full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
             if self.dist.is_main:
                 export_model = self.task.build_model()
                 export_model.load_state_dict(full)
-                self.task.export(export_model, self.out / "final")
-        elif self.dist.is_main:
-            self.task.export(raw_model, self.out / "final")
+        if self.dist.is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+            self.task.export(export_model, staging)
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
         barrier()
 
     def _progress(self, start: int, total: int, n_train: int, ckpt: Optional[Path]):

@@ -40,6 +40,24 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     assert (tmp_path / "cut" / "final" / "model.pt").exists()
 
 
+def test_export_every_writes_the_latest_model_while_training(tmp_path):
+    """export_every = 3 over 7 steps: ``latest`` holds the step-6 weights (the same as a run of that schedule
+    stopped at 6), ``final`` the step-7 ones, and no half-written folder is left behind."""
+    full = Trainer(ToyTask(), _cfg(tmp_path, "e", max_steps=7, export_every=3), device="cpu", progress=False).fit()
+    at6 = Trainer(ToyTask(), _cfg(tmp_path, "s", max_steps=7), device="cpu", progress=False).fit(stop_after=6)
+    latest = torch.load(tmp_path / "e" / "latest" / "model.pt")
+    final = torch.load(tmp_path / "e" / "final" / "model.pt")
+    for k, v in _weights(at6).items():
+        assert torch.equal(latest[k], v), k
+    for k, v in _weights(full).items():
+        assert torch.equal(final[k], v), k
+    assert any(not torch.equal(latest[k], final[k]) for k in final)
+    assert not list((tmp_path / "e").glob(".*partial"))
+    assert not (tmp_path / "s" / "latest").exists()
+    with pytest.raises(ValueError, match="export_every"):
+        _cfg(tmp_path, "x", export_every=-1)
+
+
 def test_resume_with_frozen_parameters_saves_only_trainable(tmp_path):
     Trainer(ToyTask(frozen_first=True), _cfg(tmp_path, "f"), device="cpu", progress=False).fit(stop_after=5)
     state = torch.load(find_latest_checkpoint(tmp_path / "f") / "trainer_state.pt", weights_only=False)
