@@ -86,6 +86,23 @@ def test_user_boxes_skip_the_upn_and_batching_matches_single(parts, images):
         no_upn(images[0], "What is this?", **GEN)
 
 
+def test_pointer_model_names_only_its_boxes_and_batches_like_single(parts, images):
+    """A model with the object pointer (object_pointer_dim) through the pipeline: every index it writes is one
+    of the image's own boxes, whatever the other images of the batch have."""
+    import re
+
+    from tests.mllm.test_object_pointer import _pointer_model
+
+    _, model, processor = parts
+    pointer = ChatRexPipeline(None, _pointer_model(model), processor)
+    boxes = [[[1, 2, 30, 40], [5, 5, 60, 50]], [[0, 0, 49, 69]], [[10, 10, 20, 20], [0, 0, 64, 64], [3, 3, 9, 9]]]
+    batched = pointer(images, ["Find every dog."] * 3, boxes=boxes, batch_size=3, max_new_tokens=8)
+    for im, b, r in zip(images, boxes, batched):
+        named = [int(k) for k in re.findall(r"<obj(\d+)>", r.raw_text)]
+        assert named and max(named) < len(b), r.raw_text
+        assert pointer(im, "Find every dog.", boxes=b, max_new_tokens=8)[0].raw_text == r.raw_text
+
+
 def test_mixed_user_boxes_and_proposals(pipe, images):
     res = pipe(images[:2], "What is this?", boxes=[None, [[0, 0, 200, 30]]], min_score=0.0, max_boxes=3, **GEN)
     assert res[0].scores is not None and len(res[0].boxes) == 3
