@@ -79,3 +79,16 @@ def tiny_processor(tiny_tokenizer):
 @pytest.fixture(scope="session")
 def tiny_model(tiny_tokenizer):
     return make_model(tiny_tokenizer)
+
+
+def greedy_without_cache(model, inputs, steps: int) -> torch.Tensor:
+    """Greedy decoding that re-runs the whole sequence (image and object embeddings merged again, no KV
+    cache) at every step: the reference that cached ``generate`` must equal. Returns (B, L + steps) ids."""
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    for _ in range(steps):
+        logits = model(input_ids=ids, attention_mask=mask, pixel_values=inputs["pixel_values"],
+                       pixel_values_aux=inputs["pixel_values_aux"], boxes=inputs["boxes"], use_cache=False).logits
+        nxt = logits[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, nxt], dim=1)
+        mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+    return ids

@@ -4,7 +4,7 @@ import torch
 from chatrex.mllm import ChatRexForConditionalGeneration
 from chatrex.mllm.object_pointer import ObjectPointer, point_logits
 from chatrex.mllm.presets import with_overrides
-from tests.mllm.conftest import random_image
+from tests.mllm.conftest import greedy_without_cache, random_image
 
 IMAGES = [(0, 40, 30), (1, 30, 50)]
 QUESTIONS = ["Please detect dog in this image.", "Detect dog."]
@@ -86,14 +86,7 @@ def test_pointer_model_names_only_its_boxes_and_generates_like_full_recomputatio
     new = gen[0, s["input_ids"].shape[1]:]
     assert torch.isin(new, ids[:3]).any()  # the biased LM does name boxes, and only the prompt's three
     assert not torch.isin(new, ids[3:]).any()
-    full_ids, mask = s["input_ids"], s["attention_mask"]
-    for _ in range(6):  # no cache: the keys are recomputed from the whole sequence at every step
-        logits = model(input_ids=full_ids, attention_mask=mask, pixel_values=s["pixel_values"],
-                       pixel_values_aux=s["pixel_values_aux"], boxes=s["boxes"], use_cache=False).logits
-        nxt = logits[:, -1].argmax(-1, keepdim=True)
-        full_ids = torch.cat([full_ids, nxt], dim=1)
-        mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
-    assert torch.equal(gen, full_ids)
+    assert torch.equal(gen, greedy_without_cache(model, s, 6))  # keys recomputed at every step there
 
     batch = model.generate(**b, max_new_tokens=6, do_sample=False)[:, b["input_ids"].shape[1]:]
     for i in range(2):  # left padding moves the keys' positions; the answers do not change
