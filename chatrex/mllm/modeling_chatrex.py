@@ -424,9 +424,11 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
                 if past_key_values is not None and hidden.shape[1] < past_key_values.get_seq_length():
                     raise ValueError("this call continues a KV cache: pass object_keys and object_key_mask from the "
                                      "output of the call that read the prompt")
-                objfeat = (input_ids == self.config.objfeat_token_id if input_ids is not None
-                           else torch.zeros(hidden.shape[:2], dtype=torch.bool, device=hidden.device))
-                object_keys, object_key_mask = self.mm_object_pointer.keys(hidden, objfeat)
+                if input_ids is None:
+                    raise ValueError("a model with the object pointer finds its boxes' keys at the <objfeat> ids: "
+                                     "pass input_ids (or object_keys and object_key_mask), not only inputs_embeds")
+                object_keys, object_key_mask = self.mm_object_pointer.keys(
+                    hidden, input_ids == self.config.objfeat_token_id)
             elif object_key_mask is None:
                 raise ValueError("object_keys were given without object_key_mask")
             scores = self.mm_object_pointer(hidden[:, slice_indices, :], object_keys)

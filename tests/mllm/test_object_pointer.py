@@ -105,6 +105,8 @@ def test_pointer_refuses_a_cache_continuation_without_keys(tiny_model, tiny_proc
     mask = torch.cat([s["attention_mask"], torch.ones_like(nxt)], dim=1)
     with pytest.raises(ValueError, match="object_keys"):
         model(input_ids=nxt, attention_mask=mask, past_key_values=first.past_key_values)
+    with pytest.raises(ValueError, match="input_ids"):
+        model(inputs_embeds=model.get_input_embeddings()(s["input_ids"]), attention_mask=s["attention_mask"])
     step = model(input_ids=nxt, attention_mask=mask, past_key_values=first.past_key_values,
                  object_keys=first.object_keys, object_key_mask=first.object_key_mask)
     assert torch.isneginf(step.logits[0, -1, torch.tensor(model.config.object_index_token_ids[3:])]).all()
