@@ -292,38 +292,34 @@ def load_pretrained_towers(model: nn.Module, path: str | Path) -> int:
     from chatrex.mllm.modeling_chatrex import load_state_dict_report
 
     path = Path(path)
-    trunk = getattr(model, "mm_object_trunk", None)
-    if _is_chatrex_dir(path):
-        parts = {"vision_tower": model.vision_tower, "vision_tower_aux": model.vision_tower_aux}
-        if trunk is not None:
-            parts["mm_object_trunk"] = trunk
-        keep = tuple(f"{name}." for name in parts)
-        report = load_state_dict_report(nn.ModuleDict(parts), path,
-                                        key_mapping=lambda k: k if k.startswith(keep) else None)
-        if not report.ok:
-            raise ValueError(f"the towers of the ChatRex model '{path}' do not fit this model (check task.vision, "
-                             f"object_trunk_dim included, against its config):\n{report.summary()}")
-        return len(report.loaded)
-    meta = _read_meta(path)
     parts = {"vision_tower": model.vision_tower, "vision_tower_aux": model.vision_tower_aux}
+    trunk = getattr(model, "mm_object_trunk", None)
     if trunk is not None:
-        head_dim = int(meta.get("head_dim", 512))
-        if head_dim != trunk[0].out_features:
-            raise ValueError(f"the stage-0 export '{path}' has an object trunk of width {head_dim}, but this model's "
-                             f"object_trunk_dim is {trunk[0].out_features}; set them equal")
         parts["mm_object_trunk"] = trunk
+    if _is_chatrex_dir(path):  # the same names as ours: keep the towers and the trunk
+        source, what = path, f"the towers of the ChatRex model '{path}'"
+        keep = tuple(f"{name}." for name in parts)
 
-    def rename(key: str) -> str | None:
-        if key.startswith(TOWER_PREFIXES):
-            return key
-        if trunk is not None and key.startswith("object_trunk."):
-            return "mm_" + key
-        return None
+        def rename(key: str) -> str | None:
+            return key if key.startswith(keep) else None
+    else:  # a stage-0 export: its object head's trunk is ``object_trunk``
+        meta = _read_meta(path)
+        source, what = path / WEIGHTS_FILE, f"the towers in '{path}'"
+        if trunk is not None and int(meta.get("head_dim", 512)) != trunk[0].out_features:
+            raise ValueError(f"the stage-0 export '{path}' has an object trunk of width {meta.get('head_dim', 512)}, "
+                             f"but this model's object_trunk_dim is {trunk[0].out_features}; set them equal")
 
-    report = load_state_dict_report(nn.ModuleDict(parts), path / WEIGHTS_FILE, key_mapping=rename)
+        def rename(key: str) -> str | None:
+            if key.startswith(TOWER_PREFIXES):
+                return key
+            if trunk is not None and key.startswith("object_trunk."):
+                return "mm_" + key
+            return None
+
+    report = load_state_dict_report(nn.ModuleDict(parts), source, key_mapping=rename)
     if not report.ok:
-        raise ValueError(f"the towers in '{path}' do not fit this model (check task.vision against the "
-                         f"stage-0 recipe's):\n{report.summary()}")
+        raise ValueError(f"{what} do not fit this model (check task.vision, object_trunk_dim included, against "
+                         f"the recipe it was trained with):\n{report.summary()}")
     return len(report.loaded)
 
 
