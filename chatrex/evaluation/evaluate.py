@@ -12,10 +12,10 @@ from typing import Any, Callable, Optional
 from chatrex.evaluation.datasets import EvalData, load_eval_data
 from chatrex.evaluation.report import write_results
 from chatrex.evaluation.runners import (run_counting, run_detection, run_grounded_caption, run_object_tokens, run_pope,
-                                        run_proposals, run_referring, run_region)
+                                        run_proposals, run_referring, run_region, run_retrieval)
 
 #: Task name → runner. ``proposals`` takes a UPN (``.inference``); the others a pipeline
-#: (``object-tokens`` reads its ``.model`` and ``.processor``, it generates nothing).
+#: (``object-tokens`` and ``retrieval`` read its ``.model`` and ``.processor``, they generate nothing).
 RUNNERS: dict[str, Callable[..., dict]] = {
     "detection": run_detection,
     "proposals": run_proposals,
@@ -25,6 +25,7 @@ RUNNERS: dict[str, Callable[..., dict]] = {
     "counting": run_counting,
     "pope": run_pope,
     "object-tokens": run_object_tokens,
+    "retrieval": run_retrieval,
 }
 TASKS = tuple(RUNNERS)
 

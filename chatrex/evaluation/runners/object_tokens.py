@@ -48,11 +48,13 @@ def labelled_boxes(data: EvalData, level: str = "instance") -> list[tuple[str, l
                         f"({data.source})")
 
 
-def _model_and_processor(predictor: Any) -> tuple[Any, Any]:
+def model_and_processor(predictor: Any, what: str = "object tokens") -> tuple[Any, Any]:
+    """The ChatRex model and processor of a pipeline, for the diagnostics that run the model directly
+    instead of generating; ``PredictorError`` naming ``what`` for any other predictor."""
     model, processor = getattr(predictor, "model", None), getattr(predictor, "processor", None)
     needed = ("get_image_features", "project_objects", "config")
     if model is None or processor is None or not all(hasattr(model, n) for n in needed):
-        raise PredictorError("object tokens need a ChatRexPipeline (its .model and .processor), not "
+        raise PredictorError(f"{what} need a ChatRexPipeline (its .model and .processor), not "
                              f"{type(predictor).__name__}")
     return model, processor
 
@@ -73,7 +75,7 @@ def run_object_tokens(
     from chatrex.mllm.object_encoder import encode_objects, xyxy_box_embedding
     from chatrex.utils.image import load_image
 
-    model, processor = _model_and_processor(predictor)
+    model, processor = model_and_processor(predictor)
     cfg = model.config
     param = next(p for p in model.parameters() if p.is_floating_point())
     max_boxes = int(getattr(processor, "max_boxes", 100))

@@ -288,6 +288,18 @@ def object_tokens_cmd(
     run_eval_command("object-tokens", pipe, data, images, out, limit, 1, model_name=str(model), level=level.value)
 
 
+def retrieval_cmd(
+    model: Path = _MODEL, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
+    limit: Optional[int] = _LIMIT, device: Optional[str] = _DEVICE, max_boxes: int = _MAX_BOXES,
+) -> None:
+    """Retrieval without generation (world records): the index token's cross-entropy and accuracy on
+    teacher-forced referring answers among the image's ground-truth regions, beside a uniform guess's."""
+    if not data.is_file():
+        _fail(f"data file '{data}' does not exist")
+    pipe = load_pipeline(model, device)
+    run_eval_command("retrieval", pipe, data, images, out, limit, 1, model_name=str(model), max_boxes=max_boxes)
+
+
 def towers_cmd(
     model: Path = typer.Option(..., "--model", "-m", help="A stage-0 export (`chatrex train vision`'s final/)."),
     data: Path = typer.Option(..., "--data", "-d", help="JSONL records of a held-out split, e.g. data/world/test.jsonl."),
@@ -351,6 +363,7 @@ def build_eval_app() -> typer.Typer:
     eval_app.command("counting")(counting_cmd)
     eval_app.command("pope")(pope_cmd)
     eval_app.command("object-tokens")(object_tokens_cmd)
+    eval_app.command("retrieval")(retrieval_cmd)
     eval_app.command("towers")(towers_cmd)
     eval_app.command("summary")(summary_cmd)
     return eval_app
