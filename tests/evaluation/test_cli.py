@@ -43,7 +43,7 @@ def test_evaluate_rejects_unknown_task_and_option(tmp_path):
     with pytest.raises(ValueError, match="does not take option"):
         evaluate("detection", None, ann, kind="brief")
     assert set(TASKS) == {"detection", "proposals", "referring", "region", "grounded-caption", "counting", "pope",
-                          "object-tokens"}
+                          "object-tokens", "retrieval"}
 
 
 def test_run_eval_command_and_summary_merge(tmp_path, capsys):
