@@ -253,6 +253,22 @@ class StreamingAnswer:
 # ------------------------------------------------------------------------------------------------
 # the pipeline
 # ------------------------------------------------------------------------------------------------
+def batch_to(batch: Any, device: Any, dtype: torch.dtype) -> dict[str, Any]:
+    """A processor's output on ``device``: tensors and lists of tensors moved, the floating ones (pixels,
+    boxes) also cast to ``dtype``; anything else kept as it is."""
+    def move(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
+
+    out: dict[str, Any] = {}
+    for key, value in dict(batch).items():
+        if isinstance(value, torch.Tensor):
+            value = move(value)
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, torch.Tensor) for v in value):
+            value = [move(v) for v in value]
+        out[key] = value
+    return out
+
+
 class ChatRexPipeline:
     """UPN proposals + the ChatRex MLLM, batched, on any device.
 
@@ -444,16 +460,7 @@ class ChatRexPipeline:
         return pils, box_lists, score_lists  # type: ignore[return-value]
 
     def _inputs(self, pils: list, questions: list[str], box_lists: list) -> dict[str, Any]:
-        batch = self.processor(images=pils, questions=questions, boxes=box_lists)
-        device, dtype = self.device, self.dtype
-        out: dict[str, Any] = {}
-        for key, value in dict(batch).items():
-            if isinstance(value, torch.Tensor):
-                value = value.to(device=device, dtype=dtype) if value.is_floating_point() else value.to(device)
-            elif isinstance(value, (list, tuple)) and value and all(isinstance(v, torch.Tensor) for v in value):
-                value = [v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device) for v in value]
-            out[key] = value
-        return out
+        return batch_to(self.processor(images=pils, questions=questions, boxes=box_lists), self.device, self.dtype)
 
     def _decode(self, new_ids: torch.Tensor, eos_ids: set[int]) -> str:
         ids = new_ids.tolist()

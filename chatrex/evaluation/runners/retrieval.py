@@ -34,6 +34,7 @@ def run_retrieval(
     ``batch_size`` is accepted for the common interface; queries run one by one.
     """
     from chatrex.grounding.prompts import build_answer, build_prompt
+    from chatrex.interfaces.pipeline import batch_to
     from chatrex.mllm.tokens import OBJ_TOKENS
     from chatrex.utils.image import load_image
 
@@ -47,11 +48,9 @@ def run_retrieval(
         for s, boxes in zip(samples, lists):
             target = boxes.index([float(v) for v in s["box"]])
             answer = build_answer("referring", detections={s["expression"]: [target]})
-            inputs = processor(images=[load_image(s["image"])], questions=[build_prompt("referring", expression=s["expression"])],
-                               boxes=[boxes], answers=[answer])
-            inputs = {k: ([t.to(param.device) for t in v] if isinstance(v, list)
-                          else v.to(param.device, param.dtype) if v.is_floating_point() else v.to(param.device))
-                      for k, v in inputs.items()}
+            question = build_prompt("referring", expression=s["expression"])
+            inputs = batch_to(processor(images=[load_image(s["image"])], questions=[question], boxes=[boxes],
+                                        answers=[answer]), param.device, param.dtype)
             logits = model(**inputs).logits[0, :-1].float()
             labels = inputs["labels"][0, 1:]
             at = torch.isin(labels, index_ids).nonzero().flatten()
