@@ -137,6 +137,11 @@ class ChatRexTask:
         """Stage 2 without LoRA: the whole LLM trains, and the export is the whole model, not a delta."""
         return self.cfg.stage == "stage2" and not self.cfg.lora.enabled
 
+    @property
+    def uses_lora(self) -> bool:
+        """Stage 2 with LoRA: adapters are injected into the LLM, and their factors go into the delta."""
+        return self.cfg.stage == "stage2" and self.cfg.lora.enabled
+
     def _fresh_model(self):
         from chatrex.mllm.delta import base_fingerprint, load_base_llm
         from chatrex.mllm.presets import build_chatrex_from_llm, chatrex_small, with_overrides
@@ -180,7 +185,7 @@ class ChatRexTask:
         self.processor = ChatRexProcessor(tokenizer, image_size=vc.image_size,
                                           image_size_aux=model.config.aux_vision_config["image_size"],
                                           patch_size=vc.patch_size, max_boxes_policy="error")
-        lora = self.cfg.stage == "stage2" and self.cfg.lora.enabled
+        lora = self.uses_lora
         if lora:  # inject first: peft freezes everything but the adapters, we then choose what trains
             from peft import LoraConfig, inject_adapter_in_model
 
@@ -260,7 +265,7 @@ class ChatRexTask:
 
         out_dir = Path(out_dir)
         lora = None
-        if self.cfg.stage == "stage2" and self.cfg.lora.enabled:
+        if self.uses_lora:
             lora = {"r": self.cfg.lora.r, "alpha": self.cfg.lora.alpha}
         if self.full_llm:
             model.save_pretrained(out_dir, max_shard_size="16MB")
