@@ -5,7 +5,8 @@
 #   bash recipes/device_session.sh gguf PART    # add one carried part of the SmolLM2 GGUF (00, 01, 02)
 #   bash recipes/device_session.sh train        # recipes/reproduce.sh train in the background (GPUs split below)
 #   bash recipes/device_session.sh variants     # ChatRex only: stage 0, then two recipes side by side (below)
-#   bash recipes/device_session.sh wait SECONDS # show the logs after SECONDS, or once no training runs
+#   bash recipes/device_session.sh wait SECONDS # show the logs after SECONDS, or once no training runs;
+#                                               sends the newest stage-2 export (latest/, then final/) in $OUT
 #   bash recipes/device_session.sh finish       # assemble, pack the model into $OUT, evaluate on every GPU
 #   bash recipes/device_session.sh finish_variants  # pack both variants' ChatRex into $OUT, evaluate them
 #                                                   (NO_EVAL=1: pack only; evaluate elsewhere)
@@ -182,12 +183,15 @@ wait)
   fi
   # the latest stage-2 export (train.export_every) comes back with every call: a machine taken away
   # mid-run (it happened on 2026-12-04 after 1,060 of 1,900 steps) then loses only the steps since
+  # Once stage 2 has ended, its final export comes back instead: no further call is needed for it
+  # (the machine goes back 30 s after a call ends, and the run's end must not depend on the next one).
   for v in v1 v2; do
-    d="$RUNS/$v/chatrex_stage2/latest"
-    if [ -n "${OUT:-}" ] && [ -d "$d" ] && [ "$d" -nt "$RUNS/$v-latest.sent" ]; then
-      tar czf "$RUNS/$v-latest.tgz" -C "$RUNS/$v/chatrex_stage2" latest metrics.jsonl \
-        && split -b 15M "$RUNS/$v-latest.tgz" "$OUT/$v-latest.tgz." && touch "$RUNS/$v-latest.sent" \
-        && echo "$v's latest stage-2 export in \$OUT"
+    e=latest; [ -d "$RUNS/$v/chatrex_stage2/final" ] && e=final
+    d="$RUNS/$v/chatrex_stage2/$e"
+    if [ -n "${OUT:-}" ] && [ -d "$d" ] && [ "$d" -nt "$RUNS/$v-$e.sent" ]; then
+      tar czf "$RUNS/$v-$e.tgz" -C "$RUNS/$v/chatrex_stage2" "$e" metrics.jsonl \
+        && split -b 15M "$RUNS/$v-$e.tgz" "$OUT/$v-$e.tgz." && touch "$RUNS/$v-$e.sent" \
+        && echo "$v's $e stage-2 export in \$OUT"
     fi
   done
   for f in reproduce upn stage0 stage1 stage2 variants v1/stage1 v1/stage2 v2/stage2; do
