@@ -2,7 +2,8 @@
 
 ``build_upn(cfg)`` builds the model from a ``UPNConfig`` / preset name / config file;
 ``load_official_checkpoint`` reads the official ``{"model": state_dict}`` files and
-``save_pretrained`` / ``from_pretrained`` our safetensors format.
+``save_pretrained`` / ``from_pretrained`` our safetensors format; ``UPNWrapper`` is the inference
+API (images in, proposals out), compatible with the official one.
 """
 
 from chatrex.upn.checkpoint import (
@@ -14,8 +15,9 @@ from chatrex.upn.checkpoint import (
 )
 from chatrex.upn.config import PRESETS, ConfigError, UPNConfig, config_from_official, resolve_config
 from chatrex.upn.model import UPN, build_upn
+from chatrex.upn.wrapper import UPNWrapper
 
 __all__ = [
-    "PRESETS", "UPN", "CheckpointError", "ConfigError", "LoadResult", "UPNConfig", "build_upn",
+    "PRESETS", "UPN", "CheckpointError", "ConfigError", "LoadResult", "UPNConfig", "UPNWrapper", "build_upn",
     "config_from_official", "from_pretrained", "load_official_checkpoint", "resolve_config", "save_pretrained",
 ]
