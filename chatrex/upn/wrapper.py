@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -30,6 +31,29 @@ from chatrex.utils.image import ImageInput, load_image
 
 #: Name of the default config preset (used to tell "not given" from an explicit choice).
 DEFAULT_CONFIG = "upn_large"
+#: The input size a saved UPN directory records for inference (``{"resize": int, "max_size": int}``,
+#: written by the UPN training export).
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
+#: The official input size: short side 800, long side at most 1333.
+OFFICIAL_INPUT_SIZE = (800, 1333)
+_FROM_CHECKPOINT = object()
+
+
+def recorded_input_size(ckpt_path: Union[str, os.PathLike]) -> tuple[int, Optional[int]]:
+    """The ``(resize, max_size)`` a saved UPN directory records for inference, or the official
+    ``(800, 1333)`` for a checkpoint file or a directory without ``preprocessor_config.json``."""
+    pre = Path(ckpt_path) / PREPROCESSOR_CONFIG
+    if not pre.is_file():
+        return OFFICIAL_INPUT_SIZE
+    try:
+        stored = json.loads(pre.read_text(encoding="utf-8"))
+        resize, max_size = stored["resize"], stored.get("max_size", OFFICIAL_INPUT_SIZE[1])
+        if not (isinstance(resize, int) and resize > 0 and (max_size is None or (isinstance(max_size, int) and max_size > 0))):
+            raise ValueError(f"resize {resize!r} and max_size {max_size!r} must be positive integers")
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"'{pre}' is not a valid UPN preprocessor config ({type(exc).__name__}: {exc}); "
+                         'expected {"resize": 800, "max_size": 1333}') from exc
+    return resize, max_size
 
 
 def resolve_prompt_type(prompt_type: str, available: Sequence[str] = PROMPT_TYPES) -> str:
@@ -92,8 +116,11 @@ class UPNWrapper:
             ``UPNConfig``. Used for ``.pth`` files; a directory carries its own config, and an explicit
             config that differs from it is an error.
         device: where the model runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``...).
-        resize: short side of the model input (official: 800).
-        max_size: bound on the long side of the model input (official: 1333).
+        resize: short side of the model input. Default: what the directory's
+            ``preprocessor_config.json`` records (the size the model was trained for), else the
+            official 800.
+        max_size: bound on the long side of the model input (None: no bound). Default: the
+            directory's recorded value, else the official 1333.
         batch_size: images per forward pass when a list is given (None: the whole list is one padded
             batch, like the official wrapper). Padding changes the model input, so chunked results can
             differ slightly from one big batch.
@@ -104,11 +131,14 @@ class UPNWrapper:
         ckpt_path: Union[str, os.PathLike],
         config: Any = DEFAULT_CONFIG,
         device: Union[str, torch.device] = "cpu",
-        resize: int = 800,
-        max_size: Optional[int] = 1333,
+        resize: Optional[int] = None,
+        max_size: Any = _FROM_CHECKPOINT,
         batch_size: Optional[int] = None,
     ) -> None:
         dev = resolve_device(device)
+        recorded = recorded_input_size(ckpt_path)
+        resize = recorded[0] if resize is None else resize
+        max_size = recorded[1] if max_size is _FROM_CHECKPOINT else max_size
         model, cfg = _load_model(ckpt_path, config, dev)
         self._setup(model, cfg, dev, resize, max_size, batch_size)
 

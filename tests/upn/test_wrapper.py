@@ -193,6 +193,33 @@ def test_checkpoint_directory_and_official_file(tiny, tmp_path):
         UPNWrapper(pth, config="upn_small")  # the tiny weights do not fit the small model
 
 
+def test_directory_input_size_comes_from_its_preprocessor_config(tiny, tmp_path):
+    """A trained UPN records the input size it was trained for; the wrapper uses it unless told otherwise."""
+    import json
+
+    from chatrex.upn.checkpoint import save_pretrained
+
+    model, cfg = tiny
+    image = _rgb(50, 40, 13)
+    save_pretrained(model, cfg, tmp_path / "plain")
+    plain = UPNWrapper(tmp_path / "plain")  # no record: the official size
+    assert (plain.transform.size, plain.transform.max_size) == (800, 1333)
+
+    save_pretrained(model, cfg, tmp_path / "sized")
+    (tmp_path / "sized" / "preprocessor_config.json").write_text(json.dumps({"resize": RESIZE, "max_size": MAX_SIZE}))
+    sized = UPNWrapper(tmp_path / "sized")
+    assert (sized.transform.size, sized.transform.max_size) == (RESIZE, MAX_SIZE)
+    ref = UPNWrapper.from_model(model, cfg, resize=RESIZE, max_size=MAX_SIZE).inference(image)
+    np.testing.assert_allclose(sized.inference(image)["scores"], ref["scores"], atol=1e-6)
+    given = UPNWrapper(tmp_path / "sized", resize=72, max_size=None)  # explicit values win
+    assert (given.transform.size, given.transform.max_size) == (72, None)
+
+    for bad in ("{not json", json.dumps({"max_size": 96}), json.dumps({"resize": -5})):
+        (tmp_path / "sized" / "preprocessor_config.json").write_text(bad)
+        with pytest.raises(ValueError, match="preprocessor_config.json"):
+            UPNWrapper(tmp_path / "sized")
+
+
 def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="invalid device"):

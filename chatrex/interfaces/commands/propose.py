@@ -36,8 +36,12 @@ def propose(
     min_score: float = typer.Option(0.3, "--min-score", help="Keep boxes with score >= this."),
     nms: float = typer.Option(0.8, "--nms", help="NMS IoU threshold (<= 0 turns NMS off)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
-    resize: int = typer.Option(800, "--resize", min=1, help="Short side of the model input (official: 800)."),
-    max_size: int = typer.Option(1333, "--max-size", min=1, help="Bound on the input's long side (official: 1333)."),
+    resize: Optional[int] = typer.Option(
+        None, "--resize", min=1, help="Short side of the model input (default: the checkpoint directory's, else 800)."
+    ),
+    max_size: Optional[int] = typer.Option(
+        None, "--max-size", min=1, help="Bound on the input's long side (default: the checkpoint directory's, else 1333)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Picture to write, with each kept box labelled."),
     json_path: Optional[Path] = typer.Option(
         None, "--json", help="JSON of kept boxes and scores (default: the picture's path with .json)."
@@ -73,7 +77,8 @@ def propose(
 
     with console.status(f"loading UPN from {checkpoint}"):
         try:
-            upn = UPNWrapper(checkpoint, config=config, device=device, resize=resize, max_size=max_size)
+            size = {"resize": resize} | ({} if max_size is None else {"max_size": max_size})
+            upn = UPNWrapper(checkpoint, config=config, device=device, **size)
         except Exception as exc:  # any failure here is a bad checkpoint/config/device: report, don't trace
             _fail(f"could not load the UPN checkpoint '{checkpoint}': {type(exc).__name__}: {exc}")
     with console.status(f"proposing {granularity.value}-grained boxes"):
