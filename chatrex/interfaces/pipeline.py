@@ -58,7 +58,8 @@ UPN_SUBDIR = "upn"
 CHATREX_SUBDIR = "chatrex"
 #: Optional file in a model directory with the UPN input size the pipeline should use.
 PIPELINE_CONFIG = "pipeline_config.json"
-DEFAULT_PIPELINE_CONFIG = {"upn_resize": 800, "upn_max_size": 1333}
+#: The settings ``pipeline_config.json`` may hold.
+PIPELINE_CONFIG_KEYS = ("upn_resize", "upn_max_size")
 _FROM_DIR = object()
 #: Accepted ``granularity`` values (the UPN prompt: fine = parts and small objects, coarse = whole objects).
 GRANULARITIES = ("fine", "coarse", "fine_grained_prompt", "coarse_grained_prompt")
@@ -310,14 +311,15 @@ class ChatRexPipeline:
             device: where both models run (``"cpu"``, ``"cuda"``, ``"cuda:1"``…; checked to exist).
             dtype: the MLLM's dtype (``"bfloat16"``, ``torch.float16``…; default: as saved).
             upn_resize / upn_max_size: UPN input size (short side / long-side bound, ``None`` = no
-                bound); default: the directory's ``pipeline_config.json``, else the official 800 / 1333.
+                bound); default: the directory's ``pipeline_config.json``, else the size ``upn/``
+                records (its ``preprocessor_config.json``), else the official 800 / 1333.
 
         Raises:
             FileNotFoundError: the directory or one of its parts is missing (the message names it).
         """
         from chatrex.mllm.modeling_chatrex import ChatRexForConditionalGeneration
         from chatrex.mllm.processing_chatrex import ChatRexProcessor
-        from chatrex.upn.wrapper import UPNWrapper, resolve_device
+        from chatrex.upn.wrapper import UPNWrapper, recorded_input_size, resolve_device
 
         root = Path(path)
         if not root.is_dir():
@@ -336,7 +338,7 @@ class ChatRexPipeline:
         if not delta and not (mllm_dir / "config.json").is_file():
             raise FileNotFoundError(f"'{mllm_dir}' has neither config.json nor delta_config.json; it is not a saved "
                                     "ChatRex model")
-        settings = dict(DEFAULT_PIPELINE_CONFIG)
+        settings = dict(zip(PIPELINE_CONFIG_KEYS, recorded_input_size(upn_dir)))
         cfg_path = root / PIPELINE_CONFIG
         if cfg_path.is_file():
             try:

@@ -147,6 +147,19 @@ def test_save_and_from_pretrained(pipe, images, tmp_path):
     assert a.boxes == b.boxes and a.raw_text == b.raw_text
 
 
+def test_upn_input_size_without_pipeline_config(pipe, tmp_path):
+    """No pipeline_config.json: the UPN directory's recorded size, else the official one."""
+    pipe.save_pretrained(tmp_path / "model")
+    (tmp_path / "model" / "pipeline_config.json").unlink()
+    loaded = ChatRexPipeline.from_pretrained(tmp_path / "model")
+    assert (loaded.upn.transform.size, loaded.upn.transform.max_size) == (800, 1333)
+    (tmp_path / "model" / "upn" / "preprocessor_config.json").write_text(json.dumps({"resize": 72, "max_size": 100}))
+    loaded = ChatRexPipeline.from_pretrained(tmp_path / "model")
+    assert (loaded.upn.transform.size, loaded.upn.transform.max_size) == (72, 100)
+    loaded = ChatRexPipeline.from_pretrained(tmp_path / "model", upn_resize=80, upn_max_size=None)
+    assert (loaded.upn.transform.size, loaded.upn.transform.max_size) == (80, None)
+
+
 def test_from_pretrained_missing_parts(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ChatRexPipeline.from_pretrained(tmp_path / "nowhere")
