@@ -241,6 +241,12 @@ def test_assembled_delta_model_runs_in_the_pipeline(tmp_path, data_file, base_di
                      max_new_tokens=4)
     assert 1 <= len(proposals[0].boxes) <= 20  # UPN proposals of the tiny model (20 queries)
 
+    (tmp_path / "upn" / "preprocessor_config.json").write_text(json.dumps({"max_size": 128}))  # no resize
+    result = CliRunner().invoke(build_app(), ["train", "assemble", str(tmp_path / "upn"), str(tmp_path / "s1" / "final"),
+                                              str(tmp_path / "other")])
+    assert result.exit_code == 2 and "preprocessor_config.json" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "other").exists()
+
 
 def test_per_task_losses_average_each_task_over_its_answer_tokens():
     from chatrex.training.chatrex_task import per_task_losses

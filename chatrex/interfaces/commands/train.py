@@ -112,21 +112,24 @@ def assemble(
     import json
     import shutil
 
-    from chatrex.interfaces.pipeline import CHATREX_SUBDIR, PIPELINE_CONFIG, UPN_SUBDIR
+    from chatrex.interfaces.pipeline import CHATREX_SUBDIR, PIPELINE_CONFIG, PIPELINE_CONFIG_KEYS, UPN_SUBDIR
+    from chatrex.upn.wrapper import PREPROCESSOR_CONFIG, recorded_input_size
 
     for part in (upn_dir, chatrex_dir):
         if not part.is_dir():
             typer.echo(f"error: {part} is not a directory", err=True)
             raise typer.Exit(2)
+    settings = {}
+    if (upn_dir / PREPROCESSOR_CONFIG).is_file():  # the input size the UPN was trained for
+        try:
+            settings = dict(zip(PIPELINE_CONFIG_KEYS, recorded_input_size(upn_dir)))
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2)
     out.mkdir(parents=True, exist_ok=True)
     for src, name in ((upn_dir, UPN_SUBDIR), (chatrex_dir, CHATREX_SUBDIR)):
         shutil.rmtree(out / name, ignore_errors=True)
         shutil.copytree(src, out / name)
-    settings = {}
-    pre = upn_dir / "preprocessor_config.json"
-    if pre.is_file():
-        p = json.loads(pre.read_text())
-        settings = {"upn_resize": p["resize"], "upn_max_size": p["max_size"]}
     (out / PIPELINE_CONFIG).write_text(json.dumps(settings, indent=2))
     typer.echo(str(out))
 

@@ -134,6 +134,7 @@ class UPNTask:
 
     def export(self, model: nn.Module, out_dir: Path) -> None:
         from chatrex.upn.checkpoint import save_pretrained
+        from chatrex.upn.wrapper import PREPROCESSOR_CONFIG
 
         upn = model.upn if isinstance(model, UPNTrainingModule) else model
         dtype = getattr(torch, self.cfg.export_dtype, None)
@@ -141,5 +142,5 @@ class UPNTask:
             raise ValueError(f"export_dtype must be float32, float16 or bfloat16, got {self.cfg.export_dtype!r}")
         upn = copy.deepcopy(upn).to(dtype)
         save_pretrained(upn, upn.config, out_dir)
-        (Path(out_dir) / "preprocessor_config.json").write_text(json.dumps(
+        (Path(out_dir) / PREPROCESSOR_CONFIG).write_text(json.dumps(
             {"resize": self.cfg.inference_resize, "max_size": self.cfg.inference_max_size}, indent=2))
