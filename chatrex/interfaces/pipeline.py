@@ -319,7 +319,7 @@ class ChatRexPipeline:
         """
         from chatrex.mllm.modeling_chatrex import ChatRexForConditionalGeneration
         from chatrex.mllm.processing_chatrex import ChatRexProcessor
-        from chatrex.upn.wrapper import UPNWrapper, recorded_input_size, resolve_device
+        from chatrex.upn.wrapper import UPNWrapper, resolve_device
 
         root = Path(path)
         if not root.is_dir():
@@ -338,16 +338,16 @@ class ChatRexPipeline:
         if not delta and not (mllm_dir / "config.json").is_file():
             raise FileNotFoundError(f"'{mllm_dir}' has neither config.json nor delta_config.json; it is not a saved "
                                     "ChatRex model")
-        settings = dict(zip(PIPELINE_CONFIG_KEYS, recorded_input_size(upn_dir)))
+        settings: dict[str, Any] = {}  # what is not set here, the wrapper takes from what upn/ records
         cfg_path = root / PIPELINE_CONFIG
         if cfg_path.is_file():
             try:
                 stored = json.loads(cfg_path.read_text(encoding="utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise ValueError(f"'{cfg_path}' is not valid JSON: {exc}") from exc
-            unknown = set(stored) - set(settings) if isinstance(stored, dict) else {"<not an object>"}
+            unknown = set(stored) - set(PIPELINE_CONFIG_KEYS) if isinstance(stored, dict) else {"<not an object>"}
             if unknown:
-                raise ValueError(f"'{cfg_path}' has unknown keys {sorted(unknown)}; expected {sorted(settings)}")
+                raise ValueError(f"'{cfg_path}' has unknown keys {sorted(unknown)}; expected {sorted(PIPELINE_CONFIG_KEYS)}")
             settings.update(stored)
         if upn_resize is not None:
             settings["upn_resize"] = upn_resize
@@ -355,8 +355,7 @@ class ChatRexPipeline:
             settings["upn_max_size"] = upn_max_size
         dev = resolve_device(device)
         torch_dtype = _resolve_dtype(dtype)
-        upn = UPNWrapper(upn_dir, config=None, device=dev, resize=settings["upn_resize"],
-                         max_size=settings["upn_max_size"])
+        upn = UPNWrapper(upn_dir, config=None, device=dev, **{k.removeprefix("upn_"): v for k, v in settings.items()})
         kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
         if delta:  # trained weights stored as a delta over the installed base LLM (chatrex.mllm.delta)
             model, _ = load_delta(mllm_dir, dtype=torch_dtype or torch.float32)

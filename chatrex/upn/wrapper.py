@@ -136,9 +136,10 @@ class UPNWrapper:
         batch_size: Optional[int] = None,
     ) -> None:
         dev = resolve_device(device)
-        recorded = recorded_input_size(ckpt_path)
-        resize = recorded[0] if resize is None else resize
-        max_size = recorded[1] if max_size is _FROM_CHECKPOINT else max_size
+        if resize is None or max_size is _FROM_CHECKPOINT:  # read the record only for what is not given
+            recorded = recorded_input_size(ckpt_path)
+            resize = recorded[0] if resize is None else resize
+            max_size = recorded[1] if max_size is _FROM_CHECKPOINT else max_size
         model, cfg = _load_model(ckpt_path, config, dev)
         self._setup(model, cfg, dev, resize, max_size, batch_size)
 

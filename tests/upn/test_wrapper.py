@@ -218,6 +218,8 @@ def test_directory_input_size_comes_from_its_preprocessor_config(tiny, tmp_path)
         (tmp_path / "sized" / "preprocessor_config.json").write_text(bad)
         with pytest.raises(ValueError, match="preprocessor_config.json"):
             UPNWrapper(tmp_path / "sized")
+    both = UPNWrapper(tmp_path / "sized", resize=RESIZE, max_size=MAX_SIZE)  # the record is not needed, nor read
+    assert (both.transform.size, both.transform.max_size) == (RESIZE, MAX_SIZE)
 
 
 def test_resolve_device():
