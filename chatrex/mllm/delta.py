@@ -139,17 +139,57 @@ def _read_tensors(folder: Path, files: list[str]) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _pair_lora(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``{"lora.<module>.A": A, "lora.<module>.B": B, ...}`` → ``{module: (A, B)}``, every factor paired."""
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        if not (key.startswith("lora.") and key[-2:] in (".A", ".B")):
+            raise DeltaError(f"malformed LoRA tensor name {key!r} (expected lora.<module>.A or .B)")
+        pairs.setdefault(key[len("lora."):-2], {})[key[-1]] = t
+    unpaired = sorted(name for name, ab in pairs.items() if set(ab) != {"A", "B"})
+    if unpaired:
+        raise DeltaError(f"LoRA factors without their partner (A and B): {unpaired[:4]}")
+    return {name: (ab["A"], ab["B"]) for name, ab in sorted(pairs.items())}
+
+
+def read_lora_factors(folder: str | os.PathLike) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, Any]]:
+    """The LoRA factors a delta directory holds, unmerged.
+
+    Returns:
+        ``({module name: (A (r, in), B (out, r))}, {"r": r, "alpha": alpha})``; both empty for a delta
+        without LoRA. Module names are the model's (``model.layers.0.self_attn.q_proj``).
+    """
+    folder = Path(folder)
+    if not is_delta_dir(folder):
+        raise DeltaError(f"{folder} is not a ChatRex delta directory (no {DELTA_CONFIG})")
+    meta = json.loads((folder / DELTA_CONFIG).read_text())
+    if not meta.get("lora"):
+        return {}, {}
+    index = folder / WEIGHTS_INDEX
+    weight_map = json.loads(index.read_text())["weight_map"] if index.is_file() else None
+    files = sorted({f for k, f in weight_map.items() if k.startswith("lora.")}) if weight_map else meta["files"]
+    tensors = {k: v for k, v in _read_tensors(folder, files).items() if k.startswith("lora.")}
+    factors = _pair_lora(tensors)
+    r = int(meta["lora"]["r"])
+    bad = sorted(name for name, (a, b) in factors.items() if a.shape[0] != r or b.shape[1] != r)
+    if bad:
+        raise DeltaError(f"LoRA factors of {bad[:4]} are not of rank {r} as {DELTA_CONFIG} says")
+    return factors, dict(meta["lora"])
+
+
 @torch.no_grad()
 def load_delta(folder: str | os.PathLike, *, tokenizer_dir: Optional[str | os.PathLike] = None,
-               dtype: torch.dtype = torch.float32, check_fingerprint: bool = True):
+               dtype: torch.dtype = torch.float32, check_fingerprint: bool = True, merge_lora: bool = True):
     """Rebuild a trained ChatRex model from a delta directory.
 
     Args:
         tokenizer_dir: where the trained tokenizer lives (default: ``folder``, if it holds one, else the
             base tokenizer with the ChatRex tokens added).
+        merge_lora: merge the delta's LoRA factors into the LLM. False leaves the LLM at its base weights,
+            for a run that injects adapters and continues the factors (:func:`read_lora_factors`).
 
     Returns:
-        (model, tokenizer), the model in eval mode with LoRA merged.
+        (model, tokenizer), the model in eval mode (LoRA merged unless ``merge_lora`` is False).
     """
     from chatrex.mllm.configuration_chatrex import ChatRexConfig
     from chatrex.mllm.presets import build_chatrex_from_llm
@@ -185,16 +225,14 @@ def load_delta(folder: str | os.PathLike, *, tokenizer_dir: Optional[str | os.Pa
         head[n0:] = tensors.pop("added_embeddings.output").to(head.dtype)
     lora = {k: v for k, v in tensors.items() if k.startswith("lora.")}
     rest = {k: v for k, v in tensors.items() if not k.startswith("lora.")}
-    if lora:
+    if lora and merge_lora:
         scale = float(meta["lora"]["alpha"]) / float(meta["lora"]["r"])
         modules = dict(model.named_modules())
-        for key in sorted(k for k in lora if k.endswith(".A")):
-            name = key[len("lora."):-2]
+        for name, (a, b) in _pair_lora(lora).items():
             target = modules.get(name)
             if not isinstance(target, nn.Linear):
                 raise DeltaError(f"LoRA target {name!r} is not a linear layer of the model")
-            a, b = lora[key].float(), lora[f"lora.{name}.B"].float()
-            target.weight += (scale * (b @ a)).to(target.weight.dtype)
+            target.weight += (scale * (b.float() @ a.float())).to(target.weight.dtype)
     own = model.state_dict()
     unexpected = sorted(set(rest) - set(own))
     expected = sorted(k for k in own if not k.startswith(("model.", "lm_head.")))

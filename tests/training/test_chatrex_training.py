@@ -194,11 +194,37 @@ def test_two_stages_train_and_export_as_delta(tmp_path, data_file, base_dir):
     assert not any("lora_" in n for n, _ in loaded2.named_parameters())  # merged
     torch.testing.assert_close(_logits(loaded2, s2.processor, image), _logits(m2.eval(), s2.processor, image),
                                rtol=3e-2, atol=3e-2)
-    # going on from a LoRA delta would drop its (merged) LoRA from the next delta: refused before loading
-    for stage in ("stage1", "stage2"):
-        again = ChatRexTask(ChatRexTaskConfig.from_dict({"stage": stage, "init_from": str(final), **common}))
-        with pytest.raises(ValueError, match="holds LoRA factors"):
-            again.build_model()
+    # stage 1 from a LoRA delta would merge its LoRA and drop it from the next delta: refused before loading
+    again = ChatRexTask(ChatRexTaskConfig.from_dict({"stage": "stage1", "init_from": str(final), **common}))
+    with pytest.raises(ValueError, match="holds LoRA factors"):
+        again.build_model()
+    # stage 2 with LoRA of another rank cannot continue the factors
+    other = ChatRexTask(ChatRexTaskConfig.from_dict({"stage": "stage2", "init_from": str(final),
+                                                     "lora": {"r": 8, "alpha": 8}, **common}))
+    with pytest.raises(ValueError, match="r=4, alpha=8.0"):
+        other.build_model()
+    fewer = ChatRexTask(ChatRexTaskConfig.from_dict({"stage": "stage2", "init_from": str(final),
+                                                     "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj"]},
+                                                     **common}))
+    with pytest.raises(ValueError, match="does not adapt"):
+        fewer.build_model()
+    # stage 2 with the same LoRA continues them: unmerged adapters, the same model, the same factors exported
+    cont = ChatRexTask(ChatRexTaskConfig.from_dict({"stage": "stage2", "init_from": str(final),
+                                                    "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, **common}))
+    m3 = cont.build_model()
+    assert any("lora_" in n and p.requires_grad for n, p in m3.named_parameters())
+    torch.testing.assert_close(_logits(m3.eval(), cont.processor, image), _logits(loaded2, s2.processor, image),
+                               rtol=1e-4, atol=1e-4)
+    cont.export(m3, tmp_path / "s3")
+    from chatrex.mllm.delta import read_lora_factors
+
+    before, meta = read_lora_factors(final)
+    after, _ = read_lora_factors(tmp_path / "s3")
+    assert meta == {"r": 4, "alpha": 8} and before and set(after) == set(before)
+    assert any(float(b.abs().max()) > 0 for _, b in before.values())  # trained, not peft's zero init
+    for name, (a, b) in before.items():
+        torch.testing.assert_close(after[name][0], a)
+        torch.testing.assert_close(after[name][1], b)
     full = ChatRexTask(ChatRexTaskConfig.from_dict({"stage": "stage2", "init_from": str(final),
                                                     "lora": {"enabled": False}, **common}))
     assert full.build_model().model.layers[0].self_attn.q_proj.weight.requires_grad  # a full export keeps it all
