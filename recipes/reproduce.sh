@@ -12,6 +12,8 @@
 #   UPN_DIR=chatrex/assets/chatrex-small/upn bash recipes/reproduce.sh chatrex   # only the ChatRex chain, with a given UPN
 #   S0_DIR=runs/chatrex_stage0/final RUNS=runs/b bash recipes/reproduce.sh chatrex   # reuse stage-0 towers
 # S1_BUDGET=0 skips stage 1: stage 2 then starts from the stage-0 towers and fresh projectors.
+# S2_INIT=DIR continues a stage-2 LoRA export (e.g. the shipped chatrex-small/chatrex) as stage 2: no
+# stage 0 or 1; its LoRA factors go on training (the recipe's lora.r and alpha must be the export's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-data/world}
@@ -25,6 +27,7 @@ S1_BUDGET=${S1_BUDGET:-210}          # seconds of ChatRex stage 1
 S2_BUDGET=${S2_BUDGET:-480}          # seconds of ChatRex stage 2
 S0_DIR=${S0_DIR:-}                   # a finished stage-0 export to use instead of training stage 0
 S0_INIT=${S0_INIT:-}                 # a stage-0 export that stage 0 continues from (e.g. an earlier session's)
+S2_INIT=${S2_INIT:-}                 # a stage-2 LoRA export that stage 2 continues (stages 0 and 1 skipped)
 UPN_DIR=${UPN_DIR:-}                 # an exported UPN to assemble with (default: the one trained here)
 UPN_GPUS=${UPN_GPUS:-}               # e.g. 0,1,2 (several: torchrun DDP); empty: the default device
 CHATREX_GPU=${CHATREX_GPU:-}         # e.g. 3; empty: the default device
@@ -66,7 +69,9 @@ stage0() {  # the vision towers, into $RUNS/chatrex_stage0/final (continuing fro
 chatrex_chain() {
   local gpu=$CHATREX_GPU
   local towers="$RUNS/chatrex_stage0/final"
-  if [ -n "$S0_DIR" ]; then
+  if [ -n "$S2_INIT" ]; then
+    log "stages 0 and 1 skipped: stage 2 continues $S2_INIT"
+  elif [ -n "$S0_DIR" ]; then
     towers=$S0_DIR
     log "stage 0 skipped: towers from $towers"
   elif stage0; then
@@ -81,7 +86,9 @@ chatrex_chain() {
     while [ ! -e "$WAIT_FOR" ]; do sleep 5; done
   fi
   local start=(--set task.init_from="$RUNS/chatrex_stage1/final")
-  if [ "$S1_BUDGET" = 0 ]; then
+  if [ -n "$S2_INIT" ]; then
+    start=(--set task.init_from="$S2_INIT")
+  elif [ "$S1_BUDGET" = 0 ]; then
     log "stage 1 skipped (S1_BUDGET=0): stage 2 starts from the towers and fresh projectors"
     start=(--set task.init_from=null "${tower_args[@]}")
   else
