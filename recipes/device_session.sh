@@ -6,6 +6,7 @@
 #   bash recipes/device_session.sh train        # recipes/reproduce.sh train in the background (GPUs split below)
 #   bash recipes/device_session.sh variants     # ChatRex only: stage 0, then two recipes side by side (below)
 #   bash recipes/device_session.sh upn          # continue a carried UPN (.carry/upn) for UPN_BUDGET s, in the background
+#                                               (UPN_LR, UPN_WORKERS, UPN_ARGS: more --set options)
 #   bash recipes/device_session.sh wait SECONDS # show the logs after SECONDS, or once no training runs;
 #                                               sends the newest stage-2 export (latest/, then final/) in $OUT
 #   bash recipes/device_session.sh finish       # assemble, pack the model into $OUT, evaluate on every GPU
@@ -106,7 +107,7 @@ upn)
     --set task.data.files="[\"$DATA/train.jsonl\"]" --set train.output_dir="$RUNS/upn_cont" \
     --set task.init_checkpoint="$RUNS/upn_init" --set train.time_budget_s="${UPN_BUDGET:-600}" \
     --set train.lr="${UPN_LR:-0.00015}" --set train.warmup_steps=50 --set train.num_workers="${UPN_WORKERS:-14}" \
-    --set train.save_every=100000 --set train.export_every=300 > "$RUNS/upn_cont.log" 2>&1 < /dev/null &
+    --set train.save_every=100000 --set train.export_every=300 ${UPN_ARGS:-} > "$RUNS/upn_cont.log" 2>&1 < /dev/null &
   sleep "${2:-5}"
   tail -c 400 "$RUNS/upn_cont.log" | tr '\r' '\n' | grep -av '^ *$' | tail -2 || true
   ;;
