@@ -69,3 +69,14 @@ def test_default_chain_points_at_boxes_in_both_stages():
     dims = {stage: ChatRexTaskConfig.from_dict(load_recipe(RECIPES / f"chatrex_small_{stage}.json")["task"])
             .vision.get("object_pointer_dim", 0) for stage in ("stage1", "stage2")}
     assert dims["stage1"] > 0 and dims["stage1"] == dims["stage2"]
+
+
+def test_stage2_recipe_can_continue_the_shipped_chatrex():
+    """``S2_INIT=chatrex/assets/chatrex-small/chatrex`` (README, Training) continues the shipped LoRA factors,
+    which needs the stage-2 recipe's LoRA rank and alpha to be the ones the shipped delta was trained with."""
+    import json
+
+    shipped = RECIPES.parent / "chatrex" / "assets" / "chatrex-small" / "chatrex" / "delta_config.json"
+    saved = json.loads(shipped.read_text())["lora"]
+    lora = ChatRexTaskConfig.from_dict(load_recipe(RECIPES / "chatrex_small_stage2.json")["task"]).lora
+    assert lora.enabled and (lora.r, float(lora.alpha)) == (int(saved["r"]), float(saved["alpha"]))
