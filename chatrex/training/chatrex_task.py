@@ -190,6 +190,7 @@ class ChatRexTask:
         meta = json.loads((Path(path) / DELTA_CONFIG).read_text())
         saved = meta.get("lora")
         continue_lora = bool(saved) and self.uses_lora
+        self._init_lora = {}  # a later build from another export must not inherit these
         if saved and not (self.full_llm or continue_lora):
             raise ValueError(
                 f"init_from {path!r} holds LoRA factors, which stage 1 (frozen LLM) would merge and then drop "
