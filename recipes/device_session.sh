@@ -8,7 +8,7 @@
 #   bash recipes/device_session.sh upn          # continue a carried UPN (.carry/upn) for UPN_BUDGET s, in the background
 #                                               (UPN_LR, UPN_WORKERS, UPN_ARGS: more --set options)
 #   bash recipes/device_session.sh wait SECONDS # show the logs after SECONDS, or once no training runs;
-#                                               sends the newest stage-2 export (latest/, then final/) in $OUT
+#                                               sends the newest stage-2 and `upn` exports (latest/, then final/) in $OUT
 #   bash recipes/device_session.sh finish       # assemble, pack the model into $OUT, evaluate on every GPU
 #   bash recipes/device_session.sh finish_variants  # pack both variants' ChatRex into $OUT, evaluate them
 #                                                   (NO_EVAL=1: pack only; evaluate elsewhere)
