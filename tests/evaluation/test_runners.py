@@ -129,6 +129,9 @@ def test_referring_on_ground_truth_boxes(tmp_path):
     again = ScriptedPipeline(oracle)
     run_referring(again, data, boxes="gt", progress=False)
     assert [b for call in again.calls for b in call["boxes"]] == given  # the same order every run
+    elsewhere = ScriptedPipeline(oracle)  # and wherever the data lives
+    run_referring(elsewhere, load_eval_data(write_world(tmp_path / "moved")), boxes="gt", progress=False)
+    assert [b for call in elsewhere.calls for b in call["boxes"]] == given
     first = run_referring(ScriptedPipeline(lambda q, g: ("<ground>it</ground><objects><obj0></objects>", [], [])),
                           data, boxes="gt", progress=False)
     assert first["metrics"]["Acc@0.5"] < 1.0 and first["config"]["boxes"] == "gt"

@@ -9,6 +9,7 @@ drawn at random.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any, Optional
 
 from chatrex.evaluation.datasets import EvalData, EvalDataError
@@ -32,13 +33,14 @@ def referring_samples(data: EvalData) -> list[dict]:
 def ground_truth_box_lists(data: EvalData, samples: list[dict], max_boxes: int = 100) -> list[list[list[float]]]:
     """For each sample of :func:`referring_samples`: its image's ground-truth regions (every level), at most
     ``max_boxes`` of them with the target always among them, in an order drawn with the record id and
-    region id as seed (the same every run)."""
+    region id as seed, with the image's file name rather than its path (the same every run, wherever the
+    data lives)."""
     if data.kind != "records":
         raise EvalDataError(f"ground-truth boxes need JSONL records, not {data.kind} data ({data.source})")
     regions = {(rec.get("id"), rec["image"]): rec.get("regions", []) for rec in data.records}
     lists = []
     for s in samples:
-        rng = random.Random(f"{s['record']}|{s['image']}|{s['region']}")
+        rng = random.Random(f"{s['record']}|{Path(s['image']).name}|{s['region']}")
         others = [r for r in regions[(s["record"], s["image"])] if r.get("id") != s["region"]]
         others = rng.sample(others, min(len(others), max_boxes - 1))
         boxes = [[float(v) for v in s["box"]]] + [[float(v) for v in r["box"]] for r in others]
