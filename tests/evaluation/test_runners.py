@@ -92,13 +92,16 @@ def test_referring_world_and_refcoco(tmp_path):
             return "<ground>the red car</ground><objects><obj0><obj1></objects>", [[40, 5, 60, 40], [2, 2, 30, 20]], [0.9, 0.5]
         if "tall tree" in q:
             return "<ground>tree</ground><objects></objects><ground>tree</ground><objects><obj0></objects>", [[40, 5, 60, 40]], [0.5]
-        return "I don't know <obj", [[0, 0, 8, 30]], [0.9]  # malformed: no grounding
+        return "I don't know <obj", [[40, 40, 50, 48]], [0.9]  # malformed: no grounding; no box fits the person
 
     result = run_referring(ScriptedPipeline(respond), data, progress=False)
     m = result["metrics"]
     # red car: first grounded box is obj0 (the tree) → wrong; tall tree: first non-empty grounding → right
     assert m["num_samples"] == 3 and m["Acc@0.5"] == pytest.approx(1 / 3) and m["num_without_box"] == 1
     assert [p["correct"] for p in result["predictions"]] == [False, True, False]
+    # a perfect pick among the given boxes: the red car and the tree are there, the person is not
+    assert m["oracle@0.5"] == pytest.approx(2 / 3) and m["boxes_per_query"] == pytest.approx(4 / 3)
+    assert [p["best_iou"] for p in result["predictions"]] == [1.0, 1.0, 0.0]
 
     write_image(tmp_path / "coco_imgs" / "x.png", (64, 48))
     ref = tmp_path / "refs.json"

@@ -49,6 +49,15 @@ def ground_truth_box_lists(data: EvalData, samples: list[dict], max_boxes: int =
     return lists
 
 
+def best_iou(box_list: list, target: list) -> float:
+    """The highest IoU of any box of ``box_list`` with ``target`` (0.0 for an empty list)."""
+    from chatrex.evaluation.boxes import as_boxes, box_iou
+
+    if not box_list:
+        return 0.0
+    return float(box_iou(as_boxes(box_list, "box list"), as_boxes(target, "target box"))[:, 0].max())
+
+
 def random_index_accuracy(box_list: list, target: list, threshold: float) -> float:
     """Accuracy of an index drawn uniformly from ``box_list``: the share of its boxes with IoU ≥ threshold."""
     from chatrex.evaluation.boxes import as_boxes, box_iou
@@ -92,15 +101,20 @@ def run_referring(
         idx = next((ix[0] for _, ix in ans.groundings if ix), None)
         firsts.append(None if idx is None else ans.boxes[idx])
     acc = referring_accuracy(firsts, [s["box"] for s in samples], threshold=threshold)
+    best = [best_iou(ans.boxes, s["box"]) for ans, s in zip(answers, samples)]
     predictions = [
         {**s, "box": rounded_box(s["box"]), "predicted_box": None if b is None else rounded_box(b),
          "iou": None if iou is None else round(iou, 4), "correct": iou is not None and iou >= threshold,
-         "answer": ans.to_dict()}
-        for s, b, iou, ans in zip(samples, firsts, acc["ious"], answers)
+         "best_iou": round(top, 4), "answer": ans.to_dict()}
+        for s, b, iou, top, ans in zip(samples, firsts, acc["ious"], best, answers)
     ]
     metrics = {f"Acc@{threshold:g}": acc["accuracy"], "num_samples": acc["num_samples"],
                "num_without_box": acc["num_without_box"],
                **answer_stats(answers)}
+    if boxes == "proposals" and samples:
+        # the most a perfect pick among the given proposals could score, and how many were given
+        metrics[f"oracle@{threshold:g}"] = sum(v >= threshold for v in best) / len(best)
+        metrics["boxes_per_query"] = sum(len(a.boxes) for a in answers) / len(answers)
     if boxes == "gt" and samples:
         chance = [random_index_accuracy(b, s["box"], threshold) for b, s in zip(given, samples)]
         metrics[f"chance@{threshold:g}"] = sum(chance) / len(chance)
