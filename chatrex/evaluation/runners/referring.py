@@ -49,23 +49,23 @@ def ground_truth_box_lists(data: EvalData, samples: list[dict], max_boxes: int =
     return lists
 
 
-def best_iou(box_list: list, target: list) -> float:
-    """The highest IoU of any box of ``box_list`` with ``target`` (0.0 for an empty list)."""
+def ious_with_target(box_list: list, target: list):
+    """(N,) IoU of each box of ``box_list`` (N xyxy boxes, N may be 0) with ``target``."""
     from chatrex.evaluation.boxes import as_boxes, box_iou
 
-    if not box_list:
-        return 0.0
-    return float(box_iou(as_boxes(box_list, "box list"), as_boxes(target, "target box"))[:, 0].max())
+    return box_iou(as_boxes(box_list, "box list"), as_boxes(target, "target box"))[:, 0]
+
+
+def best_iou(box_list: list, target: list) -> float:
+    """The highest IoU of any box of ``box_list`` with ``target`` (0.0 for an empty list)."""
+    ious = ious_with_target(box_list, target)
+    return float(ious.max()) if len(ious) else 0.0
 
 
 def random_index_accuracy(box_list: list, target: list, threshold: float) -> float:
     """Accuracy of an index drawn uniformly from ``box_list``: the share of its boxes with IoU ≥ threshold."""
-    from chatrex.evaluation.boxes import as_boxes, box_iou
-
-    if not box_list:
-        return 0.0
-    ious = box_iou(as_boxes(box_list, "box list"), as_boxes(target, "target box"))[:, 0]
-    return float((ious >= threshold).mean())
+    ious = ious_with_target(box_list, target)
+    return float((ious >= threshold).mean()) if len(ious) else 0.0
 
 
 def run_referring(
