@@ -112,6 +112,36 @@ def test_referring_world_and_refcoco(tmp_path):
     assert ok["metrics"]["num_samples"] == 2 and ok["metrics"]["Acc@0.5"] == 1.0
 
 
+def test_referring_per_region_level(tmp_path):
+    """Expressions naming parts and instances: accuracy, oracle and counts per level; none when one level."""
+    path = write_world(tmp_path)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    records[0]["regions"][1]["referring"] = "the wheel of the red car"  # a part, box [4, 14, 10, 20]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    data = load_eval_data(path)
+
+    def respond(q, given):
+        if "wheel" in q:  # no proposal fits the wheel; the answer names the car
+            return "<ground>wheel</ground><objects><obj0></objects>", [[2, 2, 30, 20]], [0.9]
+        if "red car" in q:
+            return "<ground>car</ground><objects><obj0></objects>", [[2, 2, 30, 20]], [0.9]
+        if "tall tree" in q:  # a fitting proposal, but the pick is the other box
+            return "<ground>tree</ground><objects><obj1></objects>", [[40, 5, 60, 40], [2, 2, 30, 20]], [0.9, 0.8]
+        return "<ground>person</ground><objects><obj0></objects>", [[0, 0, 8, 30]], [0.9]
+
+    m = run_referring(ScriptedPipeline(respond), data, progress=False)["metrics"]
+    assert m["num_samples"] == 4 and m["Acc@0.5"] == pytest.approx(2 / 4) and m["oracle@0.5"] == pytest.approx(3 / 4)
+    assert m["num_samples/instance"] == 3 and m["num_samples/part"] == 1
+    assert m["Acc@0.5/instance"] == pytest.approx(2 / 3) and m["oracle@0.5/instance"] == 1.0
+    assert m["Acc@0.5/part"] == 0.0 and m["oracle@0.5/part"] == 0.0
+    gt = run_referring(ScriptedPipeline(lambda q, g: ("<ground>it</ground><objects><obj0></objects>", [], [])),
+                       data, boxes="gt", progress=False)["metrics"]
+    assert gt["num_samples/part"] == 1 and "Acc@0.5/part" in gt and "oracle@0.5/part" not in gt
+    one_level = run_referring(ScriptedPipeline(respond), load_eval_data(write_world(tmp_path / "plain")),
+                              progress=False)["metrics"]
+    assert not any("/" in k for k in one_level)
+
+
 def test_referring_on_ground_truth_boxes(tmp_path):
     """boxes="gt": the model gets the image's ground-truth regions (shuffled, the same every run, capped at
     max_boxes with the target kept) and the result reports the accuracy of a random index."""

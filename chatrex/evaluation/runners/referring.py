@@ -19,13 +19,13 @@ from chatrex.evaluation.runners.common import Query, answer_stats, limit_items, 
 
 def referring_samples(data: EvalData) -> list[dict]:
     """``[{"image", "expression", "box"}]``: one per RefCOCO expression, or per record region with a
-    ``referring`` expression."""
+    ``referring`` expression (then also ``record``, ``region`` and the region's ``level``)."""
     if data.kind == "refcoco":
         return [{"image": it["image"], "expression": e, "box": it["box"]} for it in data.refcoco
                 for e in it["expressions"]]
     if data.kind == "records":
         return [{"image": rec["image"], "expression": r["referring"], "box": r["box"], "record": rec.get("id"),
-                 "region": r.get("id")}
+                 "region": r.get("id"), "level": r.get("level", "instance")}
                 for rec in data.records for r in rec.get("regions", []) if (r.get("referring") or "").strip()]
     raise EvalDataError(f"referring needs RefCOCO-style JSON or JSONL records, not {data.kind} data ({data.source})")
 
@@ -66,6 +66,22 @@ def random_index_accuracy(box_list: list, target: list, threshold: float) -> flo
     """Accuracy of an index drawn uniformly from ``box_list``: the share of its boxes with IoU ≥ threshold."""
     ious = ious_with_target(box_list, target)
     return float((ious >= threshold).mean()) if len(ious) else 0.0
+
+
+def per_level(levels: list, correct: list[bool], best: list[float], threshold: float, oracle: bool) -> dict:
+    """``Acc@<t>/<level>``, ``num_samples/<level>`` and (``oracle``) ``oracle@<t>/<level>`` for each
+    region level (instance, part) when the samples' ``levels`` hold more than one; {} otherwise."""
+    names = sorted({v for v in levels if v})
+    if len(names) < 2:
+        return {}
+    out = {}
+    for level in names:
+        sel = [i for i, v in enumerate(levels) if v == level]
+        out[f"Acc@{threshold:g}/{level}"] = sum(correct[i] for i in sel) / len(sel)
+        if oracle:
+            out[f"oracle@{threshold:g}/{level}"] = sum(best[i] >= threshold for i in sel) / len(sel)
+        out[f"num_samples/{level}"] = len(sel)
+    return out
 
 
 def run_referring(
@@ -119,6 +135,8 @@ def run_referring(
         chance = [random_index_accuracy(b, s["box"], threshold) for b, s in zip(given, samples)]
         metrics[f"chance@{threshold:g}"] = sum(chance) / len(chance)
         metrics["boxes_per_query"] = sum(len(b) for b in given) / len(given)
+    metrics.update(per_level([s.get("level") for s in samples], [p["correct"] for p in predictions], best,
+                             threshold, oracle=boxes == "proposals"))
     return {
         "task": "referring",
         "metrics": metrics,
