@@ -1,11 +1,14 @@
 """Time one UPN training step (forward, losses, backward, AdamW) and show where the time goes.
 
     python benchmarks/upn_train_step.py --recipe recipes/upn_small.json --data data/world/train.jsonl \
-        --batch 6 --steps 10 [--msda pytorch|triton] [--profile]
+        --batch 6 --steps 10 [--msda pytorch|triton] [--profile] [--count-ops]
 
 Batches are real world scenes through the training transform; the same batches are reused for every
 timed step so that only the model and the loss are timed. Prints ms/step, samples/s, peak GPU memory
-and, with ``--profile``, the top operators by self time.
+and, with ``--profile``, the top operators by self time. ``--count-ops`` counts the ATen operators one
+step dispatches (forward with losses, backward, optimizer), views apart: on a GPU every other operator
+is at least one kernel launch, so this count bounds how fast the host can drive the step, whatever the
+device.
 """
 
 from __future__ import annotations
@@ -15,6 +18,38 @@ import json
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the ATen operators dispatched while active: all of them, and those that are not views."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = self.compute = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.total += 1
+        self.compute += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def count_step_ops(model, opt, task, batch, device, amp: bool) -> dict[str, dict[str, int]]:
+    """Operators of one training step by phase: {phase: {"all": n, "non_view": n}}."""
+    out = {}
+    with _OpCounter() as c:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss, _ = task.compute_loss(model, batch, device)
+    out["forward_and_loss"] = {"all": c.total, "non_view": c.compute}
+    with _OpCounter() as c:
+        loss.backward()
+    out["backward"] = {"all": c.total, "non_view": c.compute}
+    with _OpCounter() as c:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    out["clip_and_optimizer"] = {"all": c.total, "non_view": c.compute}
+    return out
 
 
 def main() -> None:
@@ -28,6 +63,7 @@ def main() -> None:
     ap.add_argument("--msda", default=None, help="deformable-attention implementation (auto, pytorch, triton)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--count-ops", action="store_true", help="count the operators of one step, by phase")
     ap.add_argument("--json", default=None, help="append the result as one JSON line to this file")
     args = ap.parse_args()
 
@@ -44,7 +80,8 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = task.build_model().to(device).train()
-    opt = torch.optim.AdamW(task.param_groups(model, type("C", (), {"lr": 1e-4, "weight_decay": 0.05})()))
+    opt = torch.optim.AdamW(task.param_groups(model, type("C", (), {"lr": 1e-4, "weight_decay": 0.05})()),
+                            fused=device.type == "cuda" or None)  # as the trainer
     ds = task.build_dataset()
     batches = [task.collate([ds[(i * args.batch + j) % len(ds)] for j in range(args.batch)]) for i in range(2)]
     amp = device.type == "cuda"
@@ -80,6 +117,10 @@ def main() -> None:
         "peak_mem_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None,
     }
     print(json.dumps(result))
+    if args.count_ops:
+        counts = count_step_ops(model, opt, task, batches[0], device, amp)
+        print(json.dumps({"ops_per_step": counts}))
+        result["ops_per_step"] = counts
     if args.json:
         with open(args.json, "a") as f:
             f.write(json.dumps(result) + "\n")

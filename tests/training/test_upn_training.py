@@ -10,7 +10,8 @@ from chatrex.training.sampler import SeededIndex
 from chatrex.training.trainer import Trainer
 from chatrex.training.upn.criterion import UPNCriterion
 from chatrex.training.upn.denoising import DenoisingConfig, DenoisingGenerator, dn_positive_indices, inverse_sigmoid
-from chatrex.training.upn.matcher import hungarian_match
+from chatrex.training.upn.matcher import batched_generalized_box_iou, hungarian_match, hungarian_match_layers
+from torchvision.ops import box_convert, generalized_box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 from chatrex.training.upn.task import UPNTask, UPNTaskConfig
 
 
@@ -73,7 +74,8 @@ def test_criterion_perfect_vs_wrong_predictions():
     crit = UPNCriterion()
     lg, logs = crit(good, tgt)
     lb, _ = crit(bad, tgt)
-    assert logs["loss_l1"] == pytest.approx(0.0, abs=1e-6) and logs["loss_giou"] == pytest.approx(0.0, abs=1e-5)
+    assert float(logs["loss_l1"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(logs["loss_giou"]) == pytest.approx(0.0, abs=1e-5)
     assert float(lb) > float(lg) + 1.0
 
 
@@ -88,10 +90,17 @@ def test_denoising_queries_layout_and_mask():
     assert m.shape == (17, 17)
     assert m[12:, :12].all() and not m[12:, 12:].any()  # matching queries never see dn queries
     assert not m[0:4, 0:4].any() and m[0:4, 4:12].all()  # group 0 sees only itself
+    group = torch.arange(12) // 4
+    assert torch.equal(m[:12, :12], group[:, None] != group[None, :])  # every group sees only itself
+    # an image without boxes gets only background slots: centred boxes of a tenth of the image
+    assert torch.allclose(dn["dn_refpoints"].sigmoid()[1], torch.tensor([0.5, 0.5, 0.1, 0.1]).expand(12, 4), atol=1e-6)
     # positives stay close to their box, negatives are farther
     boxes = dn["dn_refpoints"].sigmoid()[0]
     pos_err = (boxes[0] - targets[0][0]).abs().max()
     assert pos_err <= 0.2 * 0.4 / 2 * 2 + 1e-4
+    # each negative corner moves by one to two noise half-sizes (0.4 * w / 2): never less than one
+    corners = box_convert(boxes[[2, 6, 10]], "cxcywh", "xyxy") - box_convert(targets[0][0], "cxcywh", "xyxy")
+    assert (corners.abs() >= 0.2 * 0.4 / 2 - 1e-4).all() and (corners.abs() <= 0.2 * 0.4 + 1e-4).all()
     idx = dn_positive_indices(meta)
     assert idx[0][0].tolist() == [0, 1, 4, 5, 8, 9] and idx[0][1].tolist() == [0, 1, 0, 1, 0, 1]
     assert idx[1][0].numel() == 0
@@ -129,3 +138,76 @@ def test_batched_matching_equals_matching_each_image_alone():
         (qi, ti), = hungarian_match(logits[b:b + 1], boxes[b:b + 1], [targets[b]])
         assert torch.equal(batched[b][0], qi) and torch.equal(batched[b][1], ti)
         assert len(qi) == targets[b].shape[0]
+
+
+def _random_boxes(g, *shape):
+    return torch.cat([torch.rand(*shape, 2, generator=g) * 0.6 + 0.2, torch.rand(*shape, 2, generator=g) * 0.3 + 0.05], -1)
+
+
+def test_batched_generalized_box_iou_matches_torchvision():
+    g = torch.Generator().manual_seed(0)
+    a = box_convert(_random_boxes(g, 3, 5), "cxcywh", "xyxy")
+    b = box_convert(_random_boxes(g, 3, 4), "cxcywh", "xyxy")
+    got = batched_generalized_box_iou(a, b)
+    assert got.shape == (3, 5, 4)
+    for i in range(3):
+        assert torch.allclose(got[i], generalized_box_iou(a[i], b[i]), atol=1e-6)
+
+
+def test_matching_layers_together_equals_matching_each_layer():
+    g = torch.Generator().manual_seed(1)
+    L, B, Q = 3, 2, 10
+    logits, boxes = torch.randn(L, B, Q, 1, generator=g), _random_boxes(g, L, B, Q)
+    targets = [_random_boxes(g, 4), _random_boxes(g, 0)]
+    together = hungarian_match_layers(logits, boxes, targets)
+    for layer in range(L):
+        alone = hungarian_match(logits[layer], boxes[layer], targets)
+        for (qa, ta), (qb, tb) in zip(together[layer], alone):
+            assert torch.equal(qa, qb) and torch.equal(ta, tb)
+    with pytest.raises(ValueError, match="target sets"):
+        hungarian_match_layers(logits, boxes, targets[:1])
+
+
+def _reference_set_loss(out, targets, pairs, num_boxes):
+    """One layer's weighted loss, written image by image with torchvision's losses."""
+    onehot = torch.zeros_like(out["pred_logits"])
+    l1 = giou = 0.0
+    for b, (qi, ti) in enumerate(pairs):
+        onehot[b, qi, 0] = 1.0
+        s, t = out["pred_boxes"][b, qi], targets[b][ti]
+        l1 = l1 + (s - t).abs().sum()
+        giou = giou + generalized_box_iou_loss(box_convert(s, "cxcywh", "xyxy"), box_convert(t, "cxcywh", "xyxy"),
+                                               reduction="sum")
+    focal = sigmoid_focal_loss(out["pred_logits"], onehot, alpha=0.25, gamma=2.0, reduction="sum")
+    return (focal + 5 * l1 + 2 * giou) / num_boxes
+
+
+def test_criterion_equals_the_per_image_per_layer_losses():
+    g = torch.Generator().manual_seed(2)
+    B, Q, P = 3, 12, 8
+    targets = [_random_boxes(g, 2), _random_boxes(g, 0), _random_boxes(g, 4)]
+
+    def layer(q):
+        return {"pred_logits": torch.randn(B, q, 1, generator=g).requires_grad_(),
+                "pred_boxes": _random_boxes(g, B, q).requires_grad_()}
+
+    out = layer(Q)
+    out["aux_outputs"] = [layer(Q), layer(Q)]
+    out["enc_outputs"] = layer(Q)
+    out["dn_outputs"] = layer(P)
+    out["dn_outputs"]["aux_outputs"] = [layer(P)]
+    out["dn_meta"] = {"pad_size": P, "num_groups": 1, "max_gt": 4, "num_gt": [2, 0, 4]}
+    total, logs = UPNCriterion()(out, targets)
+
+    matched = [out, *out["aux_outputs"], out["enc_outputs"]]
+    ref = [_reference_set_loss(o, targets, hungarian_match(o["pred_logits"], o["pred_boxes"], targets), 6.0)
+           for o in matched]
+    dn_pairs = dn_positive_indices(out["dn_meta"])
+    ref_dn = [_reference_set_loss(o, targets, dn_pairs, 6.0) for o in (out["dn_outputs"], *out["dn_outputs"]["aux_outputs"])]
+    assert float(logs["loss_aux"]) == pytest.approx(sum(r.item() for r in ref[1:]), rel=1e-5)
+    assert float(logs["loss_dn"]) == pytest.approx(sum(r.item() for r in ref_dn), rel=1e-5)
+    assert total.item() == pytest.approx(sum(r.item() for r in ref + ref_dn), rel=1e-5)
+    grads = torch.autograd.grad(total, [out["pred_boxes"], out["dn_outputs"]["pred_logits"]])
+    ref_grads = torch.autograd.grad(sum(ref) + sum(ref_dn), [out["pred_boxes"], out["dn_outputs"]["pred_logits"]])
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-5)

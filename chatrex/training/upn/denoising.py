@@ -63,31 +63,23 @@ class DenoisingGenerator(nn.Module):
         pad = groups * 2 * max_gt
         device = self.content.weight.device
         B = len(targets)
-        boxes = torch.zeros(B, pad, 4, device=device)
-        boxes[..., :2] = 0.5  # unused slots: centred boxes, treated as background
-        boxes[..., 2:] = 0.1
-        for b, t in enumerate(targets):
-            n = num_gt[b]
-            if n == 0:
-                continue
-            t = t.to(device).float()
-            xyxy = box_convert(t, "cxcywh", "xyxy")
-            half = torch.cat([t[:, 2:], t[:, 2:]], dim=1) / 2 * self.cfg.box_noise_scale
-            for g in range(groups):
-                for neg in (0, 1):
-                    sign = torch.randint(0, 2, (n, 4), device=device, generator=generator).float() * 2 - 1
-                    part = torch.rand(n, 4, device=device, generator=generator) + neg
-                    noisy = (xyxy + sign * part * half).clamp(0, 1)
-                    noisy = box_convert(noisy, "xyxy", "cxcywh")
-                    start = g * 2 * max_gt + neg * max_gt
-                    boxes[b, start : start + n] = noisy
+        # slot layout per image: group g, then positives (neg=0) and negatives (neg=1), then max_gt boxes
+        gt = torch.nn.utils.rnn.pad_sequence([t.to(device, torch.float32) for t in targets], batch_first=True)
+        valid = torch.arange(max_gt, device=device)[None, :] < torch.tensor(num_gt, device=device)[:, None]
+        xyxy = box_convert(gt, "cxcywh", "xyxy")[:, None, None]  # (B,1,1,M,4)
+        half = (gt[..., 2:] / 2 * self.cfg.box_noise_scale).repeat(1, 1, 2)[:, None, None]
+        shape = (B, groups, 2, max_gt, 4)
+        sign = torch.randint(0, 2, shape, device=device, generator=generator).float() * 2 - 1
+        part = torch.rand(shape, device=device, generator=generator)
+        part[:, :, 1] += 1.0  # negatives: noise between 1 and 2 half-sizes
+        noisy = box_convert((xyxy + sign * part * half).clamp(0, 1), "xyxy", "cxcywh")
+        unused = torch.tensor([0.5, 0.5, 0.1, 0.1], device=device)  # centred boxes, treated as background
+        boxes = torch.where(valid[:, None, None, :, None], noisy, unused).reshape(B, pad, 4)
         total = pad + num_matching_queries
+        group = torch.arange(pad, device=device) // (2 * max_gt)
         mask = torch.zeros(total, total, dtype=torch.bool, device=device)
+        mask[:pad, :pad] = group[:, None] != group[None, :]  # groups cannot see each other
         mask[pad:, :pad] = True  # matching queries do not see the denoising ones
-        for g in range(groups):
-            s, e = g * 2 * max_gt, (g + 1) * 2 * max_gt
-            mask[s:e, :s] = True
-            mask[s:e, e:pad] = True
         return {
             "dn_content": self.content.weight[0].expand(B, pad, -1),
             "dn_refpoints": inverse_sigmoid(boxes),

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from scipy.optimize import linear_sum_assignment
-from torchvision.ops import box_convert, generalized_box_iou
+from torchvision.ops import box_convert
 
 
 @dataclass
@@ -24,9 +24,9 @@ def focal_class_cost(logits: torch.Tensor, alpha: float, gamma: float) -> torch.
     """Per-query cost of calling a query an object: positive focal term minus negative focal term.
 
     Args:
-        logits: (Q,) objectness logits.
+        logits: (...,) objectness logits.
     Returns:
-        (Q,) cost (lower = more object-like).
+        (...,) cost (lower = more object-like).
     """
     p = logits.sigmoid()
     neg = (1 - alpha) * p.pow(gamma) * -torch.log1p(-p + 1e-8)
@@ -34,13 +34,79 @@ def focal_class_cost(logits: torch.Tensor, alpha: float, gamma: float) -> torch.
     return pos - neg
 
 
+def batched_generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """Pairwise generalised IoU within each batch element (torchvision's ``generalized_box_iou``, batched).
+
+    Args:
+        boxes1: (..., N, 4) and boxes2: (..., M, 4), xyxy with x2 >= x1 and y2 >= y1.
+    Returns:
+        (..., N, M).
+    """
+    a, b = boxes1[..., :, None, :], boxes2[..., None, :, :]
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
+    wh = (torch.minimum(a[..., 2:], b[..., 2:]) - torch.maximum(a[..., :2], b[..., :2])).clamp_(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area1[..., :, None] + area2[..., None, :] - inter
+    wh = torch.maximum(a[..., 2:], b[..., 2:]) - torch.minimum(a[..., :2], b[..., :2])
+    hull = wh[..., 0] * wh[..., 1]
+    return inter / union - (hull - union) / hull
+
+
+def pad_targets(targets: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """B tensors (N_b, 4) cxcywh -> (B, max N_b, 4) float32, padded with the valid box (0.5, 0.5, 0.5, 0.5)."""
+    return torch.nn.utils.rnn.pad_sequence([t.to(device, torch.float32) for t in targets],
+                                           batch_first=True, padding_value=0.5)
+
+
 @torch.no_grad()
+def hungarian_match_layers(pred_logits: torch.Tensor, pred_boxes: torch.Tensor, targets: list[torch.Tensor],
+                           cfg: MatcherConfig = MatcherConfig()) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Match the predictions of several layers (or any stack of outputs) to the same targets.
+
+    The costs of every layer and image are computed on the predictions' device in one batch against
+    the targets padded to the largest count, and copied to the host once; only the assignment runs
+    per layer and image (scipy). One host copy per call, whatever the number of layers and images.
+
+    Args:
+        pred_logits: (L, B, Q, 1) objectness logits.
+        pred_boxes: (L, B, Q, 4) normalised cxcywh.
+        targets: B tensors (N_b, 4) of normalised cxcywh ground-truth boxes.
+
+    Returns:
+        L lists of B pairs ``(query_idx, target_idx)``: int64 CPU tensors of equal length min(Q, N_b).
+    """
+    L, B = pred_boxes.shape[:2]
+    if len(targets) != B:
+        raise ValueError(f"{len(targets)} target sets for a batch of {B}")
+    sizes = [int(t.shape[0]) for t in targets]
+    empty = torch.empty(0, dtype=torch.int64)
+    n_max = max(sizes, default=0)
+    if n_max == 0:
+        return [[(empty, empty) for _ in targets] for _ in range(L)]
+    boxes = pred_boxes.float()
+    padded = pad_targets(targets, boxes.device).expand(L, B, n_max, 4)
+    c_cls = focal_class_cost(pred_logits[..., 0].float(), cfg.alpha, cfg.gamma)[..., None]
+    c_l1 = torch.cdist(boxes.flatten(0, 1), padded.flatten(0, 1), p=1).view(L, B, -1, n_max)
+    c_giou = -batched_generalized_box_iou(box_convert(boxes, "cxcywh", "xyxy"), box_convert(padded, "cxcywh", "xyxy"))
+    cost = cfg.cost_bbox * c_l1 + cfg.cost_class * c_cls + cfg.cost_giou * c_giou
+    cost = torch.nan_to_num(cost, nan=1e6, posinf=1e6, neginf=-1e6).cpu().numpy()
+    out = []
+    for layer in cost:
+        pairs = []
+        for b, n in enumerate(sizes):
+            if n == 0:
+                pairs.append((empty, empty))
+                continue
+            qi, ti = linear_sum_assignment(layer[b, :, :n])
+            pairs.append((torch.as_tensor(qi, dtype=torch.int64), torch.as_tensor(ti, dtype=torch.int64)))
+        out.append(pairs)
+    return out
+
+
 def hungarian_match(pred_logits: torch.Tensor, pred_boxes: torch.Tensor, targets: list[torch.Tensor],
                     cfg: MatcherConfig = MatcherConfig()) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Match predictions to targets, image by image.
-
-    The costs of the whole batch are computed on the predictions' device against the targets padded
-    to the largest count, and copied to the host once; only the assignment runs per image (scipy).
+    """Match one layer's predictions to targets, image by image.
 
     Args:
         pred_logits: (B, Q, 1) objectness logits.
@@ -50,30 +116,4 @@ def hungarian_match(pred_logits: torch.Tensor, pred_boxes: torch.Tensor, targets
     Returns:
         B pairs ``(query_idx, target_idx)`` of int64 tensors of equal length min(Q, N_b).
     """
-    sizes = [int(t.shape[0]) for t in targets]
-    empty = torch.empty(0, dtype=torch.int64)
-    n_max = max(sizes, default=0)
-    if n_max == 0:
-        return [(empty, empty) for _ in targets]
-    B = pred_boxes.shape[0]
-    boxes = pred_boxes.float()
-    padded = boxes.new_zeros((B, n_max, 4))
-    padded[..., 2:] = 1.0  # a valid box for the padding slots (their costs are never read)
-    for b, t in enumerate(targets):
-        if sizes[b]:
-            padded[b, :sizes[b]] = t.to(boxes)
-    c_cls = focal_class_cost(pred_logits[..., 0].float(), cfg.alpha, cfg.gamma)[:, :, None]
-    c_l1 = torch.cdist(boxes, padded, p=1)
-    pred_xyxy = box_convert(boxes, "cxcywh", "xyxy")
-    tgt_xyxy = box_convert(padded, "cxcywh", "xyxy")
-    c_giou = -torch.stack([generalized_box_iou(pred_xyxy[b], tgt_xyxy[b]) for b in range(B)])
-    cost = cfg.cost_bbox * c_l1 + cfg.cost_class * c_cls + cfg.cost_giou * c_giou
-    cost = torch.nan_to_num(cost, nan=1e6, posinf=1e6, neginf=-1e6).cpu().numpy()
-    out = []
-    for b, n in enumerate(sizes):
-        if n == 0:
-            out.append((empty, empty))
-            continue
-        qi, ti = linear_sum_assignment(cost[b, :, :n])
-        out.append((torch.as_tensor(qi, dtype=torch.int64), torch.as_tensor(ti, dtype=torch.int64)))
-    return out
+    return hungarian_match_layers(pred_logits[None], pred_boxes[None], targets, cfg)[0]

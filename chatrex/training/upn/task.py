@@ -128,9 +128,11 @@ class UPNTask:
         for g, out in outs.items():
             loss, parts = self.criterion(out, targets[g])
             total = total + loss
-            logs[f"loss_{g}"] = float(loss.detach())
+            logs[f"loss_{g}"] = loss.detach()
             logs.update({f"{k}_{g}": v for k, v in parts.items()})
-        return total, logs
+        # one host copy for every logged value instead of one per value
+        values = torch.stack([v.float() for v in logs.values()]).tolist() if logs else []
+        return total, dict(zip(logs, values))
 
     def export(self, model: nn.Module, out_dir: Path) -> None:
         from chatrex.upn.checkpoint import save_pretrained
