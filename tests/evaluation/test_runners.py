@@ -13,6 +13,7 @@ from chatrex.evaluation.datasets import EvalDataError, load_eval_data
 from chatrex.evaluation.runners import (run_counting, run_detection, run_grounded_caption, run_pope, run_proposals,
                                         run_referring, run_region)
 from chatrex.evaluation.runners.common import PredictorError, Query, run_queries
+from chatrex.evaluation.runners.referring import WRONG_PICK_KINDS
 from tests.evaluation.standins import ScriptedPipeline, ScriptedUPN, write_coco, write_image, write_world
 
 PROPS_1 = ([[0, 0, 20, 40], [30, 20, 50, 40], [40, 0, 60, 10]], [0.9, 0.8, 0.5])
@@ -102,6 +103,10 @@ def test_referring_world_and_refcoco(tmp_path):
     # a perfect pick among the given boxes: the red car and the tree are there, the person is not
     assert m["oracle@0.5"] == pytest.approx(2 / 3) and m["boxes_per_query"] == pytest.approx(4 / 3)
     assert [p["best_iou"] for p in result["predictions"]] == [1.0, 1.0, 0.0]
+    # where the wrong picks went: the red car's to the tree, the person's nowhere; they add up with Acc to 1
+    assert [p.get("wrong_pick") for p in result["predictions"]] == ["other_category", None, "no_box"]
+    assert m["wrong/other_category"] == pytest.approx(1 / 3) and m["wrong/no_box"] == pytest.approx(1 / 3)
+    assert m["wrong/same_category"] == 0.0 and m["wrong/no_region"] == 0.0
 
     write_image(tmp_path / "coco_imgs" / "x.png", (64, 48))
     ref = tmp_path / "refs.json"
@@ -110,6 +115,30 @@ def test_referring_world_and_refcoco(tmp_path):
     ok = run_referring(ScriptedPipeline(lambda q, b: ("<ground>man</ground><objects><obj0></objects>", [[0, 0, 20, 38]], [0.8])),
                        refdata, progress=False)
     assert ok["metrics"]["num_samples"] == 2 and ok["metrics"]["Acc@0.5"] == 1.0
+    assert not any(k.startswith("wrong/") for k in ok["metrics"])  # RefCOCO data has no other regions
+
+
+def test_referring_wrong_picks_by_kind(tmp_path):
+    """A pick of the other car is a same-category confusion; a box on no region is 'no_region'."""
+    path = write_world(tmp_path)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    records[1]["regions"][0]["referring"] = "the blue car"  # box [10, 10, 30, 30]; the green car is [32, 10, 50, 30]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    def respond(q, given):
+        if "blue car" in q:
+            return "<ground>car</ground><objects><obj0></objects>", [[32, 10, 50, 30]], [0.9]
+        if "person" in q:
+            return "<ground>person</ground><objects><obj0></objects>", [[50, 32, 60, 40]], [0.9]
+        return "<ground>it</ground><objects><obj0></objects>", [[2, 2, 30, 20], [40, 5, 60, 40]], [0.9, 0.9]
+
+    result = run_referring(ScriptedPipeline(respond), load_eval_data(path), progress=False)
+    kinds = {p["expression"]: p.get("wrong_pick") for p in result["predictions"]}
+    assert kinds == {"the red car on the left": None, "the tall tree on the right": "other_category",
+                     "the blue car": "same_category", "the person at the far left": "no_region"}
+    m = result["metrics"]
+    assert m["wrong/same_category"] == m["wrong/other_category"] == m["wrong/no_region"] == pytest.approx(1 / 4)
+    assert m["Acc@0.5"] + sum(m[f"wrong/{k}"] for k in WRONG_PICK_KINDS) == pytest.approx(1.0)
 
 
 def test_referring_per_region_level(tmp_path):
@@ -139,7 +168,7 @@ def test_referring_per_region_level(tmp_path):
     assert gt["num_samples/part"] == 1 and "Acc@0.5/part" in gt and "oracle@0.5/part" not in gt
     one_level = run_referring(ScriptedPipeline(respond), load_eval_data(write_world(tmp_path / "plain")),
                               progress=False)["metrics"]
-    assert not any("/" in k for k in one_level)
+    assert not any("/" in k for k in one_level if not k.startswith("wrong/"))
 
 
 def test_referring_on_ground_truth_boxes(tmp_path):

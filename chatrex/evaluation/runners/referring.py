@@ -19,13 +19,13 @@ from chatrex.evaluation.runners.common import Query, answer_stats, limit_items, 
 
 def referring_samples(data: EvalData) -> list[dict]:
     """``[{"image", "expression", "box"}]``: one per RefCOCO expression, or per record region with a
-    ``referring`` expression (then also ``record``, ``region`` and the region's ``level``)."""
+    ``referring`` expression (then also ``record``, ``region``, the region's ``level`` and ``category``)."""
     if data.kind == "refcoco":
         return [{"image": it["image"], "expression": e, "box": it["box"]} for it in data.refcoco
                 for e in it["expressions"]]
     if data.kind == "records":
         return [{"image": rec["image"], "expression": r["referring"], "box": r["box"], "record": rec.get("id"),
-                 "region": r.get("id"), "level": r.get("level", "instance")}
+                 "region": r.get("id"), "level": r.get("level", "instance"), "category": r.get("category")}
                 for rec in data.records for r in rec.get("regions", []) if (r.get("referring") or "").strip()]
     raise EvalDataError(f"referring needs RefCOCO-style JSON or JSONL records, not {data.kind} data ({data.source})")
 
@@ -84,6 +84,41 @@ def per_level(levels: list, correct: list[bool], best: list[float], threshold: f
     return out
 
 
+WRONG_PICK_KINDS = ("same_category", "other_category", "no_region", "no_box")
+
+
+def wrong_pick_kinds(data: EvalData, samples: list[dict], picked: list, threshold: float) -> list[Optional[str]]:
+    """What each wrong pick of a world record's expression fits instead of the target.
+
+    For a sample whose picked box misses the target (IoU < ``threshold``): "same_category" when it fits
+    (IoU ≥ ``threshold``) another region of the target's category, so that the expression's attribute,
+    position or parent told them apart; "other_category" when the region it fits best (IoU ≥
+    ``threshold``) has another category; "no_region" when it fits no annotated region; "no_box" when the
+    answer grounded nothing. None for a right pick, and for every sample of data without regions.
+    """
+    if data.kind != "records":
+        return [None] * len(samples)
+    regions = {(rec.get("id"), rec["image"]): rec.get("regions", []) for rec in data.records}
+    kinds: list[Optional[str]] = []
+    for s, box in zip(samples, picked):
+        if box is None:
+            kinds.append("no_box")
+            continue
+        if float(ious_with_target([box], s["box"])[0]) >= threshold:
+            kinds.append(None)
+            continue
+        others = [r for r in regions.get((s.get("record"), s["image"]), []) if r.get("id") != s.get("region")]
+        ious = ious_with_target([r["box"] for r in others], box) if others else []
+        fits = [(float(v), r) for v, r in zip(ious, others) if v >= threshold]
+        if not fits:
+            kinds.append("no_region")
+        elif any(r.get("category") == s.get("category") for _, r in fits):
+            kinds.append("same_category")
+        else:
+            kinds.append("other_category")
+    return kinds
+
+
 def run_referring(
     predictor: Any,
     data: EvalData,
@@ -118,11 +153,12 @@ def run_referring(
         firsts.append(None if idx is None else ans.boxes[idx])
     acc = referring_accuracy(firsts, [s["box"] for s in samples], threshold=threshold)
     best = [best_iou(ans.boxes, s["box"]) for ans, s in zip(answers, samples)]
+    wrong = wrong_pick_kinds(data, samples, firsts, threshold)
     predictions = [
         {**s, "box": rounded_box(s["box"]), "predicted_box": None if b is None else rounded_box(b),
          "iou": None if iou is None else round(iou, 4), "correct": iou is not None and iou >= threshold,
-         "best_iou": round(top, 4), "answer": ans.to_dict()}
-        for s, b, iou, top, ans in zip(samples, firsts, acc["ious"], best, answers)
+         "best_iou": round(top, 4), **({"wrong_pick": kind} if kind else {}), "answer": ans.to_dict()}
+        for s, b, iou, top, kind, ans in zip(samples, firsts, acc["ious"], best, wrong, answers)
     ]
     metrics = {f"Acc@{threshold:g}": acc["accuracy"], "num_samples": acc["num_samples"],
                "num_without_box": acc["num_without_box"],
@@ -135,6 +171,9 @@ def run_referring(
         chance = [random_index_accuracy(b, s["box"], threshold) for b, s in zip(given, samples)]
         metrics[f"chance@{threshold:g}"] = sum(chance) / len(chance)
         metrics["boxes_per_query"] = sum(len(b) for b in given) / len(given)
+    if data.kind == "records" and samples:
+        # where the wrong picks went: another object of the target's category, another category, nothing
+        metrics.update({f"wrong/{k}": sum(w == k for w in wrong) / len(samples) for k in WRONG_PICK_KINDS})
     metrics.update(per_level([s.get("level") for s in samples], [p["correct"] for p in predictions], best,
                              threshold, oracle=boxes == "proposals"))
     return {
