@@ -218,7 +218,9 @@ def referring_cmd(
                                          help="proposals (UPN, the paper's protocol) or gt (world records: the "
                                               "image's ground-truth regions; reports chance@0.5 too)."),
 ) -> None:
-    """Referring expressions: Acc@0.5 of the first grounded box."""
+    """Referring expressions: Acc@0.5 of the first grounded box, and the oracle (a fitting box given).
+
+    World records: also per region level, and where wrong picks went (wrong/*; with Acc they sum to 1)."""
     _pipeline_task("referring")(model, data, images, out, limit, batch_size, device, max_new_tokens, granularity=granularity.value,
                                 min_score=min_score, max_boxes=max_boxes, boxes=boxes.value)
 
