@@ -92,9 +92,9 @@ def wrong_pick_kinds(data: EvalData, samples: list[dict], picked: list, threshol
 
     For a sample whose picked box misses the target (IoU < ``threshold``): "same_category" when it fits
     (IoU ≥ ``threshold``) another region of the target's category, so that the expression's attribute,
-    position or parent told them apart; "other_category" when the region it fits best (IoU ≥
-    ``threshold``) has another category; "no_region" when it fits no annotated region; "no_box" when the
-    answer grounded nothing. None for a right pick, and for every sample of data without regions.
+    position or parent told them apart; "other_category" when the regions it fits are all of other
+    categories; "no_region" when it fits no annotated region; "no_box" when the answer grounded
+    nothing. None for a right pick, and for every sample of data without regions.
     """
     if data.kind != "records":
         return [None] * len(samples)
@@ -109,10 +109,10 @@ def wrong_pick_kinds(data: EvalData, samples: list[dict], picked: list, threshol
             continue
         others = [r for r in regions.get((s.get("record"), s["image"]), []) if r.get("id") != s.get("region")]
         ious = ious_with_target([r["box"] for r in others], box) if others else []
-        fits = [(float(v), r) for v, r in zip(ious, others) if v >= threshold]
+        fits = [r for v, r in zip(ious, others) if v >= threshold]
         if not fits:
             kinds.append("no_region")
-        elif any(r.get("category") == s.get("category") for _, r in fits):
+        elif any(r.get("category") == s.get("category") for r in fits):
             kinds.append("same_category")
         else:
             kinds.append("other_category")
