@@ -6,8 +6,8 @@
 Batches are real world scenes through the training transform; the same batches are reused for every
 timed step so that only the model and the loss are timed. Prints ms/step, samples/s, peak GPU memory
 and, with ``--profile``, the top operators by self time. ``--count-ops`` counts the ATen operators one
-step dispatches (forward with losses, backward, optimizer), views apart: on a GPU every other operator
-is at least one kernel launch, so this count bounds how fast the host can drive the step, whatever the
+step dispatches (forward with losses, backward, optimizer), views apart: on a GPU nearly every other
+operator is a kernel launch, so this count bounds how fast the host can drive the step, whatever the
 device.
 """
 

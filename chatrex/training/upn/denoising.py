@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torchvision.ops import box_convert
 
+from chatrex.training.upn.matcher import pad_targets
+
 
 @dataclass
 class DenoisingConfig:
@@ -64,7 +66,7 @@ class DenoisingGenerator(nn.Module):
         device = self.content.weight.device
         B = len(targets)
         # slot layout per image: group g, then positives (neg=0) and negatives (neg=1), then max_gt boxes
-        gt = torch.nn.utils.rnn.pad_sequence([t.to(device, torch.float32) for t in targets], batch_first=True)
+        gt = pad_targets(targets, device)  # (B,M,4); the padding slots are replaced below
         valid = torch.arange(max_gt, device=device)[None, :] < torch.tensor(num_gt, device=device)[:, None]
         xyxy = box_convert(gt, "cxcywh", "xyxy")[:, None, None]  # (B,1,1,M,4)
         half = (gt[..., 2:] / 2 * self.cfg.box_noise_scale).repeat(1, 1, 2)[:, None, None]
