@@ -30,6 +30,11 @@ def referring_samples(data: EvalData) -> list[dict]:
     raise EvalDataError(f"referring needs RefCOCO-style JSON or JSONL records, not {data.kind} data ({data.source})")
 
 
+def regions_by_image(data: EvalData) -> dict[tuple, list[dict]]:
+    """{(record id, image): the record's regions} of JSONL records."""
+    return {(rec.get("id"), rec["image"]): rec.get("regions", []) for rec in data.records}
+
+
 def ground_truth_box_lists(data: EvalData, samples: list[dict], max_boxes: int = 100) -> list[list[list[float]]]:
     """For each sample of :func:`referring_samples`: its image's ground-truth regions (every level), at most
     ``max_boxes`` of them with the target always among them, in an order drawn with the record id and
@@ -37,7 +42,7 @@ def ground_truth_box_lists(data: EvalData, samples: list[dict], max_boxes: int =
     data lives)."""
     if data.kind != "records":
         raise EvalDataError(f"ground-truth boxes need JSONL records, not {data.kind} data ({data.source})")
-    regions = {(rec.get("id"), rec["image"]): rec.get("regions", []) for rec in data.records}
+    regions = regions_by_image(data)
     lists = []
     for s in samples:
         rng = random.Random(f"{s['record']}|{Path(s['image']).name}|{s['region']}")
@@ -87,10 +92,13 @@ def per_level(levels: list, correct: list[bool], best: list[float], threshold: f
 WRONG_PICK_KINDS = ("same_category", "other_category", "no_region", "no_box")
 
 
-def wrong_pick_kinds(data: EvalData, samples: list[dict], picked: list, threshold: float) -> list[Optional[str]]:
+def wrong_pick_kinds(data: EvalData, samples: list[dict], picked: list, ious: list[Optional[float]],
+                     threshold: float) -> list[Optional[str]]:
     """What each wrong pick of a world record's expression fits instead of the target.
 
-    For a sample whose picked box misses the target (IoU < ``threshold``): "same_category" when it fits
+    ``picked`` holds each sample's picked box (None: none) and ``ious`` its IoU with the target (None:
+    no box), as :func:`chatrex.evaluation.referring.referring_accuracy` returns them. For a sample whose
+    picked box misses the target (IoU < ``threshold``): "same_category" when it fits
     (IoU ≥ ``threshold``) another region of the target's category, so that the expression's attribute,
     position or parent told them apart; "other_category" when the regions it fits are all of other
     categories; "no_region" when it fits no annotated region; "no_box" when the answer grounded
@@ -98,13 +106,13 @@ def wrong_pick_kinds(data: EvalData, samples: list[dict], picked: list, threshol
     """
     if data.kind != "records":
         return [None] * len(samples)
-    regions = {(rec.get("id"), rec["image"]): rec.get("regions", []) for rec in data.records}
+    regions = regions_by_image(data)
     kinds: list[Optional[str]] = []
-    for s, box in zip(samples, picked):
+    for s, box, iou in zip(samples, picked, ious):
         if box is None:
             kinds.append("no_box")
             continue
-        if float(ious_with_target([box], s["box"])[0]) >= threshold:
+        if iou >= threshold:
             kinds.append(None)
             continue
         others = [r for r in regions.get((s.get("record"), s["image"]), []) if r.get("id") != s.get("region")]
@@ -153,7 +161,7 @@ def run_referring(
         firsts.append(None if idx is None else ans.boxes[idx])
     acc = referring_accuracy(firsts, [s["box"] for s in samples], threshold=threshold)
     best = [best_iou(ans.boxes, s["box"]) for ans, s in zip(answers, samples)]
-    wrong = wrong_pick_kinds(data, samples, firsts, threshold)
+    wrong = wrong_pick_kinds(data, samples, firsts, acc["ious"], threshold)
     predictions = [
         {**s, "box": rounded_box(s["box"]), "predicted_box": None if b is None else rounded_box(b),
          "iou": None if iou is None else round(iou, 4), "correct": iou is not None and iou >= threshold,
