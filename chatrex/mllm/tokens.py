@@ -107,7 +107,8 @@ def add_chatrex_tokens(tokenizer, model: Any = None) -> dict[str, int]:
         token → id for all ChatRex tokens.
     """
     old_len = len(tokenizer)
-    missing = [t for t in CHATREX_TOKENS if t not in tokenizer.get_vocab()]
+    vocab = tokenizer.get_vocab()  # a fresh dict of the whole vocabulary on every call (~20 ms): build it once
+    missing = [t for t in CHATREX_TOKENS if t not in vocab]
     if missing:
         tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
     ids = chatrex_token_ids(tokenizer)
