@@ -18,38 +18,8 @@ import json
 import time
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
-
-class _OpCounter(TorchDispatchMode):
-    """Counts the ATen operators dispatched while active: all of them, and those that are not views."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.total = self.compute = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.total += 1
-        self.compute += not func.is_view
-        return func(*args, **(kwargs or {}))
-
-
-def count_step_ops(model, opt, task, batch, device, amp: bool) -> dict[str, dict[str, int]]:
-    """Operators of one training step by phase: {phase: {"all": n, "non_view": n}}."""
-    out = {}
-    with _OpCounter() as c:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss, _ = task.compute_loss(model, batch, device)
-    out["forward_and_loss"] = {"all": c.total, "non_view": c.compute}
-    with _OpCounter() as c:
-        loss.backward()
-    out["backward"] = {"all": c.total, "non_view": c.compute}
-    with _OpCounter() as c:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    out["clip_and_optimizer"] = {"all": c.total, "non_view": c.compute}
-    return out
+from step_costs import count_step_ops
 
 
 def main() -> None:

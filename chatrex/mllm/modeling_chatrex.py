@@ -375,6 +375,7 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         object_keys: torch.Tensor | None = None,
         object_key_mask: torch.Tensor | None = None,
+        logits_at_labels: bool = False,
         **kwargs: Any,
     ) -> "ChatRexCausalLMOutput":
         """Run ChatRex.
@@ -389,6 +390,10 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
             object_keys, object_key_mask: (B, K, P) and (B, K), the pointer's keys from an earlier call's
                 output (models with ``object_pointer_dim``); a call that continues a KV cache needs them,
                 since its ``input_ids`` hold no ``<objfeat>``. ``generate`` passes them on by itself.
+            logits_at_labels: compute the logits only where a label is predicted (training): ``logits``
+                is then (N, V), row n for the n-th True of ``labels[:, 1:] != -100`` in row-major order
+                (:func:`labelled_positions`). The loss is the same; an answer of a few tokens after a
+                prompt of hundreds no longer pays for (B, L, V) logits. Needs ``labels``.
         Returns:
             ``ChatRexCausalLMOutput`` with ``loss`` (mean over labelled tokens) when labels are given, and
             ``object_keys`` / ``object_key_mask`` when the model has a pointer.
@@ -417,8 +422,20 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden = outputs.last_hidden_state
-        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden[:, slice_indices, :])
+        if labels is not None and input_ids is not None and labels.shape == input_ids.shape:
+            # image and object positions carry embeddings, not tokens: never a target
+            placeholders = (input_ids == self.config.image_token_id) | (input_ids == self.config.objfeat_token_id)
+            labels = labels.masked_fill(placeholders, -100)
+        rows = None
+        if logits_at_labels:
+            if labels is None or labels.shape != hidden.shape[:2]:
+                raise ValueError("logits_at_labels needs labels of the input's shape (B, L)")
+            rows, cols = labelled_positions(labels)
+            head_hidden = hidden[rows, cols].unsqueeze(1)  # (N, 1, H): each labelled position, a sequence of one
+        else:
+            slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            head_hidden = hidden[:, slice_indices, :]
+        logits = self.lm_head(head_hidden)
         if self.config.object_pointer_dim:
             if object_keys is None:
                 if past_key_values is not None and hidden.shape[1] < past_key_values.get_seq_length():
@@ -431,14 +448,14 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
                     hidden, input_ids == self.config.objfeat_token_id)
             elif object_key_mask is None:
                 raise ValueError("object_keys were given without object_key_mask")
-            scores = self.mm_object_pointer(hidden[:, slice_indices, :], object_keys)
-            logits = point_logits(logits, scores, object_key_mask, self._index_token_ids(logits.device))
+            keys, key_mask = (object_keys, object_key_mask) if rows is None else (object_keys[rows], object_key_mask[rows])
+            scores = self.mm_object_pointer(head_hidden, keys)
+            logits = point_logits(logits, scores, key_mask, self._index_token_ids(logits.device))
         loss = None
-        if labels is not None:
-            if input_ids is not None and labels.shape == input_ids.shape:
-                # image and object positions carry embeddings, not tokens: never a target
-                placeholders = (input_ids == self.config.image_token_id) | (input_ids == self.config.objfeat_token_id)
-                labels = labels.masked_fill(placeholders, -100)
+        if rows is not None:
+            logits = logits.squeeze(1)
+            loss = nn.functional.cross_entropy(logits.float(), labels[:, 1:][rows, cols])
+        elif labels is not None:
             loss = causal_lm_loss(logits, labels)
         return ChatRexCausalLMOutput(
             loss=loss,
@@ -504,6 +521,17 @@ class ChatRexCausalLMOutput(CausalLMOutputWithPast):
     object_key_mask: torch.Tensor | None = None
 
 
+def labelled_positions(labels: torch.Tensor, ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, cols), each (N,): the positions whose next token is a target, in row-major order.
+
+    Position (rows[n], cols[n]) predicts ``labels[rows[n], cols[n] + 1]`` (next-token prediction).
+
+    Args:
+        labels: (B, L), ``ignore_index`` where there is no target.
+    """
+    return (labels[:, 1:] != ignore_index).nonzero(as_tuple=True)
+
+
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """Mean next-token cross-entropy: logits[:, t] predicts labels[:, t + 1]; ``ignore_index`` is skipped."""
     if labels.shape != logits.shape[:2]:
@@ -521,6 +549,7 @@ __all__ = [
     "load_state_dict_report",
     "apply_key_mapping",
     "causal_lm_loss",
+    "labelled_positions",
     "LLAVA_KEY_MAPPING",
     "OPEN_CLIP_CONVNEXT_KEY_MAPPING",
     "HF_CLIP_KEY_MAPPING",

@@ -92,27 +92,34 @@ def per_task_losses(logits: torch.Tensor, labels: torch.Tensor, tasks: list[str]
     """Mean answer-token loss of each task present in the batch, as ``{"loss_task/<task>": value}``.
 
     A task whose loss does not fall (e.g. region_category while the object tokens are ignored) shows
-    here long before an evaluation would.
+    here long before an evaluation would. One copy to the host for the whole batch.
 
     Args:
-        logits: (B, L, V); labels: (B, L) with -100 where there is no target; tasks: B task names.
+        logits: (B, L, V), or (N, V) at the labelled positions only (the model's ``logits_at_labels``
+            output, in :func:`~chatrex.mllm.modeling_chatrex.labelled_positions` order).
+        labels: (B, L) with -100 where there is no target; tasks: B task names.
     """
+    from chatrex.mllm.modeling_chatrex import labelled_positions
+
     if len(tasks) != labels.shape[0]:
         raise ValueError(f"{len(tasks)} task names for a batch of {labels.shape[0]}")
-    target = labels[:, 1:]
-    mask = target != -100
-    rows, cols = mask.nonzero(as_tuple=True)
+    rows, cols = labelled_positions(labels)
     if rows.numel() == 0:
         return {}
-    token_loss = nn.functional.cross_entropy(logits[:, :-1][rows, cols].float(), target[rows, cols], reduction="none")
+    if logits.dim() == 3:
+        logits = logits[:, :-1][rows, cols]
+    elif logits.shape[0] != rows.numel():
+        raise ValueError(f"{logits.shape[0]} rows of logits for {rows.numel()} labelled positions")
+    token_loss = nn.functional.cross_entropy(logits.float(), labels[:, 1:][rows, cols], reduction="none")
     per_sample = torch.zeros(labels.shape[0], device=token_loss.device).index_add_(0, rows, token_loss)
-    n_tokens = mask.sum(dim=1)
+    n_tokens = torch.bincount(rows, minlength=labels.shape[0]).to(per_sample.dtype)
+    loss_sums, token_counts = torch.stack([per_sample, n_tokens]).tolist()
     sums: dict[str, list[float]] = {}
-    for i, task in enumerate(tasks):
-        if int(n_tokens[i]):
+    for task, loss_sum, count in zip(tasks, loss_sums, token_counts):
+        if count:
             total = sums.setdefault(task, [0.0, 0.0])
-            total[0] += float(per_sample[i])
-            total[1] += float(n_tokens[i])
+            total[0] += loss_sum
+            total[1] += count
     return {f"loss_task/{t}": s / n for t, (s, n) in sums.items()}
 
 
@@ -229,6 +236,13 @@ class ChatRexTask:
             lc = LoraConfig(r=self.cfg.lora.r, lora_alpha=self.cfg.lora.alpha, lora_dropout=self.cfg.lora.dropout,
                             target_modules=self.cfg.lora.target_modules)
             inject_adapter_in_model(lc, model.model)
+            # peft casts each adapter's input to the factors' dtype (float32) before their matmuls; under
+            # autocast those cast it straight back to bf16, and without autocast it is float32 already. The
+            # two casts of every adapted layer's input change no value: turn them off (peft's switch, as
+            # peft.helpers.disable_input_dtype_casting sets it)
+            for module in model.model.modules():
+                if hasattr(module, "cast_input_dtype_enabled"):
+                    module.cast_input_dtype_enabled = False
             if self._init_lora:
                 _load_lora_factors(model, self._init_lora)
         model.requires_grad_(False)
@@ -260,7 +274,8 @@ class ChatRexTask:
         model.train()
         return model
 
-    def fsdp_blocks(self, model: nn.Module) -> list[nn.Module]:
+    def repeated_blocks(self, model: nn.Module) -> list[nn.Module]:
+        """The LLM's decoder layers (what FSDP shards and ``train.compile`` compiles, one by one)."""
         return list(getattr(model.model, "layers", []))
 
     def param_groups(self, model: nn.Module, train_cfg) -> list[dict[str, Any]]:
@@ -291,9 +306,9 @@ class ChatRexTask:
         images = self.processor.image_processor
         inputs["pixel_values"] = images.normalize(inputs["pixel_values"])
         inputs["pixel_values_aux"] = images.normalize(inputs["pixel_values_aux"], aux=True)
-        out = model(**inputs)
-        n_answer = int((inputs["labels"] != -100).sum())
-        logs = {"answer_tokens": float(n_answer)}
+        # logits (N, V) only where an answer token is predicted; no KV cache, which training never reads
+        out = model(**inputs, logits_at_labels=True, use_cache=False)
+        logs = {"answer_tokens": float(out.logits.shape[0])}
         if tasks is not None:
             logs.update(per_task_losses(out.logits, inputs["labels"], tasks))
         return out.loss, logs

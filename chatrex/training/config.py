@@ -23,6 +23,10 @@ class TrainConfig:
         grad_clip: max global gradient norm (<= 0 disables clipping).
         precision: "fp32" or "bf16" (autocast; master weights stay fp32).
         gradient_checkpointing: trade compute for memory where the model supports it.
+        compile: compile each of the task's repeated blocks (``task.repeated_blocks``, e.g. the LLM's
+            decoder layers) with ``torch.compile`` for dynamic shapes: regional compilation, which fuses
+            each block's many small operators into a few kernels. Eager steps of small models are bound
+            by the host's operator dispatch on a GPU. The first steps pay the compilation. Not with FSDP.
         strategy: "auto" (DDP when several processes, else none), "none", "ddp" or "fsdp".
         save_every: checkpoint every N optimizer steps (and always at the end).
         keep_checkpoints: how many step checkpoints to keep on disk.
@@ -48,6 +52,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     precision: str = "fp32"
     gradient_checkpointing: bool = False
+    compile: bool = False
     strategy: str = "auto"
     save_every: int = 500
     keep_checkpoints: int = 2
@@ -67,6 +72,8 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "save_every", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.compile and self.strategy == "fsdp":
+            raise ValueError("train.compile does not work with strategy 'fsdp' here; use 'ddp' or 'none'")
         if int(self.export_every) < 0:
             raise ValueError(f"export_every must be >= 0 (0: only the final export), got {self.export_every}")
         self.betas = tuple(self.betas)  # JSON gives lists

@@ -35,6 +35,25 @@ class TrainTask(Protocol):
     def export(self, model: nn.Module, out_dir: Path) -> None:
         """Write the trained model in its user-facing format (``save_pretrained``)."""
 
+    # Optional: ``repeated_blocks(model) -> list[nn.Module]``, the model's repeated blocks (e.g. transformer
+    # layers). FSDP shards each of them, and ``train.compile`` compiles each of them.
+
+
+def compile_repeated_blocks(task: Any, model: nn.Module) -> int:
+    """Compile each of ``task.repeated_blocks(model)`` in place, for dynamic shapes; returns their number.
+
+    Raises:
+        ValueError: the task names no repeated blocks.
+    """
+    blocks_of = getattr(task, "repeated_blocks", None)
+    blocks = list(blocks_of(model)) if callable(blocks_of) else []
+    if not blocks:
+        raise ValueError(f"train.compile: the task {getattr(task, 'name', type(task).__name__)!r} names no "
+                         "repeated blocks to compile (task.repeated_blocks)")
+    for block in blocks:
+        block.compile(dynamic=True)
+    return len(blocks)
+
 
 def default_param_groups(model: nn.Module, lr: float, weight_decay: float,
                          lr_multipliers: Optional[dict[str, float]] = None) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ from chatrex.training.curves import append_metrics, plot_curves, truncate_metric
 from chatrex.training.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from chatrex.training.run_lock import RunLockedError, acquire_run_lock, release_run_lock
 from chatrex.training.sampler import ResumableBatchSampler
-from chatrex.training.task import TrainTask, count_parameters, default_param_groups
+from chatrex.training.task import TrainTask, compile_repeated_blocks, count_parameters, default_param_groups
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -159,7 +159,7 @@ class Trainer:
             return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused)
         from torch.distributed.fsdp import fully_shard
 
-        blocks = getattr(self.task, "fsdp_blocks", None)
+        blocks = getattr(self.task, "repeated_blocks", None)
         for block in (blocks(model) if callable(blocks) else []):
             fully_shard(block)
         fully_shard(model)
@@ -256,6 +256,8 @@ class Trainer:
         model = self.task.build_model().to(dev)
         if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
             model.gradient_checkpointing_enable()
+        if cfg.compile:
+            compile_repeated_blocks(self.task, model)
         n_train = count_parameters(p for p in model.parameters() if p.requires_grad)
         raw_model = model
         model = self._wrap(model)

@@ -128,3 +128,37 @@ def test_pointer_trains_from_an_index_answer_and_round_trips(tiny_model, tiny_pr
         torch.testing.assert_close(loaded(**b).logits, model.eval()(**b).logits, atol=0, rtol=0)
     with pytest.raises(ValueError, match="object_pointer_dim"):
         with_overrides(tiny_model.config, {"object_pointer_dim": -2})
+
+
+@pytest.mark.parametrize("pointer", [False, True])
+def test_logits_at_labels_give_the_full_logits_rows_the_same_loss_and_the_same_gradients(tiny_model, tiny_processor,
+                                                                                        pointer):
+    from chatrex.mllm.modeling_chatrex import labelled_positions
+
+    model = _pointer_model(tiny_model) if pointer else tiny_model
+    b = tiny_processor([random_image(*IMAGES[i]) for i in (0, 1)], QUESTIONS, BOXES,
+                       answers=["<ground>dog</ground><objects><obj2><obj0></objects>", "<ground>dog</ground><objects><obj0></objects>"])
+    labels = b["labels"].clone()
+    labels[0, (labels[0] != -100).nonzero()[0, 0]] = -100  # rows with different numbers of targets
+
+    def run(**kw):
+        model.zero_grad(set_to_none=True)
+        out = model(**{**b, "labels": labels}, **kw)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return out, grads
+
+    full, full_grads = run()
+    part, part_grads = run(logits_at_labels=True)
+    rows, cols = labelled_positions(labels)
+    assert part.logits.shape == (int((labels[:, 1:] != -100).sum()), full.logits.shape[-1]) == (rows.numel(), full.logits.shape[-1])
+    torch.testing.assert_close(part.logits, full.logits[rows, cols], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(part.loss, full.loss, atol=1e-6, rtol=1e-6)
+    assert set(part_grads) == set(full_grads)
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(part_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+    if pointer:  # the pointer's keys still come from every <objfeat> of the prompt
+        torch.testing.assert_close(part.object_keys, full.object_keys)
+        assert part_grads["mm_object_pointer.key.weight"].abs().sum() > 0
+    with pytest.raises(ValueError, match="logits_at_labels needs labels"):
+        model(**{k: v for k, v in b.items() if k != "labels"}, logits_at_labels=True)

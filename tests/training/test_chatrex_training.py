@@ -1,5 +1,6 @@
 import json
 import random
+import shutil
 
 import pytest
 import torch
@@ -293,6 +294,11 @@ def test_per_task_losses_average_each_task_over_its_answer_tokens():
     assert set(got) == {"loss_task/detection", "loss_task/region_category"}
     assert got["loss_task/detection"] == pytest.approx(float(det.mean()), rel=1e-5)
     assert got["loss_task/region_category"] == pytest.approx(float(token_losses(1).mean()), rel=1e-5)
+    rows, cols = (labels[:, 1:] != -100).nonzero(as_tuple=True)  # the model's logits_at_labels output
+    assert per_task_losses(logits[:, :-1][rows, cols], labels, ["detection", "region_category", "detection"]) == \
+        pytest.approx(got, rel=1e-6)
+    with pytest.raises(ValueError, match="labelled positions"):
+        per_task_losses(logits[:, :-1][rows[1:], cols[1:]], labels, ["a", "b", "c"])
     assert per_task_losses(logits, torch.full((3, 5), -100), ["a", "b", "c"]) == {}
     with pytest.raises(ValueError, match="task names"):
         per_task_losses(logits, labels, ["a"])
@@ -333,3 +339,40 @@ def test_frozen_towers_and_distinct_object_rows(base_dir):
     torch.testing.assert_close(again.get_input_embeddings().weight.detach()[ids], weight[ids])
     with pytest.raises(ValueError, match="non-negative"):
         ChatRexTask(ChatRexTaskConfig.from_dict({"stage": "stage1", "vision_lr_mult": -1.0}))
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_decoder_layers_train_like_eager(tmp_path, data_file, base_dir):
+    """train.compile compiles each decoder layer (regional compilation); the run logs the same losses and
+    ends with the same weights as an eager one."""
+    common = dict(stage="stage2", base=str(base_dir), vision=TINY_VISION, data={"files": [str(data_file)]},
+                  lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    runs = {}
+    for compiled in (False, True):
+        task = ChatRexTask(ChatRexTaskConfig.from_dict(common))
+        cfg = TrainConfig(output_dir=str(tmp_path / f"c{int(compiled)}"), max_steps=3, batch_size=2, lr=1e-2,
+                          warmup_steps=1, save_every=3, log_every=1, num_workers=0, compile=compiled)
+        model = Trainer(task, cfg, device="cpu", progress=False).fit()
+        layers = task.repeated_blocks(model)
+        assert len(layers) == 2 and all((layer._compiled_call_impl is not None) == compiled for layer in layers)
+        rows = [json.loads(x) for x in (tmp_path / f"c{int(compiled)}" / "metrics.jsonl").read_text().splitlines()]
+        runs[compiled] = ([r["loss"] for r in rows], {n: p.detach().clone() for n, p in model.named_parameters()
+                                                      if "lora_" in n})
+    (eager_losses, eager_lora), (compiled_losses, compiled_lora) = runs[False], runs[True]
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
+    assert eager_lora and any(float(p.abs().max()) > 0 for n, p in eager_lora.items() if "lora_B" in n)  # trained
+    for name, p in eager_lora.items():
+        torch.testing.assert_close(compiled_lora[name], p, rtol=1e-3, atol=1e-5)
+    with pytest.raises(ValueError, match="fsdp"):
+        TrainConfig(compile=True, strategy="fsdp")
+
+
+def test_compile_refuses_a_task_without_repeated_blocks():
+    from chatrex.training.task import compile_repeated_blocks
+
+    class NoBlocks:
+        name = "plain"
+
+    with pytest.raises(ValueError, match="names no repeated blocks"):
+        compile_repeated_blocks(NoBlocks(), torch.nn.Linear(2, 2))
