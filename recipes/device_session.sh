@@ -13,6 +13,9 @@
 #   bash recipes/device_session.sh finish_variants  # pack both variants' ChatRex into $OUT, evaluate them
 #                                                   (NO_EVAL=1: pack only; evaluate elsewhere)
 #   bash recipes/device_session.sh bench        # kernel and UPN-step benchmarks
+#   bash recipes/device_session.sh bench_chatrex  # the ChatRex stage-2 step, eager and with train.compile's
+#                                                 compiled decoder layers (needs the GGUF: after `gguf 02`;
+#                                                 starts from .carry/s0, or BENCH_INIT; BENCH_BATCH, default 32)
 #   bash recipes/device_session.sh scaling      # UPN samples/s on 1 GPU, then DDP on every GPU (torchrun)
 #
 # With N GPUs, `train` gives the UPN GPUs 0..N-2 (DDP when more than one) and the ChatRex chain
@@ -254,6 +257,12 @@ bench)
     set -- $spec
     python3 benchmarks/upn_train_step.py --data "$DATA/test.jsonl" --batch "$1" --msda "$2" --scale 512 --steps 6 \
       --json "$RUNS/bench_upn_step.jsonl" 2>&1 | tail -2
+  done
+  ;;
+bench_chatrex)
+  for flag in "" "--compile"; do
+    python3 benchmarks/chatrex_train_step.py --init-from "${BENCH_INIT:-.carry/s0}" --data "$DATA/test.jsonl" \
+      --batch "${BENCH_BATCH:-32}" --steps 6 --warmup 3 $flag --json "$RUNS/bench_chatrex_step.jsonl" 2>&1 | tail -2
   done
   ;;
 scaling)
