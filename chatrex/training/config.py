@@ -25,8 +25,9 @@ class TrainConfig:
         gradient_checkpointing: trade compute for memory where the model supports it.
         compile: compile each of the task's repeated blocks (``task.repeated_blocks``, e.g. the LLM's
             decoder layers) with ``torch.compile`` for dynamic shapes: regional compilation, which fuses
-            each block's many small operators into a few kernels. Eager steps of small models are bound
-            by the host's operator dispatch on a GPU. The first steps pay the compilation. Not with FSDP.
+            each block's many small operators into fewer kernels (eager steps of small models on a GPU
+            tend to be bound by the host's operator dispatch). The first steps pay the compilation. Not
+            with FSDP.
         strategy: "auto" (DDP when several processes, else none), "none", "ddp" or "fsdp".
         save_every: checkpoint every N optimizer steps (and always at the end).
         keep_checkpoints: how many step checkpoints to keep on disk.
