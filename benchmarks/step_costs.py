@@ -11,6 +11,9 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -72,3 +75,82 @@ def count_step_ops(model, opt, task, batch, device, amp: bool) -> dict[str, dict
         opt.zero_grad(set_to_none=True)
     out["clip_and_optimizer"] = {"all": c.total, "non_view": c.compute}
     return out
+
+
+def train_step(model, opt, task, batches: list, device: torch.device, amp: bool, grad_clip: float):
+    """``step(i)``: one optimizer step of ``task`` on ``batches[i % len(batches)]``, as the trainer runs it
+    (bf16 autocast when ``amp``, clipping, AdamW); returns the task's logs."""
+
+    def step(i: int) -> dict:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss, logs = task.compute_loss(model, batches[i % len(batches)], device)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return logs
+
+    return step
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(step, device: torch.device, steps: int, warmup: int) -> dict[str, float | None]:
+    """Mean time of ``steps`` calls of ``step(i)`` after ``warmup`` untimed ones: ``ms_per_step`` and,
+    on CUDA, the peak memory of the timed steps (``peak_mem_gib``)."""
+    for i in range(warmup):
+        step(i)
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    _sync(device)
+    dt = (time.perf_counter() - t0) / steps
+    peak = round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None
+    return {"ms_per_step": round(dt * 1000, 1), "peak_mem_gib": peak}
+
+
+def profile_table(step, device: torch.device, steps: int = 2, rows: int = 30) -> str:
+    """``torch.profiler``'s table of the top operators by self time (CUDA time on a GPU) over ``steps`` steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for i in range(steps):
+            step(i)
+        _sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
+def add_step_arguments(ap, batch: int) -> None:
+    """The options every ``*_train_step.py`` script takes (data, batch, timing, device, what to report)."""
+    ap.add_argument("--data", required=True, help="a world JSONL file")
+    ap.add_argument("--batch", type=int, default=batch)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--count-ops", action="store_true", help="count the operators of one step, by phase")
+    ap.add_argument("--json", default=None, help="append the result as one JSON line to this file")
+
+
+def report(result: dict, args, step, model, opt, task, batch, device: torch.device, amp: bool,
+           profile_steps: int = 2) -> None:
+    """Print ``result`` as one JSON line, with the step's operator counts when ``args.count_ops``; append it
+    to ``args.json``; print the profiler's table when ``args.profile``."""
+    print(json.dumps(result))
+    if args.count_ops:
+        counts = count_step_ops(model, opt, task, batch, device, amp)
+        print(json.dumps({"ops_per_step": counts}))
+        result["ops_per_step"] = counts
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(json.dumps(result) + "\n")
+    if args.profile:
+        print(profile_table(step, device, steps=profile_steps))
