@@ -45,6 +45,17 @@ def test_eval_referring_and_proposals_with_saved_model(model_dir, tmp_path):
     assert metrics["num_ground_truth"] == 6
     assert set(metrics) >= {"coarse/AR@10", "coarse/R50@900"} and "fine/AR@10" not in metrics
     assert 0.0 <= metrics["coarse/AR@900"] <= 1.0
+    filtered = tmp_path / "res" / "proposals-filtered.json"
+    res = runner.invoke(build_app(), ["eval", "proposals", "--model", str(model_dir), "--data", str(data),
+                                      "--out", str(filtered), "--device", "cpu", "-g", "coarse", "--min-score", "1.0",
+                                      "--nms", "0.8"])
+    assert res.exit_code == 0, res.output
+    saved = json.loads(filtered.read_text())
+    assert saved["config"]["min_score"] == 1.0 and saved["config"]["nms"] == 0.8
+    assert all(p["coarse"]["num_proposals"] == 0 for p in saved["predictions"])  # nothing of a random UPN scores 1
+    res = runner.invoke(build_app(), ["eval", "proposals", "--model", str(model_dir), "--data", str(data),
+                                      "--out", str(filtered), "--device", "cpu", "-g", "coarse", "--nms", "0"])
+    assert res.exit_code == 1 and "nms must be an IoU" in res.output and "Traceback" not in res.output
 
 
 def test_eval_with_a_missing_model_is_a_clear_error(tmp_path):

@@ -344,6 +344,27 @@ def test_proposals_world_per_granularity(tmp_path):
     assert inst["num_ground_truth"] == 5 and inst["fine/AR@5"] == pytest.approx(2 / 5)
 
 
+def test_proposals_filtered_as_the_pipeline_gives_them_to_chatrex(tmp_path):
+    data = load_eval_data(write_world(tmp_path))
+    a = (64, 48)
+    # the best box, a near-duplicate of it, two more hits, the last one below the official score threshold
+    upn = ScriptedUPN({(a, "fine"): [([2, 2, 30, 20], 0.9), ([2, 2, 30, 21], 0.85), ([40, 5, 60, 40], 0.7),
+                                     ([4, 14, 10, 20], 0.2)]})
+
+    def recall(**kw):
+        m = run_proposals(upn, data, ks=[1, 2, 5], granularities=["fine"], progress=False, **kw)["metrics"]
+        return [m[f"fine/R50@{k}"] for k in (1, 2, 5)]
+
+    assert recall() == pytest.approx([1 / 6, 1 / 6, 3 / 6])  # the duplicate takes the second place
+    assert recall(nms=0.8) == pytest.approx([1 / 6, 2 / 6, 3 / 6])  # NMS drops it
+    assert recall(min_score=0.3, nms=0.8) == pytest.approx([1 / 6, 2 / 6, 2 / 6])  # and the threshold the last hit
+    result = run_proposals(upn, data, ks=[5], granularities=["fine"], min_score=0.3, nms=0.8, progress=False)
+    assert result["config"]["min_score"] == 0.3 and result["config"]["nms"] == 0.8
+    assert result["predictions"][0]["fine"]["num_proposals"] == 2
+    with pytest.raises(ValueError, match="nms must be an IoU"):
+        run_proposals(upn, data, nms=0.0, progress=False)
+
+
 def test_run_queries_rejects_bad_predictor_output(tmp_path):
     img = write_image(tmp_path / "x.png")
     wrong_count = lambda images, questions, **kw: []  # noqa: E731

@@ -31,7 +31,9 @@ def proposal_ground_truth(data: EvalData, kind: str = "all") -> list[tuple[str, 
     raise EvalDataError(f"proposals need JSONL records or a COCO annotation file, not {data.kind} data ({data.source})")
 
 
-def _read(result: Any, n: int) -> list[np.ndarray]:
+def _read(result: Any, n: int, min_score: Optional[float] = None, nms: Optional[float] = None) -> list[np.ndarray]:
+    """Each image's proposals (Q_i, 4), best first; with ``min_score`` or ``nms``, only those the pipeline
+    would give ChatRex (``chatrex.upn.postprocess.filter_proposals``: score threshold, NMS, int boxes)."""
     try:
         boxes = np.asarray(result["original_xyxy_boxes"], dtype=np.float64)
         scores = np.asarray(result["scores"], dtype=np.float64)
@@ -40,6 +42,15 @@ def _read(result: Any, n: int) -> list[np.ndarray]:
     if boxes.ndim != 3 or boxes.shape[0] != n or boxes.shape[2] != 4 or scores.shape != boxes.shape[:2]:
         raise PredictorError(f"UPN inference returned boxes {boxes.shape} and scores {scores.shape} for {n} images; "
                              "expected (B, Q, 4) and (B, Q)")
+    if min_score is not None or nms is not None:
+        from chatrex.upn.postprocess import filter_proposals
+
+        try:
+            kept = filter_proposals({"original_xyxy_boxes": boxes.astype(np.float32), "scores": scores.astype(np.float32)},
+                                    min_score=min_score or 0.0, nms_value=nms or 0.0)
+        except ValueError as exc:
+            raise PredictorError(f"UPN proposals cannot be filtered: {exc}") from None
+        return [np.asarray(b, dtype=np.float64).reshape(-1, 4) for b in kept["original_xyxy_boxes"]]
     order = np.argsort(-scores, axis=1, kind="stable")
     return [boxes[b][order[b]] for b in range(n)]
 
@@ -52,13 +63,21 @@ def run_proposals(
     kind: str = "all",
     granularities: Sequence[str] = GRANULARITIES,
     ks: Sequence[int] = DEFAULT_KS,
+    min_score: Optional[float] = None,
+    nms: Optional[float] = None,
     progress: bool = True,
 ) -> dict:
     """AR@k (IoU 0.5:0.95) and R50@k for each granularity, against boxes of ``kind``.
 
     ``upn.inference(images, prompt_type)`` must return ``{"original_xyxy_boxes": (B, Q, 4),
-    "scores": (B, Q)}``; all Q proposals are ranked by score (no score threshold, no NMS).
+    "scores": (B, Q)}``. By default all Q proposals are ranked by score (no score threshold, no NMS). With
+    ``min_score`` and/or ``nms`` (IoU), the proposals are first filtered as the pipeline filters what it
+    gives ChatRex (official defaults 0.3 and 0.8), so AR@k counts the first k of those.
     """
+    if min_score is not None and not 0.0 <= min_score <= 1.0:
+        raise ValueError(f"min_score must be in [0, 1], got {min_score}")
+    if nms is not None and not 0.0 < nms <= 1.0:
+        raise ValueError(f"nms must be an IoU in (0, 1], got {nms}")
     from chatrex.utils.image import load_image
 
     for g in granularities:
@@ -72,7 +91,7 @@ def run_proposals(
         with progress_bar(len(samples), f"proposals ({g})", progress) as bar:
             for chunk in batches(samples, batch_size):
                 images = [load_image(path) for path, _ in chunk]
-                ranked += _read(upn.inference(images, prompt_type=g), len(chunk))
+                ranked += _read(upn.inference(images, prompt_type=g), len(chunk), min_score, nms)
                 bar.update(len(chunk))
         stats = proposal_recall([gt for _, gt in samples], ranked, ks=ks)
         for k in ks:
@@ -86,7 +105,8 @@ def run_proposals(
         "task": "proposals",
         "metrics": metrics,
         "headline": headline,
-        "config": {"boxes": kind, "granularities": list(granularities), "ks": list(ks),
+        "config": {"boxes": kind, "granularities": list(granularities), "ks": list(ks), "min_score": min_score,
+                   "nms": nms,
                    "iou_thresholds": list(IOU_THRESHOLDS), "limit": limit, "data": data.source,
                    "data_kind": data.kind},
         "predictions": per_image,

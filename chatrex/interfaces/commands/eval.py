@@ -197,6 +197,11 @@ def proposals_cmd(
     granularity: Optional[List[Granularity]] = typer.Option(None, "--granularity", "-g",
                                                             help="Repeatable; default both fine and coarse."),
     upn_config: str = typer.Option("upn_large", "--upn-config", help="Config preset for an official .pth."),
+    min_score: Optional[float] = typer.Option(None, "--min-score", min=0.0, max=1.0,
+                                              help="Keep proposals scoring at least this (default: all)."),
+    nms: Optional[float] = typer.Option(None, "--nms", min=0.0, max=1.0,
+                                        help="NMS at this IoU first (default: none). --min-score 0.3 --nms 0.8 "
+                                             "counts what the pipeline gives ChatRex."),
 ) -> None:
     """Proposal recall of the UPN: AR@10/100/300/900 and recall@0.5, per granularity."""
     if not data.is_file():
@@ -206,7 +211,7 @@ def proposals_cmd(
     upn = load_upn(model, device, upn_config)
     grans = [g.value for g in granularity] if granularity else ["fine", "coarse"]
     run_eval_command("proposals", upn, data, images, out, limit, batch_size, model_name=str(model),
-                     kind=boxes.value, granularities=grans)
+                     kind=boxes.value, granularities=grans, min_score=min_score, nms=nms)
 
 
 def referring_cmd(
