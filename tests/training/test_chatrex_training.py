@@ -376,3 +376,24 @@ def test_compile_refuses_a_task_without_repeated_blocks():
 
     with pytest.raises(ValueError, match="names no repeated blocks"):
         compile_repeated_blocks(NoBlocks(), torch.nn.Linear(2, 2))
+
+
+def test_gradient_checkpointing_trains_like_without(tmp_path, data_file, base_dir):
+    """train.gradient_checkpointing recomputes the decoder layers in backward: same losses, same LoRA weights."""
+    common = dict(stage="stage2", base=str(base_dir), vision=TINY_VISION, data={"files": [str(data_file)]},
+                  lora={"r": 4, "alpha": 8, "dropout": 0.0})
+    runs = {}
+    for checkpointing in (False, True):
+        task = ChatRexTask(ChatRexTaskConfig.from_dict(common))
+        cfg = TrainConfig(output_dir=str(tmp_path / f"g{int(checkpointing)}"), max_steps=2, batch_size=2, lr=1e-2,
+                          warmup_steps=1, save_every=2, log_every=1, num_workers=0,
+                          gradient_checkpointing=checkpointing)
+        model = Trainer(task, cfg, device="cpu", progress=False).fit()
+        assert all(layer.gradient_checkpointing == checkpointing for layer in task.repeated_blocks(model))
+        rows = [json.loads(x) for x in (tmp_path / f"g{int(checkpointing)}" / "metrics.jsonl").read_text().splitlines()]
+        runs[checkpointing] = ([r["loss"] for r in rows], {n: p.detach().clone() for n, p in model.named_parameters()
+                                                           if "lora_B" in n})
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-5)
+    assert any(float(p.abs().max()) > 0 for p in runs[False][1].values())
+    for name, p in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][name], p, rtol=1e-4, atol=1e-6)
