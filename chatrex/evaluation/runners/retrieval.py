@@ -35,6 +35,7 @@ def run_retrieval(
     """
     from chatrex.grounding.prompts import build_answer, build_prompt
     from chatrex.interfaces.pipeline import batch_to
+    from chatrex.mllm.modeling_chatrex import labelled_positions
     from chatrex.mllm.tokens import OBJ_TOKENS
     from chatrex.utils.image import load_image
 
@@ -51,8 +52,12 @@ def run_retrieval(
             question = build_prompt("referring", expression=s["expression"])
             inputs = batch_to(processor(images=[load_image(s["image"])], questions=[question], boxes=[boxes],
                                         answers=[answer]), param.device, param.dtype)
-            logits = model(**inputs).logits[0, :-1].float()
-            labels = inputs["labels"][0, 1:]
+            # logits only at the answer's positions (a batch of one: every row is 0)
+            logits = model(**inputs, logits_at_labels=True).logits.float()
+            _, cols = labelled_positions(inputs["labels"])
+            labels = inputs["labels"][0, 1:][cols]
+            if logits.shape[0] != labels.numel():
+                raise RuntimeError(f"the model gave {logits.shape[0]} rows of logits for {labels.numel()} answer tokens")
             at = torch.isin(labels, index_ids).nonzero().flatten()
             if at.numel() != 1:
                 raise RuntimeError(f"the teacher-forced answer {answer!r} has {at.numel()} index tokens, not 1")
