@@ -341,29 +341,37 @@ def test_frozen_towers_and_distinct_object_rows(base_dir):
         ChatRexTask(ChatRexTaskConfig.from_dict({"stage": "stage1", "vision_lr_mult": -1.0}))
 
 
+def _train_stage2(out, data_file, base_dir, **train_options):
+    """Three stage-2 LoRA steps on the tiny model: (task, model, logged losses, LoRA factors)."""
+    task = ChatRexTask(ChatRexTaskConfig.from_dict(dict(
+        stage="stage2", base=str(base_dir), vision=TINY_VISION, data={"files": [str(data_file)]},
+        lora={"r": 4, "alpha": 8, "dropout": 0.0})))
+    cfg = TrainConfig(output_dir=str(out), max_steps=3, batch_size=2, lr=1e-2, warmup_steps=1, save_every=3,
+                      log_every=1, num_workers=0, **train_options)
+    model = Trainer(task, cfg, device="cpu", progress=False).fit()
+    losses = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    lora = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    assert lora and any(float(p.abs().max()) > 0 for n, p in lora.items() if "lora_B" in n)  # trained
+    return task, model, losses, lora
+
+
+def _assert_same_training(run, reference, rel, rtol, atol):
+    assert run[2] == pytest.approx(reference[2], rel=rel)
+    for name, p in reference[3].items():
+        torch.testing.assert_close(run[3][name], p, rtol=rtol, atol=atol, msg=name)
+
+
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_decoder_layers_train_like_eager(tmp_path, data_file, base_dir):
     """train.compile compiles each decoder layer (regional compilation); the run logs the same losses and
     ends with the same weights as an eager one."""
-    common = dict(stage="stage2", base=str(base_dir), vision=TINY_VISION, data={"files": [str(data_file)]},
-                  lora={"r": 4, "alpha": 8, "dropout": 0.0})
-    runs = {}
-    for compiled in (False, True):
-        task = ChatRexTask(ChatRexTaskConfig.from_dict(common))
-        cfg = TrainConfig(output_dir=str(tmp_path / f"c{int(compiled)}"), max_steps=3, batch_size=2, lr=1e-2,
-                          warmup_steps=1, save_every=3, log_every=1, num_workers=0, compile=compiled)
-        model = Trainer(task, cfg, device="cpu", progress=False).fit()
+    eager = _train_stage2(tmp_path / "eager", data_file, base_dir)
+    compiled = _train_stage2(tmp_path / "compiled", data_file, base_dir, compile=True)
+    for (task, model, _, _), is_compiled in ((eager, False), (compiled, True)):
         layers = task.repeated_blocks(model)
-        assert len(layers) == 2 and all((layer._compiled_call_impl is not None) == compiled for layer in layers)
-        rows = [json.loads(x) for x in (tmp_path / f"c{int(compiled)}" / "metrics.jsonl").read_text().splitlines()]
-        runs[compiled] = ([r["loss"] for r in rows], {n: p.detach().clone() for n, p in model.named_parameters()
-                                                      if "lora_" in n})
-    (eager_losses, eager_lora), (compiled_losses, compiled_lora) = runs[False], runs[True]
-    assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
-    assert eager_lora and any(float(p.abs().max()) > 0 for n, p in eager_lora.items() if "lora_B" in n)  # trained
-    for name, p in eager_lora.items():
-        torch.testing.assert_close(compiled_lora[name], p, rtol=1e-3, atol=1e-5)
+        assert len(layers) == 2 and all((layer._compiled_call_impl is not None) == is_compiled for layer in layers)
+    _assert_same_training(compiled, eager, rel=1e-4, rtol=1e-3, atol=1e-5)
     with pytest.raises(ValueError, match="fsdp"):
         TrainConfig(compile=True, strategy="fsdp")
 
@@ -380,20 +388,8 @@ def test_compile_refuses_a_task_without_repeated_blocks():
 
 def test_gradient_checkpointing_trains_like_without(tmp_path, data_file, base_dir):
     """train.gradient_checkpointing recomputes the decoder layers in backward: same losses, same LoRA weights."""
-    common = dict(stage="stage2", base=str(base_dir), vision=TINY_VISION, data={"files": [str(data_file)]},
-                  lora={"r": 4, "alpha": 8, "dropout": 0.0})
-    runs = {}
-    for checkpointing in (False, True):
-        task = ChatRexTask(ChatRexTaskConfig.from_dict(common))
-        cfg = TrainConfig(output_dir=str(tmp_path / f"g{int(checkpointing)}"), max_steps=2, batch_size=2, lr=1e-2,
-                          warmup_steps=1, save_every=2, log_every=1, num_workers=0,
-                          gradient_checkpointing=checkpointing)
-        model = Trainer(task, cfg, device="cpu", progress=False).fit()
-        assert all(layer.gradient_checkpointing == checkpointing for layer in task.repeated_blocks(model))
-        rows = [json.loads(x) for x in (tmp_path / f"g{int(checkpointing)}" / "metrics.jsonl").read_text().splitlines()]
-        runs[checkpointing] = ([r["loss"] for r in rows], {n: p.detach().clone() for n, p in model.named_parameters()
-                                                           if "lora_B" in n})
-    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-5)
-    assert any(float(p.abs().max()) > 0 for p in runs[False][1].values())
-    for name, p in runs[False][1].items():
-        torch.testing.assert_close(runs[True][1][name], p, rtol=1e-4, atol=1e-6)
+    plain = _train_stage2(tmp_path / "plain", data_file, base_dir)
+    checkpointed = _train_stage2(tmp_path / "checkpointed", data_file, base_dir, gradient_checkpointing=True)
+    for (task, model, _, _), on in ((plain, False), (checkpointed, True)):
+        assert all(layer.gradient_checkpointing == on for layer in task.repeated_blocks(model))
+    _assert_same_training(checkpointed, plain, rel=1e-5, rtol=1e-4, atol=1e-6)
