@@ -53,7 +53,8 @@ def main() -> None:
     seq = [int(b["input_ids"].shape[1]) for b in batches]
     answer = [int((b["labels"] != -100).sum()) / args.batch for b in batches]
 
-    step = train_step(model, opt, task, batches, device, amp, grad_clip=1.0)
+    grad_clip = 1.0
+    step = train_step(model, opt, task, batches, device, amp, grad_clip)
     timing = time_steps(step, device, args.steps, args.warmup)
     result = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
@@ -61,7 +62,7 @@ def main() -> None:
         "padded_tokens_per_sample": seq, "answer_tokens_per_sample": [round(a, 1) for a in answer],
         **timing, "samples_per_s": round(args.batch / timing["ms_per_step"] * 1000, 2),
     }
-    report(result, args, step, model, opt, task, batches[0], device, amp, profile_steps=2)
+    report(result, args, step, model, opt, task, batches[0], device, amp, grad_clip, profile_steps=2)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,14 @@ class SavedActivations:
         return sum(self.sizes.values()) / 2**30
 
 
-def count_step_ops(model, opt, task, batch, device, amp: bool) -> dict[str, dict[str, float]]:
+def _optimizer_step(model, opt, grad_clip: float) -> None:
+    """Clip the gradients, step and clear them, as the trainer does."""
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def count_step_ops(model, opt, task, batch, device, amp: bool, grad_clip: float) -> dict[str, dict[str, float]]:
     """Operators of one training step of ``task`` (a ``TrainTask``) by phase: {phase: {"all": n, "non_view": n}};
     the forward's entry also holds ``saved_gib``, the activations it saves for backward (:class:`SavedActivations`)."""
     out = {}
@@ -70,9 +77,7 @@ def count_step_ops(model, opt, task, batch, device, amp: bool) -> dict[str, dict
         loss.backward()
     out["backward"] = {"all": c.total, "non_view": c.compute}
     with OpCounter() as c:
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        _optimizer_step(model, opt, grad_clip)
     out["clip_and_optimizer"] = {"all": c.total, "non_view": c.compute}
     return out
 
@@ -85,9 +90,7 @@ def train_step(model, opt, task, batches: list, device: torch.device, amp: bool,
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss, logs = task.compute_loss(model, batches[i % len(batches)], device)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        _optimizer_step(model, opt, grad_clip)
         return logs
 
     return step
@@ -140,13 +143,13 @@ def add_step_arguments(ap, batch: int) -> None:
     ap.add_argument("--json", default=None, help="append the result as one JSON line to this file")
 
 
-def report(result: dict, args, step, model, opt, task, batch, device: torch.device, amp: bool,
+def report(result: dict, args, step, model, opt, task, batch, device: torch.device, amp: bool, grad_clip: float,
            profile_steps: int = 2) -> None:
     """Print ``result`` as one JSON line, with the step's operator counts when ``args.count_ops``; append it
     to ``args.json``; print the profiler's table when ``args.profile``."""
     print(json.dumps(result))
     if args.count_ops:
-        counts = count_step_ops(model, opt, task, batch, device, amp)
+        counts = count_step_ops(model, opt, task, batch, device, amp, grad_clip)
         print(json.dumps({"ops_per_step": counts}))
         result["ops_per_step"] = counts
     if args.json:

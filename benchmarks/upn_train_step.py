@@ -48,7 +48,8 @@ def main() -> None:
     batches = [task.collate([ds[(i * args.batch + j) % len(ds)] for j in range(args.batch)]) for i in range(2)]
     amp = device.type == "cuda"
 
-    step = train_step(model, opt, task, batches, device, amp, grad_clip=0.1)
+    grad_clip = 0.1
+    step = train_step(model, opt, task, batches, device, amp, grad_clip)
     timing = time_steps(step, device, args.steps, args.warmup)
     result = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
@@ -56,7 +57,7 @@ def main() -> None:
         "image_hw": list(batches[0]["images"].shape[-2:]), **timing,
         "samples_per_s": round(args.batch / timing["ms_per_step"] * 1000, 2),
     }
-    report(result, args, step, model, opt, task, batches[0], device, amp, profile_steps=3)
+    report(result, args, step, model, opt, task, batches[0], device, amp, grad_clip, profile_steps=3)
 
 
 if __name__ == "__main__":
