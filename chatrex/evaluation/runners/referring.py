@@ -116,8 +116,8 @@ def wrong_pick_kinds(data: EvalData, samples: list[dict], picked: list, ious: li
             kinds.append(None)
             continue
         others = [r for r in regions.get((s.get("record"), s["image"]), []) if r.get("id") != s.get("region")]
-        ious = ious_with_target([r["box"] for r in others], box) if others else []
-        fits = [r for v, r in zip(ious, others) if v >= threshold]
+        overlaps = ious_with_target([r["box"] for r in others], box) if others else []
+        fits = [r for v, r in zip(overlaps, others) if v >= threshold]
         if not fits:
             kinds.append("no_region")
         elif any(r.get("category") == s.get("category") for r in fits):
