@@ -1,0 +1,68 @@
+"""``chatrex demo``: load a model and serve the Gradio web demo (:mod:`chatrex.interfaces.demo`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from chatrex.interfaces.commands.predict import _fail
+
+#: Image files offered as examples from ``--examples DIR``.
+EXAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def _example_images(folder: Optional[Path]) -> list[Path]:
+    """The images directly in ``folder`` (sorted), or none without a folder."""
+    if folder is None:
+        return []
+    if not folder.is_dir():
+        _fail(f"--examples '{folder}' is not a folder")
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXAMPLE_SUFFIXES and p.is_file())
+    if not images:
+        _fail(f"--examples '{folder}' holds no {', '.join(EXAMPLE_SUFFIXES)} images")
+    return images
+
+
+def demo(
+    model: Optional[Path] = typer.Option(
+        None, "--model", "-m", help="Model directory with upn/ and chatrex/ (default: the shipped chatrex/assets/chatrex-small)."
+    ),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="MLLM dtype: float32, bfloat16, float16 (default: as saved)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on (0.0.0.0: every interface)."),
+    port: Optional[int] = typer.Option(None, "--port", min=1, max=65535, help="Port (default: Gradio's, 7860 or the next free one)."),
+    share: bool = typer.Option(False, "--share/--no-share", help="Also ask Gradio for a public share link."),
+    examples: Optional[Path] = typer.Option(None, "--examples", help="Folder of example images shown under the image input."),
+) -> None:
+    """Serve a web page to ask ChatRex about your images: tasks, your own boxes, the grounded answer drawn."""
+    from chatrex.interfaces.pipeline import DEFAULT_MODEL_DIR
+
+    model_dir = model if model is not None else DEFAULT_MODEL_DIR
+    if not model_dir.is_dir():
+        hint = " (the shipped default model is not installed; pass --model DIR)" if model is None else ""
+        _fail(f"model directory '{model_dir}' does not exist{hint}")
+    example_paths = _example_images(examples)
+
+    from chatrex.interfaces.demo import build_demo, import_gradio
+
+    try:
+        import_gradio()
+    except ImportError as exc:
+        _fail(str(exc))
+    from rich.console import Console
+
+    from chatrex.interfaces.pipeline import ChatRexPipeline
+
+    with Console(stderr=True).status(f"loading the model from {model_dir}"):
+        try:
+            pipe = ChatRexPipeline.from_pretrained(model_dir, device=device, dtype=dtype)
+        except Exception as exc:  # a bad directory / device / dtype: report, don't trace
+            _fail(f"could not load the model from '{model_dir}': {type(exc).__name__}: {exc}")
+    app = build_demo(pipe, model_name=str(model_dir), examples=example_paths)
+    app.launch(server_name=host, server_port=port, share=share)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)
