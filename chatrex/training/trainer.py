@@ -76,16 +76,34 @@ def seed_everything(seed: int) -> None:
 
 class WarmupCosine:
     """Linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total`` (an object, not a closure,
-    so LambdaLR checkpoints ``total`` when a time budget shortens the run)."""
+    so LambdaLR checkpoints ``total`` and the anchor below when a time budget changes the run's length).
+
+    The cosine's progress runs linearly from ``anchor_progress`` at ``anchor_step`` to 1 at ``total``;
+    initially from 0 at the end of the warm-up. :meth:`set_total` moves the end without a jump in the
+    learning rate.
+    """
 
     def __init__(self, warmup: int, total: int, min_ratio: float) -> None:
         self.warmup, self.total, self.min_ratio = warmup, total, min_ratio
+        self.anchor_step, self.anchor_progress = warmup, 0.0
+
+    def progress(self, step: int) -> float:
+        """Where ``step`` is on the cosine: 0 at the end of the warm-up, 1 at ``total`` and after."""
+        done = max(0, step - self.anchor_step) / max(1, self.total - self.anchor_step)
+        return min(1.0, self.anchor_progress + (1.0 - self.anchor_progress) * done)
+
+    def set_total(self, step: int, total: int) -> None:
+        """End the schedule at ``total`` instead, from ``step`` on: the rest of the cosine is stretched or
+        squeezed to fit, so the learning rate neither jumps nor rises again (a time budget re-estimates
+        the run's length several times, and a longer estimate used to restart part of the decay)."""
+        at = max(step, self.warmup)
+        self.anchor_progress, self.anchor_step = self.progress(at), at
+        self.total = total
 
     def __call__(self, step: int) -> float:
         if self.warmup > 0 and step < self.warmup:
             return (step + 1) / self.warmup
-        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
-        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * self.progress(step)))
 
 
 def lr_lambda(warmup: int, total: int, min_ratio: float) -> WarmupCosine:
@@ -369,7 +387,7 @@ class Trainer:
         left = self.cfg.time_budget_s - elapsed
         total = max(step + 1, min(self.cfg.max_steps, step + int(left / max(per_step, 1e-9))))
         if total != schedule.total:
-            schedule.total = total
+            schedule.set_total(step, total)
             if self.dist.is_main:
                 print(f"time budget {self.cfg.time_budget_s:.0f} s at {per_step:.3f} s/step: "
                       f"training {total} steps instead of {self.cfg.max_steps}", flush=True)

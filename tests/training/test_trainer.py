@@ -106,6 +106,31 @@ def test_lr_schedule_and_config_validation(tmp_path):
         load_recipe(p, {"lr": 3})
 
 
+def test_lr_schedule_changes_length_without_a_jump():
+    f = lr_lambda(warmup=10, total=100, min_ratio=0.05)
+    before = [f(s) for s in range(61)]
+    f.set_total(60, 400)  # a time budget's later estimate: the run is longer than first thought
+    after = [f(s) for s in range(60, 401)]
+    assert after[0] == pytest.approx(before[60])  # no jump at the change
+    assert before[61 - 1] - f(61) < before[59] - before[60]  # and the decay goes on, more slowly
+    assert all(b <= a + 1e-12 for a, b in zip(after, after[1:]))  # never rises again
+    assert f(400) == pytest.approx(0.05) and f(1000) == pytest.approx(0.05)
+    assert f(399) > 0.05
+    f.set_total(200, 250)  # then shorter: the rest of the decay is squeezed
+    assert f(200) == pytest.approx(after[140]) and f(250) == pytest.approx(0.05)
+    # the anchor is part of the scheduler's checkpoint
+    model = torch.nn.Linear(1, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD(model.parameters(), lr=1.0), f)
+    fresh = lr_lambda(warmup=10, total=100, min_ratio=0.05)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD(model.parameters(), lr=1.0), fresh)
+    sched2.load_state_dict(sched.state_dict())
+    assert [fresh(s) for s in range(0, 300, 7)] == [f(s) for s in range(0, 300, 7)]
+    # set during the warm-up, the decay starts from its beginning at the end of the warm-up
+    g = lr_lambda(warmup=10, total=100, min_ratio=0.0)
+    g.set_total(5, 50)
+    assert g(9) == pytest.approx(1.0) and g(10) == pytest.approx(1.0) and g(30) == pytest.approx(0.5)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
