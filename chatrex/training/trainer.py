@@ -16,7 +16,7 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -148,10 +148,13 @@ class Trainer:
         config: the :class:`~chatrex.training.config.TrainConfig`.
         device: "cpu", "cuda" or None (GPU when available).
         progress: show a progress bar on the main process.
+        clock: seconds, for the time budget and the logged speed (``time.perf_counter``; tests pass their own).
     """
 
-    def __init__(self, task: TrainTask, config: TrainConfig, device: Optional[str] = None, progress: bool = True) -> None:
+    def __init__(self, task: TrainTask, config: TrainConfig, device: Optional[str] = None, progress: bool = True,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.task = task
+        self.clock = clock
         self.cfg = config
         self.dist: DistInfo = init_distributed(device)
         self.out = Path(config.output_dir)
@@ -310,11 +313,15 @@ class Trainer:
         amp = torch.autocast(dev.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else contextlib.nullcontext()
         end = schedule.total if stop_after is None else min(schedule.total, stop_after)
         bar = self._progress(step, schedule.total, n_train, ckpt)
-        run_start, first_step, budget_step = time.perf_counter(), step, step + 20
+        # the budget's speed is measured from budget_step on: the first steps include compiling and
+        # starting the workers, and an estimate that counted them planned far too few steps (the cosine
+        # then decayed early in the run)
+        run_start, budget_step = self.clock(), step + 20
+        rate_from: Optional[tuple[int, float]] = None
         model.train()
         acc: dict[str, float] = {}
         counts: dict[str, int] = {}  # per key: a log only some batches produce is averaged over those
-        bad_steps, t0, seen = 0, time.perf_counter(), 0
+        bad_steps, t0, seen = 0, self.clock(), 0
         for micro, batch in enumerate(loader):
             if step >= end:
                 break
@@ -349,21 +356,24 @@ class Trainer:
             scheduler.step()
             step += 1
             since = step - budget_step
-            if cfg.time_budget_s and since >= 0 and (since in (20, 60, 140) or since % BUDGET_RECHECK_STEPS == 0):
-                # estimated after 20 steps, then re-estimated: the first steps include compilation and
-                # starting workers, and a GPU shared with another run can slow down
-                fitted = self._fit_budget(schedule, step, step - first_step, time.perf_counter() - run_start, bar)
+            if cfg.time_budget_s and since == 0:
+                rate_from = (step, self.clock())
+            elif cfg.time_budget_s and since > 0 and (since in (20, 60, 140) or since % BUDGET_RECHECK_STEPS == 0):
+                # estimated from 20 steps, then re-estimated: a GPU shared with another run can slow down
+                now = self.clock()
+                per_step = (now - rate_from[1]) / (step - rate_from[0])
+                fitted = self._fit_budget(schedule, step, per_step, now - run_start, bar)
                 end = fitted if stop_after is None else min(fitted, stop_after)
             if step % cfg.log_every == 0 or step == end:
                 logs_mean = all_reduce_mean({k: v / counts[k] for k, v in acc.items()}, dev)
-                dt = time.perf_counter() - t0
+                dt = self.clock() - t0
                 record = {"step": step, "lr": scheduler.get_last_lr()[0], **logs_mean,
                           "samples_per_s": seen * self.dist.world_size / max(dt, 1e-9), "skipped": not finite}
                 if grad_norm is not None:
                     record["grad_norm"] = grad_norm
                 if self.dist.is_main:
                     append_metrics(metrics_path, record)
-                acc, counts, t0, seen = {}, {}, time.perf_counter(), 0
+                acc, counts, t0, seen = {}, {}, self.clock(), 0
                 if bar is not None:
                     bar[0].update(bar[1], completed=step, description=f"{self.task.name} loss {record['loss']:.4f}")
             elif bar is not None:
@@ -380,10 +390,12 @@ class Trainer:
             self._export(model, raw_model)
         return raw_model
 
-    def _fit_budget(self, schedule: WarmupCosine, step: int, steps_run: int, elapsed: float, bar) -> int:
-        """Set the schedule's length so that the run ends within ``time_budget_s`` at the speed seen so
-        far (``steps_run`` steps in ``elapsed`` s; the same on every process)."""
-        per_step = all_reduce_mean({"t": elapsed / max(steps_run, 1)}, self.dist.device)["t"]
+    def _fit_budget(self, schedule: WarmupCosine, step: int, per_step: float, elapsed: float, bar) -> int:
+        """Set the schedule's length so that the run ends within ``time_budget_s``: ``elapsed`` s have
+        gone, and the rest runs at ``per_step`` s per step (averaged over the processes)."""
+        # the same numbers on every process, so that every process plans the same number of steps
+        seen = all_reduce_mean({"t": per_step, "elapsed": elapsed}, self.dist.device)
+        per_step, elapsed = seen["t"], seen["elapsed"]
         left = self.cfg.time_budget_s - elapsed
         total = max(step + 1, min(self.cfg.max_steps, step + int(left / max(per_step, 1e-9))))
         if total != schedule.total:

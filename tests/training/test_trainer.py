@@ -196,10 +196,37 @@ def test_time_budget_shortens_the_schedule(tmp_path):
     cfg = _cfg(tmp_path, "b", max_steps=100000, grad_accum=1, save_every=100000, log_every=10, time_budget_s=1e-6)
     Trainer(ToyTask(), cfg, device="cpu", progress=False).fit()
     rows = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["step"] == 21  # stopped right after the estimate, with a final checkpoint
+    # the speed is measured over steps 20-40; the run stopped right after that estimate, with a final checkpoint
+    assert rows[-1]["step"] == 41
     assert rows[-1]["lr"] == pytest.approx(cfg.lr * cfg.min_lr_ratio)  # the schedule ended too
     assert (tmp_path / "b" / "final" / "model.pt").exists()
-    assert find_latest_checkpoint(tmp_path / "b").name == "step_0000021"
+    assert find_latest_checkpoint(tmp_path / "b").name == "step_0000041"
+
+
+class _SlowFirstStep(ToyTask):
+    """A toy task on a fake clock: its first step takes 101 s (as a compiling step does), later ones 1 s."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps = 0
+
+    def clock(self) -> float:
+        return self.steps + (100.0 if self.steps else 0.0)
+
+    def compute_loss(self, model, batch, device):
+        self.steps += 1
+        return super().compute_loss(model, batch, device)
+
+
+def test_time_budget_leaves_the_first_steps_out_of_its_speed(tmp_path):
+    # budget 1,000 s: at step 40, 140 s have gone, and steps 20-40 took 1 s each, so 860 more steps fit.
+    # Counting the first step's 100 s in the speed (3.5 s/step) planned 285 steps.
+    task = _SlowFirstStep()
+    cfg = _cfg(tmp_path, "c", max_steps=100000, grad_accum=1, save_every=100000, log_every=100, time_budget_s=1000)
+    Trainer(task, cfg, device="cpu", progress=False, clock=task.clock).fit()
+    rows = [json.loads(x) for x in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 900
+    assert rows[-1]["lr"] == pytest.approx(cfg.lr * cfg.min_lr_ratio)
 
 
 def _reduce_worker(rank, port, out_dir):
