@@ -38,8 +38,9 @@ class TrainConfig:
         seed: seeds model init, data order and augmentation.
         num_workers: DataLoader workers per process.
         betas: AdamW betas.
-        time_budget_s: if set, after 20 steps the run is shortened (schedule included) so that it
-            ends within this many seconds; the shortened length is checkpointed.
+        time_budget_s: if set, after 40 steps the run is shortened (schedule included) so that it
+            ends within this many seconds, at the speed of steps 20-40 (the first steps, which compile
+            and start the workers, are left out), and re-estimated later; the length is checkpointed.
     """
 
     output_dir: str = "runs/default"
