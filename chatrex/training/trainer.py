@@ -394,8 +394,8 @@ class Trainer:
         """Set the schedule's length so that the run ends within ``time_budget_s``: ``elapsed`` s have
         gone, and the rest runs at ``per_step`` s per step (averaged over the processes)."""
         # the same numbers on every process, so that every process plans the same number of steps
-        seen = all_reduce_mean({"t": per_step, "elapsed": elapsed}, self.dist.device)
-        per_step, elapsed = seen["t"], seen["elapsed"]
+        agreed = all_reduce_mean({"t": per_step, "elapsed": elapsed}, self.dist.device)
+        per_step, elapsed = agreed["t"], agreed["elapsed"]
         left = self.cfg.time_budget_s - elapsed
         total = max(step + 1, min(self.cfg.max_steps, step + int(left / max(per_step, 1e-9))))
         if total != schedule.total:
