@@ -423,3 +423,43 @@ def test_to_answer_drops_indices_past_the_box_list_and_parses_raw_text():
     assert no_answer.groundings == [("dog", [0])] and no_answer.dropped and no_answer.score_of(0) == 1.0
     with pytest.raises(PredictorError, match="2 scores"):
         to_answer(StandInResult(None, raw, [[0, 0, 4, 4]], [0.1, 0.2]))
+
+
+def test_sample_items_is_a_fixed_spread_subset_in_data_order():
+    from chatrex.evaluation.runners.common import sample_items
+
+    items = [(image, k) for image in range(10) for k in range(40)]  # 10 images, 40 samples each
+    picked = sample_items(items, 50)
+    assert len(picked) == 50 and len(set(picked)) == 50
+    assert picked == sorted(picked)  # data order kept
+    assert len({image for image, _ in picked}) >= 8  # not the first image or two
+    assert sample_items(items, 50) == picked  # the same every run
+    assert sample_items(items, None) == items and sample_items(items, 1000) == items
+    assert sample_items(items, 0) == []
+    with pytest.raises(ValueError, match="non-negative"):
+        sample_items(items, -1)
+
+
+def test_limited_referring_asks_about_several_images(tmp_path):
+    from chatrex.evaluation.runners.common import sample_items
+    from chatrex.evaluation.runners.referring import referring_samples
+
+    write_image(tmp_path / "images" / "a.png", (64, 48))
+    regions = [{"id": i, "box": [i, 0, i + 10, 10], "category": "car", "level": "instance",
+                "referring": f"car number {i}"} for i in range(30)]
+    records = [{"id": f"w-{n}", "image": "images/a.png", "width": 64, "height": 48, "regions": regions}
+               for n in range(6)]
+    path = tmp_path / "many.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    data = load_eval_data(path)
+    asked = []
+
+    def respond(question, boxes):
+        asked.append(question)
+        return "<ground>car</ground><objects><obj0></objects>", [[0, 0, 10, 10]], [0.9]
+
+    result = run_referring(ScriptedPipeline(respond), data, limit=12, progress=False)
+    assert result["metrics"]["num_samples"] == 12 and len(asked) == 12
+    expected = sample_items(referring_samples(data), 12)
+    assert [p["expression"] for p in result["predictions"]] == [s["expression"] for s in expected]
+    assert len({p["record"] for p in result["predictions"]}) >= 4  # the first 12 would all be record w-0

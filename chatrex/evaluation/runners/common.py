@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -158,6 +159,25 @@ def limit_items(items: Sequence[Any], limit: Optional[int]) -> list:
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be non-negative, got {limit}")
     return list(items) if limit is None else list(items)[:limit]
+
+
+#: Seed of :func:`sample_items`: every run of a limited per-region task asks about the same samples.
+SAMPLE_SEED = 0
+
+
+def sample_items(items: Sequence[Any], limit: Optional[int], seed: int = SAMPLE_SEED) -> list:
+    """At most ``limit`` of ``items``: all of them, or a fixed random subset kept in data order.
+
+    For tasks with many samples per image (referring expressions, regions, categories to count): the
+    first ``limit`` samples would all come from the first image or two (a world image holds about 40
+    referring expressions), so a limited run would measure a handful of scenes.
+    """
+    items = list(items)
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be non-negative, got {limit}")
+    if limit is None or limit >= len(items):
+        return items
+    return [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), limit))]
 
 
 def rounded_box(box: Sequence[float]) -> list:

@@ -9,7 +9,7 @@ from typing import Any, Optional
 from chatrex.evaluation.coco import region_in_level
 from chatrex.evaluation.counting import counting_accuracy, parse_count
 from chatrex.evaluation.datasets import EvalData, EvalDataError, coco_category_names, coco_image_annotations
-from chatrex.evaluation.runners.common import Query, answer_stats, limit_items, run_queries
+from chatrex.evaluation.runners.common import Query, answer_stats, run_queries, sample_items
 
 
 def counting_samples(data: EvalData, level: str = "instance") -> list[dict]:
@@ -48,7 +48,7 @@ def run_counting(
     """Ask ``build_prompt("counting", categories=name)``; the first number in the answer text counts."""
     from chatrex.grounding.prompts import build_prompt
 
-    samples = limit_items(counting_samples(data, level), limit)
+    samples = sample_items(counting_samples(data, level), limit)
     queries = [Query(s["image"], build_prompt("counting", categories=s["category"])) for s in samples]
     answers = run_queries(predictor, queries, batch_size=batch_size, granularity=granularity, min_score=min_score,
                           max_boxes=max_boxes, desc="counting", progress=progress)

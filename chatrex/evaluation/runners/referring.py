@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from chatrex.evaluation.datasets import EvalData, EvalDataError
 from chatrex.evaluation.referring import referring_accuracy
-from chatrex.evaluation.runners.common import Query, answer_stats, limit_items, rounded_box, run_queries
+from chatrex.evaluation.runners.common import Query, answer_stats, rounded_box, run_queries, sample_items
 
 
 def referring_samples(data: EvalData) -> list[dict]:
@@ -149,7 +149,7 @@ def run_referring(
 
     if boxes not in ("proposals", "gt"):
         raise ValueError(f"boxes must be 'proposals' or 'gt', got {boxes!r}")
-    samples = limit_items(referring_samples(data), limit)
+    samples = sample_items(referring_samples(data), limit)
     given = ground_truth_box_lists(data, samples, max_boxes) if boxes == "gt" else [None] * len(samples)
     queries = [Query(s["image"], build_prompt("referring", expression=s["expression"]), boxes=b)
                for s, b in zip(samples, given)]

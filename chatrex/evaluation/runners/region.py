@@ -9,7 +9,7 @@ from chatrex.evaluation.boxes import xywh_to_xyxy
 from chatrex.evaluation.coco import region_in_level
 from chatrex.evaluation.datasets import EvalData, coco_category_names, coco_image_annotations, data_synonyms
 from chatrex.evaluation.region import caption_metrics, category_accuracy, load_sentence_encoder, osprey_scores, predicted_name
-from chatrex.evaluation.runners.common import Query, answer_stats, limit_items, rounded_box, run_queries
+from chatrex.evaluation.runners.common import Query, answer_stats, rounded_box, run_queries, sample_items
 
 #: Sub-task → (prompt task, ground-truth field of a sample).
 REGION_TASKS = {
@@ -60,7 +60,7 @@ def run_region(
     progress: bool = True,
     level: str = "all",
 ) -> dict:
-    """Evaluate the first ``limit`` regions on each of ``tasks`` that the data has ground truth for.
+    """Evaluate ``limit`` regions (a fixed random subset, see ``sample_items``) on each of ``tasks`` that the data has ground truth for.
 
     ``level`` (world records): ask about instances, parts or all regions.
 
@@ -72,7 +72,7 @@ def run_region(
     unknown = [t for t in tasks if t not in REGION_TASKS]
     if unknown:
         raise ValueError(f"unknown region task(s) {unknown}; choose from {list(REGION_TASKS)}")
-    samples = limit_items(region_samples(data, level), limit)
+    samples = sample_items(region_samples(data, level), limit)
     synonyms = data_synonyms(data)
     metrics: dict = {"num_regions": len(samples)}
     headline: list = []

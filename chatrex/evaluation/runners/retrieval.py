@@ -15,7 +15,7 @@ from typing import Any, Optional
 import torch
 
 from chatrex.evaluation.datasets import EvalData
-from chatrex.evaluation.runners.common import limit_items, progress_bar
+from chatrex.evaluation.runners.common import progress_bar, sample_items
 from chatrex.evaluation.runners.object_tokens import model_and_processor
 from chatrex.evaluation.runners.referring import ground_truth_box_lists, referring_samples
 
@@ -41,7 +41,7 @@ def run_retrieval(
 
     model, processor = model_and_processor(predictor, "retrieval scores")
     param = next(p for p in model.parameters() if p.is_floating_point())
-    samples = limit_items(referring_samples(data), limit)
+    samples = sample_items(referring_samples(data), limit)
     lists = ground_truth_box_lists(data, samples, max_boxes)
     index_ids = torch.tensor(processor.tokenizer.convert_tokens_to_ids(OBJ_TOKENS), device=param.device)
     predictions = []

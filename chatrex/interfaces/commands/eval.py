@@ -151,7 +151,7 @@ _MODEL = typer.Option(..., "--model", "-m", help="Model directory (ChatRexPipeli
 _DATA = typer.Option(..., "--data", "-d", help="JSONL records, a COCO annotation .json, or a RefCOCO-style .json.")
 _IMAGES = typer.Option(None, "--images", help="Image folder for COCO/RefCOCO files (default: the data file's folder).")
 _OUT = typer.Option(None, "--out", "-o", help="Results JSON (default results/TASK.json); a .md table is written beside it.")
-_LIMIT = typer.Option(None, "--limit", min=0, help="Evaluate only the first N images/samples.")
+_LIMIT = typer.Option(None, "--limit", min=0, help="Evaluate only N: the first N images (image tasks), or a fixed random N samples spread over the data (referring, region, counting, retrieval).")
 _BATCH = typer.Option(8, "--batch-size", "-b", min=1, help="Queries per inference call.")
 _DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 … (default: cuda when available).")
 _GRAN = typer.Option(Granularity.fine, "--granularity", "-g", help="UPN proposals: fine (paper default) or coarse.")
