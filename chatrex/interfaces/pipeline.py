@@ -16,7 +16,7 @@ A model directory holds the two parts in their own ``save_pretrained`` formats::
     model-dir/
       upn/       chatrex.upn.checkpoint.save_pretrained (config + weights)
       chatrex/   ChatRexForConditionalGeneration + ChatRexProcessor save_pretrained
-      pipeline_config.json   optional: {"upn_resize": 800, "upn_max_size": 1333}
+      pipeline_config.json   optional: {"upn_resize": 800, "upn_max_size": 1333, "min_score": 0.3, "nms": 0.8}
 
 Unlike the official release, several images run per call (``batch_size`` per forward pass, left
 padding), the device is a choice, user boxes skip the UPN, and every malformed answer is parsed
@@ -56,10 +56,13 @@ __all__ = [
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "chatrex-small"
 UPN_SUBDIR = "upn"
 CHATREX_SUBDIR = "chatrex"
-#: Optional file in a model directory with the UPN input size the pipeline should use.
+#: Optional file in a model directory with the UPN input size and proposal filter the pipeline should use.
 PIPELINE_CONFIG = "pipeline_config.json"
 #: The settings ``pipeline_config.json`` may hold.
-PIPELINE_CONFIG_KEYS = ("upn_resize", "upn_max_size")
+PIPELINE_CONFIG_KEYS = ("upn_resize", "upn_max_size", "min_score", "nms")
+#: The official proposal filter (score threshold, NMS IoU), used where a model directory names none.
+OFFICIAL_MIN_SCORE = 0.3
+OFFICIAL_NMS = 0.8
 _FROM_DIR = object()
 #: Accepted ``granularity`` values (the UPN prompt: fine = parts and small objects, coarse = whole objects).
 GRANULARITIES = ("fine", "coarse", "fine_grained_prompt", "coarse_grained_prompt")
@@ -281,11 +284,21 @@ class ChatRexPipeline:
             ``tokenizer``).
         generation_config: a ``transformers.GenerationConfig`` or dict; default greedy,
             ``max_new_tokens=512``, EOS/pad from the tokenizer.
+        min_score / nms: the proposal filter calls use when they name none (score threshold, NMS IoU;
+            ``nms <= 0`` turns NMS off); default the official 0.3 / 0.8. A model directory's
+            ``pipeline_config.json`` may set them for its UPN.
     """
 
-    def __init__(self, upn: Any, model: Any, processor: Any, generation_config: Any = None) -> None:
+    def __init__(self, upn: Any, model: Any, processor: Any, generation_config: Any = None,
+                 min_score: float = OFFICIAL_MIN_SCORE, nms: float = OFFICIAL_NMS) -> None:
         if model is None or processor is None:
             raise ValueError("ChatRexPipeline needs a model and a processor")
+        if not 0.0 <= float(min_score) <= 1.0:
+            raise ValueError(f"min_score must be in [0, 1], got {min_score}")
+        if not float(nms) <= 1.0:
+            raise ValueError(f"nms must be an IoU <= 1 (<= 0 turns NMS off), got {nms}")
+        self.min_score = float(min_score)
+        self.nms = float(nms)
         self.upn = upn
         self.model = model
         self.processor = processor
@@ -355,6 +368,7 @@ class ChatRexPipeline:
             settings["upn_max_size"] = upn_max_size
         dev = resolve_device(device)
         torch_dtype = _resolve_dtype(dtype)
+        filter_settings = {k: settings.pop(k) for k in ("min_score", "nms") if k in settings}
         upn = UPNWrapper(upn_dir, config=None, device=dev, **{k.removeprefix("upn_"): v for k, v in settings.items()})
         kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
         if delta:  # trained weights stored as a delta over the installed base LLM (chatrex.mllm.delta)
@@ -363,10 +377,14 @@ class ChatRexPipeline:
         else:
             model = ChatRexForConditionalGeneration.from_pretrained(mllm_dir, **kwargs).to(dev).eval()
         processor = ChatRexProcessor.from_pretrained(mllm_dir)
-        return cls(upn, model, processor, generation_config=generation_config)
+        try:
+            return cls(upn, model, processor, generation_config=generation_config, **filter_settings)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"'{cfg_path}': {exc}") from None
 
     def save_pretrained(self, path: Union[str, os.PathLike]) -> None:
-        """Write ``path/upn``, ``path/chatrex`` and ``path/pipeline_config.json`` (the UPN input size) so that :meth:`from_pretrained` reads them back."""
+        """Write ``path/upn``, ``path/chatrex`` and ``path/pipeline_config.json`` (the UPN input size and the
+        proposal filter) so that :meth:`from_pretrained` reads them back."""
         from chatrex.upn.checkpoint import save_pretrained as save_upn
 
         if self.upn is None:
@@ -376,7 +394,8 @@ class ChatRexPipeline:
         save_upn(self.upn.model, self.upn.cfg, root / UPN_SUBDIR)
         self.model.save_pretrained(root / CHATREX_SUBDIR)
         self.processor.save_pretrained(root / CHATREX_SUBDIR)
-        settings = {"upn_resize": int(self.upn.transform.size), "upn_max_size": self.upn.transform.max_size}
+        settings = {"upn_resize": int(self.upn.transform.size), "upn_max_size": self.upn.transform.max_size,
+                    "min_score": self.min_score, "nms": self.nms}
         (root / PIPELINE_CONFIG).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
 
     # -------------------------------------------------------------------------------- helpers
@@ -430,12 +449,14 @@ class ChatRexPipeline:
         questions: Sequence[str],
         boxes: Optional[Sequence[Any]],
         granularity: str,
-        min_score: float,
-        nms: float,
+        min_score: Optional[float],
+        nms: Optional[float],
         max_boxes: int,
     ) -> tuple[list, list[list[list[float]]], list[Optional[list[float]]]]:
         """Load images, get boxes (user or UPN), check questions."""
         gran = _canonical_granularity(granularity)
+        min_score = self.min_score if min_score is None else min_score
+        nms = self.nms if nms is None else nms
         if not 0 < int(max_boxes) <= MAX_BOXES:
             raise ValueError(f"max_boxes must be in 1..{MAX_BOXES}, got {max_boxes}")
         if not 0.0 <= float(min_score) <= 1.0:
@@ -488,8 +509,8 @@ class ChatRexPipeline:
         questions: Union[str, Sequence[str]],
         boxes: Optional[Sequence[Any]] = None,
         granularity: str = "fine",
-        min_score: float = 0.3,
-        nms: float = 0.8,
+        min_score: Optional[float] = None,
+        nms: Optional[float] = None,
         max_boxes: int = MAX_BOXES,
         batch_size: int = 4,
         **gen_kwargs: Any,
@@ -503,7 +524,8 @@ class ChatRexPipeline:
                 list of images a list (per image) of such lists, where ``None`` means "use the UPN".
                 Images with boxes skip the UPN. At most ``max_boxes`` each.
             granularity: UPN prompt, ``"fine"`` (parts, small objects) or ``"coarse"`` (whole objects).
-            min_score / nms: UPN filtering (score threshold, NMS IoU; official 0.3 / 0.8).
+            min_score / nms: UPN filtering (score threshold, NMS IoU); default the pipeline's
+                (``pipeline_config.json``, else the official 0.3 / 0.8).
             max_boxes: the highest-scoring proposals kept (≤ 100).
             batch_size: images per UPN pass and per ``generate`` call.
             **gen_kwargs: passed to ``model.generate`` (e.g. ``max_new_tokens``), over the pipeline's
@@ -553,8 +575,8 @@ class ChatRexPipeline:
         question: str,
         boxes: Optional[Boxes] = None,
         granularity: str = "fine",
-        min_score: float = 0.3,
-        nms: float = 0.8,
+        min_score: Optional[float] = None,
+        nms: Optional[float] = None,
         max_boxes: int = MAX_BOXES,
         **gen_kwargs: Any,
     ) -> StreamingAnswer:

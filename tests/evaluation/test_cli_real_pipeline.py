@@ -2,6 +2,7 @@
 it with ``ChatRexPipeline.from_pretrained`` / ``UPNWrapper`` and write their results."""
 
 import json
+import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -28,6 +29,18 @@ def test_eval_referring_and_proposals_with_saved_model(model_dir, tmp_path):
     assert saved["metrics"]["num_samples"] == 2 and 0.0 <= saved["metrics"]["Acc@0.5"] <= 1.0
     assert all("raw_text" in p["answer"] for p in saved["predictions"])
     assert out.with_suffix(".md").is_file()
+    assert saved["config"]["min_score"] == 0.0 and saved["config"]["nms"] == 0.8  # given; the model's (official)
+    strict = tmp_path / "strict-model"  # a model directory whose pipeline_config.json keeps no proposal
+    shutil.copytree(model_dir, strict)
+    settings = json.loads((strict / "pipeline_config.json").read_text())
+    (strict / "pipeline_config.json").write_text(json.dumps({**settings, "min_score": 1.0, "nms": 0.5}))
+    res = runner.invoke(build_app(), ["eval", "referring", "--model", str(strict), "--data", str(data),
+                                      "--out", str(out), "--limit", "2", "--batch-size", "2", "--device", "cpu",
+                                      "--max-new-tokens", "4"])
+    assert res.exit_code == 0, res.output
+    saved = json.loads(out.read_text())
+    assert (saved["config"]["min_score"], saved["config"]["nms"]) == (1.0, 0.5)
+    assert saved["metrics"]["boxes_per_query"] == 0
     gt = tmp_path / "res" / "referring-gt.json"
     res = runner.invoke(build_app(), ["eval", "referring", "--model", str(model_dir), "--data", str(data),
                                       "--out", str(gt), "--batch-size", "2", "--device", "cpu",

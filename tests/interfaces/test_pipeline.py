@@ -140,7 +140,8 @@ def test_stream_matches_call(pipe, images):
 
 def test_save_and_from_pretrained(pipe, images, tmp_path):
     pipe.save_pretrained(tmp_path / "model")
-    assert json.loads((tmp_path / "model" / "pipeline_config.json").read_text()) == {"upn_resize": 64, "upn_max_size": 96}
+    assert json.loads((tmp_path / "model" / "pipeline_config.json").read_text()) == {
+        "upn_resize": 64, "upn_max_size": 96, "min_score": 0.3, "nms": 0.8}
     loaded = ChatRexPipeline.from_pretrained(tmp_path / "model")
     a = pipe(images[2], "Find every cat.", min_score=0.0, max_boxes=5, **GEN)[0]
     b = loaded(images[2], "Find every cat.", min_score=0.0, max_boxes=5, **GEN)[0]
@@ -158,6 +159,34 @@ def test_upn_input_size_without_pipeline_config(pipe, tmp_path):
     assert (loaded.upn.transform.size, loaded.upn.transform.max_size) == (72, 100)
     loaded = ChatRexPipeline.from_pretrained(tmp_path / "model", upn_resize=80, upn_max_size=None)
     assert (loaded.upn.transform.size, loaded.upn.transform.max_size) == (80, None)
+
+
+def test_proposal_filter_from_pipeline_config(parts, images, tmp_path):
+    """A model directory's min_score / nms are the calls' defaults; a call's own values still win."""
+    upn = parts[0]
+    props = upn.inference([images[0]], prompt_type="fine")
+    threshold = float(props["scores"][0][9])  # the tenth-best score: about half the tiny UPN's 20 boxes pass
+    tuned = ChatRexPipeline(*parts, min_score=threshold, nms=0.5)
+    tuned.save_pretrained(tmp_path / "model")
+    stored = json.loads((tmp_path / "model" / "pipeline_config.json").read_text())
+    assert (stored["min_score"], stored["nms"]) == (threshold, 0.5)
+    loaded = ChatRexPipeline.from_pretrained(tmp_path / "model")
+    assert (loaded.min_score, loaded.nms) == (threshold, 0.5)
+    expected = upn.filter(props, min_score=threshold, nms_value=0.5)["original_xyxy_boxes"][0]
+    everything = upn.filter(props, min_score=0.0, nms_value=0.8)["original_xyxy_boxes"][0]
+    assert 10 <= len(expected) < len(everything)
+    r = loaded(images[0], "Describe this image.", **GEN)[0]
+    assert r.boxes == [[float(v) for v in b] for b in expected]
+    assert loaded(images[0], "Describe this image.", min_score=1.0, **GEN)[0].boxes == []
+    s = loaded.stream(images[0], "Describe this image.", min_score=0.0, **GEN)
+    list(s)
+    assert len(s.result().boxes) == len(everything)
+    (tmp_path / "model" / "pipeline_config.json").write_text(json.dumps({**stored, "min_score": 1.5}))
+    with pytest.raises(ValueError, match="pipeline_config.json.*min_score must be in"):
+        ChatRexPipeline.from_pretrained(tmp_path / "model")
+    (tmp_path / "model" / "pipeline_config.json").write_text(json.dumps({**stored, "nms": "high"}))
+    with pytest.raises(ValueError, match="pipeline_config.json"):
+        ChatRexPipeline.from_pretrained(tmp_path / "model")
 
 
 def test_from_pretrained_missing_parts(tmp_path):

@@ -114,8 +114,11 @@ def run_queries(
     max_boxes: int = 100,
     desc: str = "evaluating",
     progress: bool = True,
+    nms: Optional[float] = None,
 ) -> list[Answer]:
     """Ask ``predictor`` every query, ``batch_size`` at a time, and read the answers.
+
+    ``nms`` (the proposals' NMS IoU) is passed on only when given; otherwise the predictor uses its own.
 
     Images are loaded with :func:`chatrex.utils.image.load_image` (each file once per batch). Queries
     with ``boxes`` pass them to the predictor (the whole batch must then carry boxes).
@@ -125,6 +128,8 @@ def run_queries(
     extra = {}
     if _takes_batch_size(predictor):
         extra["batch_size"] = batch_size
+    if nms is not None:
+        extra["nms"] = nms
     answers: list[Answer] = []
     with progress_bar(len(queries), desc, progress) as bar:
         for chunk in batches(list(queries), batch_size):

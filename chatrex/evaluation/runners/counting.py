@@ -42,6 +42,7 @@ def run_counting(
     level: str = "instance",
     granularity: str = "fine",
     min_score: float = 0.3,
+    nms: Optional[float] = None,
     max_boxes: int = 100,
     progress: bool = True,
 ) -> dict:
@@ -50,7 +51,7 @@ def run_counting(
 
     samples = sample_items(counting_samples(data, level), limit)
     queries = [Query(s["image"], build_prompt("counting", categories=s["category"])) for s in samples]
-    answers = run_queries(predictor, queries, batch_size=batch_size, granularity=granularity, min_score=min_score,
+    answers = run_queries(predictor, queries, batch_size=batch_size, granularity=granularity, min_score=min_score, nms=nms,
                           max_boxes=max_boxes, desc="counting", progress=progress)
     stated = [parse_count(a.text) for a in answers]
     grounded = [len({i for _, ix in a.groundings for i in ix}) for a in answers]
@@ -66,7 +67,7 @@ def run_counting(
         "task": "counting",
         "metrics": metrics,
         "headline": ["accuracy"],
-        "config": {"level": level, "granularity": granularity, "min_score": min_score, "max_boxes": max_boxes,
+        "config": {"level": level, "granularity": granularity, "min_score": min_score, "nms": nms, "max_boxes": max_boxes,
                    "limit": limit, "data": data.source, "data_kind": data.kind},
         "predictions": predictions,
     }

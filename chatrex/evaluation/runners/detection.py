@@ -34,6 +34,7 @@ def run_detection(
     level: str = "instance",
     granularity: str = "fine",
     min_score: float = 0.3,
+    nms: Optional[float] = None,
     max_boxes: int = 100,
     iou_threshold: float = 0.5,
     use_default_synonyms: bool = True,
@@ -64,7 +65,7 @@ def run_detection(
         if cats:
             queries.append(Query(img["path"], build_prompt("detection", categories=cats)))
             query_images.append(img["id"])
-    answers = run_queries(predictor, queries, batch_size=batch_size, granularity=granularity, min_score=min_score,
+    answers = run_queries(predictor, queries, batch_size=batch_size, granularity=granularity, min_score=min_score, nms=nms,
                           max_boxes=max_boxes, desc="detection", progress=progress)
     answer_of = dict(zip(query_images, answers))
 
@@ -115,7 +116,7 @@ def run_detection(
         "metrics": metrics,
         "headline": ["precision", "recall", "mAP"],
         "details": {"per_class": pr.to_dict()["per_class"], "coco": coco_stats},
-        "config": {"level": level, "granularity": granularity, "min_score": min_score, "max_boxes": max_boxes,
+        "config": {"level": level, "granularity": granularity, "min_score": min_score, "nms": nms, "max_boxes": max_boxes,
                    "iou_threshold": iou_threshold, "limit": limit, "data": data.source, "data_kind": data.kind},
         "predictions": predictions,
     }

@@ -50,6 +50,7 @@ def run_grounded_caption(
     kind: str = "brief",
     granularity: str = "fine",
     min_score: float = 0.3,
+    nms: Optional[float] = None,
     max_boxes: int = 100,
     iou_threshold: float = 0.5,
     text_metrics: bool = True,
@@ -62,7 +63,7 @@ def run_grounded_caption(
 
     samples = limit_items(caption_samples(data, kind), limit)
     queries = [Query(s["image"], build_prompt(CAPTION_KINDS[kind])) for s in samples]
-    answers = run_queries(predictor, queries, batch_size=batch_size, granularity=granularity, min_score=min_score,
+    answers = run_queries(predictor, queries, batch_size=batch_size, granularity=granularity, min_score=min_score, nms=nms,
                           max_boxes=max_boxes, desc=f"grounded caption ({kind})", progress=progress)
     predicted = [[PhraseBox(p, a.boxes[i]) for p, ix in a.groundings for i in ix] for a in answers]
     truth = [s["pairs"] for s in samples]
@@ -86,7 +87,7 @@ def run_grounded_caption(
         "task": "grounded-caption",
         "metrics": metrics,
         "headline": headline,
-        "config": {"kind": kind, "granularity": granularity, "min_score": min_score, "max_boxes": max_boxes,
+        "config": {"kind": kind, "granularity": granularity, "min_score": min_score, "nms": nms, "max_boxes": max_boxes,
                    "iou_threshold": iou_threshold, "limit": limit, "data": data.source, "data_kind": data.kind},
         "predictions": predictions,
     }

@@ -35,6 +35,7 @@ def run_pope(
     level: str = "instance",
     granularity: str = "fine",
     min_score: float = 0.3,
+    nms: Optional[float] = None,
     max_boxes: int = 100,
     progress: bool = True,
 ) -> dict:
@@ -52,7 +53,7 @@ def run_pope(
                      if q.image_index < keep]
         queries = [Query(images[q.image_index][0], build_prompt("conversation", question=QUESTION.format(category=q.category)))
                    for q in questions]
-        answers = run_queries(predictor, queries, batch_size=batch_size, granularity=granularity, min_score=min_score,
+        answers = run_queries(predictor, queries, batch_size=batch_size, granularity=granularity, min_score=min_score, nms=nms,
                               max_boxes=max_boxes, desc=f"pope ({setting})", progress=progress)
         said = [parse_yes_no(a.text) for a in answers]
         m = pope_metrics(said, [q.label for q in questions])

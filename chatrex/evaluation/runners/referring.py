@@ -134,6 +134,7 @@ def run_referring(
     batch_size: int = 8,
     granularity: str = "fine",
     min_score: float = 0.3,
+    nms: Optional[float] = None,
     max_boxes: int = 100,
     threshold: float = 0.5,
     progress: bool = True,
@@ -153,7 +154,7 @@ def run_referring(
     given = ground_truth_box_lists(data, samples, max_boxes) if boxes == "gt" else [None] * len(samples)
     queries = [Query(s["image"], build_prompt("referring", expression=s["expression"]), boxes=b)
                for s, b in zip(samples, given)]
-    answers = run_queries(predictor, queries, batch_size=batch_size, granularity=granularity, min_score=min_score,
+    answers = run_queries(predictor, queries, batch_size=batch_size, granularity=granularity, min_score=min_score, nms=nms,
                           max_boxes=max_boxes, desc="referring", progress=progress)
     firsts = []
     for ans in answers:
@@ -188,7 +189,7 @@ def run_referring(
         "task": "referring",
         "metrics": metrics,
         "headline": [f"Acc@{threshold:g}"],
-        "config": {"boxes": boxes, "granularity": granularity, "min_score": min_score, "max_boxes": max_boxes,
+        "config": {"boxes": boxes, "granularity": granularity, "min_score": min_score, "nms": nms, "max_boxes": max_boxes,
                    "threshold": threshold, "limit": limit, "data": data.source, "data_kind": data.kind},
         "predictions": predictions,
     }

@@ -60,7 +60,8 @@ def run_region(
     progress: bool = True,
     level: str = "all",
 ) -> dict:
-    """Evaluate ``limit`` regions (a fixed random subset, see ``sample_items``) on each of ``tasks`` that the data has ground truth for.
+    """Evaluate ``limit`` regions (a fixed random subset, see ``sample_items``) on each of ``tasks`` that the
+    data has ground truth for.
 
     ``level`` (world records): ask about instances, parts or all regions.
 

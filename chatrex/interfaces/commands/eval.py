@@ -151,11 +151,15 @@ _MODEL = typer.Option(..., "--model", "-m", help="Model directory (ChatRexPipeli
 _DATA = typer.Option(..., "--data", "-d", help="JSONL records, a COCO annotation .json, or a RefCOCO-style .json.")
 _IMAGES = typer.Option(None, "--images", help="Image folder for COCO/RefCOCO files (default: the data file's folder).")
 _OUT = typer.Option(None, "--out", "-o", help="Results JSON (default results/TASK.json); a .md table is written beside it.")
-_LIMIT = typer.Option(None, "--limit", min=0, help="Evaluate only N: the first N images (image tasks), or a fixed random N samples spread over the data (referring, region, counting, retrieval).")
+_LIMIT = typer.Option(None, "--limit", min=0, help="Evaluate only N: the first N images (image tasks), or a fixed "
+                      "random N samples spread over the data (referring, region, counting, retrieval).")
 _BATCH = typer.Option(8, "--batch-size", "-b", min=1, help="Queries per inference call.")
 _DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 … (default: cuda when available).")
 _GRAN = typer.Option(Granularity.fine, "--granularity", "-g", help="UPN proposals: fine (paper default) or coarse.")
-_MIN_SCORE = typer.Option(0.3, "--min-score", min=0.0, max=1.0, help="UPN score threshold for proposals.")
+_MIN_SCORE = typer.Option(None, "--min-score", min=0.0, max=1.0,
+                          help="UPN score threshold for proposals (default: the model's pipeline_config.json, else 0.3).")
+_NMS = typer.Option(None, "--nms", min=0.0, max=1.0,
+                    help="NMS IoU of the proposals, 0 = none (default: the model's pipeline_config.json, else 0.8).")
 _MAX_BOXES = typer.Option(100, "--max-boxes", min=1, max=100, help="Most proposals given to the model.")
 _TOKENS = typer.Option(None, "--max-new-tokens", min=1, help="Cap on generated tokens per answer (default: the model's).")
 _LEVEL = typer.Option(Level.instance, "--level", help="World records: which regions count (instance, part, all).")
@@ -170,6 +174,9 @@ def _pipeline_task(task: str) -> Callable[..., dict]:
         if not data.is_file():
             _fail(f"data file '{data}' does not exist")
         pipe = load_pipeline(model, device)
+        if "min_score" in options:  # the filter the report records: the one the model's pipeline uses unless given
+            options["min_score"] = pipe.min_score if options["min_score"] is None else options["min_score"]
+            options["nms"] = pipe.nms if options.get("nms") is None else options["nms"]
         if max_new_tokens is not None:
             pipe = functools.partial(pipe, max_new_tokens=max_new_tokens)
         return run_eval_command(task, pipe, data, images, out, limit, batch_size, model_name=str(model), **options)
@@ -181,12 +188,12 @@ def detection_cmd(
     model: Path = _MODEL, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
     limit: Optional[int] = _LIMIT, batch_size: int = _BATCH, device: Optional[str] = _DEVICE,
     max_new_tokens: Optional[int] = _TOKENS,
-    level: Level = _LEVEL, granularity: Granularity = _GRAN, min_score: float = _MIN_SCORE,
+    level: Level = _LEVEL, granularity: Granularity = _GRAN, min_score: Optional[float] = _MIN_SCORE, nms: Optional[float] = _NMS,
     max_boxes: int = _MAX_BOXES,
 ) -> None:
     """Detection: ground-truth categories asked over UPN proposals; P/R@0.5 per class (macro) and mAP."""
     _pipeline_task("detection")(model, data, images, out, limit, batch_size, device, max_new_tokens, level=level.value,
-                                granularity=granularity.value, min_score=min_score, max_boxes=max_boxes)
+                                granularity=granularity.value, min_score=min_score, nms=nms, max_boxes=max_boxes)
 
 
 def proposals_cmd(
@@ -218,7 +225,7 @@ def referring_cmd(
     model: Path = _MODEL, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
     limit: Optional[int] = _LIMIT, batch_size: int = _BATCH, device: Optional[str] = _DEVICE,
     max_new_tokens: Optional[int] = _TOKENS,
-    granularity: Granularity = _GRAN, min_score: float = _MIN_SCORE, max_boxes: int = _MAX_BOXES,
+    granularity: Granularity = _GRAN, min_score: Optional[float] = _MIN_SCORE, nms: Optional[float] = _NMS, max_boxes: int = _MAX_BOXES,
     boxes: ReferringBoxes = typer.Option(ReferringBoxes.proposals, "--boxes",
                                          help="proposals (UPN, the paper's protocol) or gt (world records: the "
                                               "image's ground-truth regions; reports chance@0.5 too)."),
@@ -227,7 +234,7 @@ def referring_cmd(
 
     World records: also per region level, and where wrong picks went (wrong/*; with Acc they sum to 1)."""
     _pipeline_task("referring")(model, data, images, out, limit, batch_size, device, max_new_tokens, granularity=granularity.value,
-                                min_score=min_score, max_boxes=max_boxes, boxes=boxes.value)
+                                min_score=min_score, nms=nms, max_boxes=max_boxes, boxes=boxes.value)
 
 
 def region_cmd(
@@ -249,23 +256,23 @@ def grounded_caption_cmd(
     limit: Optional[int] = _LIMIT, batch_size: int = _BATCH, device: Optional[str] = _DEVICE,
     max_new_tokens: Optional[int] = _TOKENS,
     kind: CaptionKind = typer.Option(CaptionKind.brief, "--kind", help="brief or detailed captions."),
-    granularity: Granularity = _GRAN, min_score: float = _MIN_SCORE, max_boxes: int = _MAX_BOXES,
+    granularity: Granularity = _GRAN, min_score: Optional[float] = _MIN_SCORE, nms: Optional[float] = _NMS, max_boxes: int = _MAX_BOXES,
 ) -> None:
     """Grounded captions: phrase–box F1 (IoU 0.5, same phrase or synonym) and caption text scores."""
     _pipeline_task("grounded-caption")(model, data, images, out, limit, batch_size, device, max_new_tokens, kind=kind.value,
-                                       granularity=granularity.value, min_score=min_score, max_boxes=max_boxes)
+                                       granularity=granularity.value, min_score=min_score, nms=nms, max_boxes=max_boxes)
 
 
 def counting_cmd(
     model: Path = _MODEL, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
     limit: Optional[int] = _LIMIT, batch_size: int = _BATCH, device: Optional[str] = _DEVICE,
     max_new_tokens: Optional[int] = _TOKENS,
-    level: Level = _LEVEL, granularity: Granularity = _GRAN, min_score: float = _MIN_SCORE,
+    level: Level = _LEVEL, granularity: Granularity = _GRAN, min_score: Optional[float] = _MIN_SCORE, nms: Optional[float] = _NMS,
     max_boxes: int = _MAX_BOXES,
 ) -> None:
     """Counting: exact-match accuracy of the number stated in the answer."""
     _pipeline_task("counting")(model, data, images, out, limit, batch_size, device, max_new_tokens, level=level.value,
-                               granularity=granularity.value, min_score=min_score, max_boxes=max_boxes)
+                               granularity=granularity.value, min_score=min_score, nms=nms, max_boxes=max_boxes)
 
 
 def pope_cmd(

@@ -89,8 +89,12 @@ def predict(
     ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="MLLM dtype: float32, bfloat16, float16 (default: as saved)."),
-    min_score: float = typer.Option(0.3, "--min-score", help="Keep UPN proposals with score >= this."),
-    nms: float = typer.Option(0.8, "--nms", help="NMS IoU threshold of the proposals (<= 0 turns NMS off)."),
+    min_score: Optional[float] = typer.Option(
+        None, "--min-score", help="Keep UPN proposals with score >= this (default: the model's pipeline_config.json, else 0.3)."
+    ),
+    nms: Optional[float] = typer.Option(
+        None, "--nms", help="NMS IoU threshold of the proposals, <= 0 turns NMS off (default: the model's, else 0.8)."
+    ),
     max_boxes: int = typer.Option(100, "--max-boxes", help="Most boxes given to the model (1..100)."),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="Longest answer, in tokens."),
     stream: bool = typer.Option(False, "--stream", help="Print the raw answer while it is generated."),
@@ -112,7 +116,7 @@ def predict(
         _fail("the question is empty")
     if not 1 <= max_boxes <= 100:
         _fail(f"--max-boxes must be in 1..100, got {max_boxes}")
-    if not 0.0 <= min_score <= 1.0:
+    if min_score is not None and not 0.0 <= min_score <= 1.0:
         _fail(f"--min-score must be in [0, 1], got {min_score}")
     if max_new_tokens < 1:
         _fail(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
