@@ -29,6 +29,8 @@ S0_DIR=${S0_DIR:-}                   # a finished stage-0 export to use instead 
 S0_INIT=${S0_INIT:-}                 # a stage-0 export that stage 0 continues from (e.g. an earlier session's)
 S2_INIT=${S2_INIT:-}                 # a stage-2 LoRA export that stage 2 continues (stages 0 and 1 skipped)
 UPN_DIR=${UPN_DIR:-}                 # an exported UPN to assemble with (default: the one trained here)
+FILTER_ARGS=${FILTER_ARGS:---min-score 0 --nms 0.8}  # proposal filter written into the model (the shipped one's;
+                                     # chosen on the val split with scripts/sweep_proposal_filter.py)
 UPN_GPUS=${UPN_GPUS:-}               # e.g. 0,1,2 (several: torchrun DDP); empty: the default device
 CHATREX_GPU=${CHATREX_GPU:-}         # e.g. 3; empty: the default device
 UPN_ARGS=${UPN_ARGS:-}; S0_ARGS=${S0_ARGS:-}; S1_ARGS=${S1_ARGS:-}; S2_ARGS=${S2_ARGS:-}  # extra --set options
@@ -104,7 +106,7 @@ chatrex_chain() {
 }
 
 assemble() {
-  $CHATREX train assemble "${UPN_DIR:-$RUNS/upn_small/final}" "$RUNS/chatrex_stage2/final" "$RUNS/model"
+  $CHATREX train assemble "${UPN_DIR:-$RUNS/upn_small/final}" "$RUNS/chatrex_stage2/final" "$RUNS/model" $FILTER_ARGS
   log "model assembled in $RUNS/model"
 }
 

@@ -267,6 +267,14 @@ def test_assembled_delta_model_runs_in_the_pipeline(tmp_path, data_file, base_di
     proposals = pipe([str(data_file.parent / "images" / "0.png")], ["Please detect car in this image."], min_score=0.0,
                      max_new_tokens=4)
     assert 1 <= len(proposals[0].boxes) <= 20  # UPN proposals of the tiny model (20 queries)
+    result = CliRunner().invoke(build_app(), ["train", "assemble", str(tmp_path / "upn"), str(tmp_path / "s1" / "final"),
+                                              str(tmp_path / "model"), "--min-score", "1.0", "--nms", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "model" / "pipeline_config.json").read_text()) == {
+        "upn_resize": 64, "upn_max_size": 128, "min_score": 1.0, "nms": 0.5}
+    pipe = ChatRexPipeline.from_pretrained(tmp_path / "model")
+    assert pipe([str(data_file.parent / "images" / "0.png")], ["Please detect car in this image."],
+                max_new_tokens=4)[0].boxes == []  # nothing of a random UPN scores 1
 
     (tmp_path / "upn" / "preprocessor_config.json").write_text(json.dumps({"max_size": 128}))  # no resize
     result = CliRunner().invoke(build_app(), ["train", "assemble", str(tmp_path / "upn"), str(tmp_path / "s1" / "final"),

@@ -107,12 +107,18 @@ def assemble(
     upn_dir: Path = typer.Argument(..., help="exported UPN (runs/upn_small/final)"),
     chatrex_dir: Path = typer.Argument(..., help="exported ChatRex stage (runs/chatrex_stage2/final)"),
     out: Path = typer.Argument(..., help="model directory to write (e.g. chatrex/assets/chatrex-small)"),
+    min_score: Optional[float] = typer.Option(None, "--min-score", min=0.0, max=1.0,
+                                              help="proposal score threshold the pipeline uses (default: official 0.3)"),
+    nms: Optional[float] = typer.Option(None, "--nms", min=0.0, max=1.0,
+                                        help="proposal NMS IoU the pipeline uses, 0 = none (default: official 0.8)"),
 ) -> None:
-    """Put a trained UPN and ChatRex together into one model directory for `chatrex predict`/`eval`."""
+    """Put a trained UPN and ChatRex together into one model directory for `chatrex predict`/`eval`.
+
+    `--min-score` / `--nms` record the proposal filter chosen for this UPN (scripts/sweep_proposal_filter.py)."""
     import json
     import shutil
 
-    from chatrex.interfaces.pipeline import CHATREX_SUBDIR, PIPELINE_CONFIG, PIPELINE_CONFIG_KEYS, UPN_SUBDIR
+    from chatrex.interfaces.pipeline import CHATREX_SUBDIR, PIPELINE_CONFIG, UPN_SUBDIR
     from chatrex.upn.wrapper import PREPROCESSOR_CONFIG, recorded_input_size
 
     for part in (upn_dir, chatrex_dir):
@@ -122,10 +128,11 @@ def assemble(
     settings = {}
     if (upn_dir / PREPROCESSOR_CONFIG).is_file():  # the input size the UPN was trained for
         try:
-            settings = dict(zip(PIPELINE_CONFIG_KEYS, recorded_input_size(upn_dir)))
+            settings = dict(zip(("upn_resize", "upn_max_size"), recorded_input_size(upn_dir)))
         except ValueError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2)
+    settings.update({k: v for k, v in (("min_score", min_score), ("nms", nms)) if v is not None})
     out.mkdir(parents=True, exist_ok=True)
     for src, name in ((upn_dir, UPN_SUBDIR), (chatrex_dir, CHATREX_SUBDIR)):
         shutil.rmtree(out / name, ignore_errors=True)
