@@ -39,10 +39,12 @@
 # also be a trained ChatRex (e.g. a copy of chatrex/assets/chatrex-small/chatrex), whose towers and trunk
 # are used (its projectors and LLM are not).
 # Everything lives under runs/ and data/ (ignored), so the next call's copy of the tree keeps it.
+# Assembled models get FILTER_ARGS (the shipped model's proposal filter; see docs/proposal_filter.md).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SITE=/tmp/site
 export PYTHONPATH=$SITE:$PWD
+FILTER_ARGS=${FILTER_ARGS:---min-score 0 --nms 0.8}
 export CHATREX_CACHE_DIR=/tmp/chatrex_cache
 export CHATREX="python3 -m chatrex.interfaces.cli"
 CLI=$CHATREX
@@ -157,7 +159,7 @@ finish_variants)
   variants=""; for v in v1 v2; do [ -d "$RUNS/$v/chatrex_stage2/final" ] && variants="$variants $v"; done
   [ -n "$variants" ] || { log "no variant has a stage-2 export"; exit 1; }
   for v in $variants; do
-    [ -d "$RUNS/$v/model" ] || $CLI train assemble "$RUNS/upn_shipped" "$RUNS/$v/chatrex_stage2/final" "$RUNS/$v/model"
+    [ -d "$RUNS/$v/model" ] || $CLI train assemble "$RUNS/upn_shipped" "$RUNS/$v/chatrex_stage2/final" "$RUNS/$v/model" $FILTER_ARGS
     for r in chatrex_stage1 chatrex_stage2; do [ -d "$RUNS/$v/$r" ] && $CLI train plot "$RUNS/$v/$r" > /dev/null 2>&1; done
     if [ -n "${OUT:-}" ]; then
       tar czf "$RUNS/$v-chatrex.tgz" -C "$RUNS/$v/chatrex_stage2" final && split -b 15M "$RUNS/$v-chatrex.tgz" "$OUT/$v-chatrex.tgz."
@@ -233,7 +235,7 @@ for t in ('region_category', 'referring', 'detection'):
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
   ;;
 finish)
-  [ -d "$RUNS/model" ] || $CLI train assemble "${UPN_DIR:-$RUNS/upn_small/final}" "$RUNS/chatrex_stage2/final" "$RUNS/model"
+  [ -d "$RUNS/model" ] || $CLI train assemble "${UPN_DIR:-$RUNS/upn_small/final}" "$RUNS/chatrex_stage2/final" "$RUNS/model" $FILTER_ARGS
   for r in upn_small chatrex_stage0 chatrex_stage1 chatrex_stage2; do $CLI train plot "$RUNS/$r" > /dev/null 2>&1; done
   pack_logs() {
     tar czf "$OUT/logs.tgz" -C "$RUNS" eval reproduce.log world.log upn.log stage0.log stage1.log stage2.log \
