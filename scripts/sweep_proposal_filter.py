@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.ops import box_iou, nms
 
 
 @dataclass(frozen=True)
@@ -67,29 +66,23 @@ def cached_proposals(upn, image: str, granularity: str, cache: Path) -> tuple[to
 
 
 def filtered(props: dict[str, tuple[torch.Tensor, torch.Tensor]], setting: Setting) -> list[list[float]]:
-    """The boxes the pipeline would give ChatRex under ``setting`` (integer pixels, best score first)."""
-    boxes, scores = [], []
-    for gran in setting.granularity.split("+"):
-        b, s = props[gran]
-        keep = s >= setting.min_score
-        boxes.append(b[keep])
-        scores.append(s[keep])
-    b, s = torch.cat(boxes), torch.cat(scores)
-    if len(b) and setting.nms > 0:
-        kept = nms(b, s, setting.nms)  # sorted by score, highest first
-        b = b[kept]
-    else:
-        b = b[torch.argsort(s, descending=True, stable=True)]
-    return b[: setting.max_boxes].trunc().tolist()
+    """The boxes the pipeline would give ChatRex under ``setting`` (integer pixels, best score first):
+    the pipeline's own ``filter_proposals`` over the prompts' proposals, pooled and sorted by score."""
+    from chatrex.upn.postprocess import filter_proposals
+
+    boxes = torch.cat([props[g][0] for g in setting.granularity.split("+")])
+    scores = torch.cat([props[g][1] for g in setting.granularity.split("+")])
+    order = torch.argsort(scores, descending=True, stable=True)
+    kept = filter_proposals({"original_xyxy_boxes": boxes[order][None], "scores": scores[order][None]},
+                            min_score=setting.min_score, nms_value=setting.nms)
+    return [[float(v) for v in b] for b in kept["original_xyxy_boxes"][0][: setting.max_boxes]]
 
 
 def covered(given: list[list[float]], targets: list[list[float]]) -> list[bool]:
-    if not targets:
-        return []
-    if not given:
-        return [False] * len(targets)
-    iou = box_iou(torch.tensor(targets, dtype=torch.float32), torch.tensor(given, dtype=torch.float32))
-    return (iou.max(dim=1).values >= 0.5).tolist()
+    """Whether some box of ``given`` fits each target (IoU ≥ 0.5)."""
+    from chatrex.evaluation.runners.referring import best_iou
+
+    return [best_iou(given, t) >= 0.5 for t in targets]
 
 
 def main() -> None:
