@@ -32,7 +32,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 from PIL import Image
 
 from chatrex.grounding import GroundedAnswer, build_prompt, draw_grounded, phrase_colors
-from chatrex.interfaces.pipeline import MAX_BOXES, PipelineResult, validate_boxes
+from chatrex.interfaces.pipeline import MAX_BOXES, OFFICIAL_MIN_SCORE, PipelineResult, validate_boxes
 from chatrex.utils.image import load_image
 
 __all__ = [
@@ -555,8 +555,8 @@ def build_demo(
                                           info="UPN proposals when you give no boxes: fine = parts and small "
                                                "objects, coarse = whole objects")
                 with gr.Accordion("Settings", open=False):
-                    min_score_in = gr.Slider(0.0, 1.0, value=float(getattr(pipeline, "min_score", 0.3)), step=0.05,
-                                             label="Min proposal score")
+                    start = float(getattr(pipeline, "min_score", OFFICIAL_MIN_SCORE))  # the model's filter
+                    min_score_in = gr.Slider(0.0, 1.0, value=start, step=0.05, label="Min proposal score")
                     max_boxes_in = gr.Slider(1, MAX_BOXES, value=MAX_BOXES, step=1, label="Most boxes given to the model")
                     tokens_in = gr.Slider(16, 1024, value=DEFAULT_MAX_NEW_TOKENS, step=16, label="Longest answer (tokens)")
                 run = gr.Button("Answer", variant="primary")
