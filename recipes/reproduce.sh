@@ -11,6 +11,8 @@
 #   N_TRAIN=4000 UPN_BUDGET=300 bash recipes/reproduce.sh
 #   UPN_DIR=chatrex/assets/chatrex-small/upn bash recipes/reproduce.sh chatrex   # only the ChatRex chain, with a given UPN
 #   S0_DIR=runs/chatrex_stage0/final RUNS=runs/b bash recipes/reproduce.sh chatrex   # reuse stage-0 towers
+# TRAIN_SEED_OFFSET=K draws the train scenes from seeds K.. instead of 0.. (a disjoint sample of the same
+# train split): a run that continues an earlier one can see scenes it has not seen.
 # S1_BUDGET=0 skips stage 1: stage 2 then starts from the stage-0 towers and fresh projectors.
 # S2_INIT=DIR continues a stage-2 LoRA export (e.g. the shipped chatrex-small/chatrex) as stage 2: no
 # stage 0 or 1; its LoRA factors go on training (the recipe's lora.r and alpha must be the export's).
@@ -20,6 +22,7 @@ DATA=${DATA:-data/world}
 RUNS=${RUNS:-runs}
 N_TRAIN=${N_TRAIN:-40000}
 N_TEST=${N_TEST:-500}
+TRAIN_SEED_OFFSET=${TRAIN_SEED_OFFSET:-0}
 WORKERS=${WORKERS:-$(nproc)}
 UPN_BUDGET=${UPN_BUDGET:-900}       # seconds of UPN training
 S0_BUDGET=${S0_BUDGET:-180}          # seconds of ChatRex stage 0 (vision towers)
@@ -44,8 +47,9 @@ files="[\"$DATA/train.jsonl\"]"
 on_gpus() { local gpus=$1; shift; if [ -n "$gpus" ]; then CUDA_VISIBLE_DEVICES=$gpus "$@"; else "$@"; fi; }
 
 data() {
-  log "world data: $N_TRAIN train, $N_TEST test, $N_TEST test-comp"
-  $CHATREX world generate --n "$N_TRAIN" --split train --out "$DATA" --workers "$WORKERS"
+  log "world data: $N_TRAIN train (seed offset $TRAIN_SEED_OFFSET), $N_TEST test, $N_TEST test-comp"
+  $CHATREX world generate --n "$N_TRAIN" --split train --out "$DATA" --workers "$WORKERS" \
+    --seed-offset "$TRAIN_SEED_OFFSET"
   $CHATREX world generate --n "$N_TEST" --split test --out "$DATA" --workers "$WORKERS"
   $CHATREX world generate --n "$N_TEST" --split test-comp --out "$DATA" --workers "$WORKERS"
 }
