@@ -80,3 +80,29 @@ def test_stage2_recipe_can_continue_the_shipped_chatrex():
     saved = json.loads(shipped.read_text())["lora"]
     lora = ChatRexTaskConfig.from_dict(load_recipe(RECIPES / "chatrex_small_stage2.json")["task"]).lora
     assert lora.enabled and (lora.r, float(lora.alpha)) == (int(saved["r"]), float(saved["alpha"]))
+
+
+def test_reproduce_data_step_draws_train_scenes_from_the_seed_offset(tmp_path: Path):
+    """``TRAIN_SEED_OFFSET=K bash recipes/reproduce.sh data`` generates train scenes K, K + 1, … (another
+    disjoint sample of the train split), and the test splits as always."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from chatrex.data.world.splits import split_seed
+
+    def generate(out: Path, offset: str) -> list[dict]:
+        env = dict(os.environ, DATA=str(out), N_TRAIN="2", N_TEST="1", WORKERS="1", TRAIN_SEED_OFFSET=offset,
+                   CHATREX=f"{sys.executable} -m chatrex.interfaces.cli")
+        done = subprocess.run(["bash", str(RECIPES / "reproduce.sh"), "data"], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads((out / "test.meta.json").read_text())["seed_offset"] == 0
+        assert json.loads((out / "train.meta.json").read_text())["seed_offset"] == int(offset)
+        return [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+
+    base, moved = generate(tmp_path / "a", "0"), generate(tmp_path / "b", "7")
+    assert [r["seed"] for r in base] == [split_seed("train", i) for i in range(2)]
+    assert [r["seed"] for r in moved] == [split_seed("train", i, 7) for i in range(2)]
+    assert [r["regions"] for r in base] != [r["regions"] for r in moved]  # other scenes, not only other seeds
