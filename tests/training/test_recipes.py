@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from chatrex.data.world.splits import split_seed
 from chatrex.training.chatrex_task import ChatRexTaskConfig
 from chatrex.training.config import TrainConfig, load_recipe
 from chatrex.training.upn.task import UPNTaskConfig
@@ -74,7 +79,6 @@ def test_default_chain_points_at_boxes_in_both_stages():
 def test_stage2_recipe_can_continue_the_shipped_chatrex():
     """``S2_INIT=chatrex/assets/chatrex-small/chatrex`` (README, Training) continues the shipped LoRA factors,
     which needs the stage-2 recipe's LoRA rank and alpha to be the ones the shipped delta was trained with."""
-    import json
 
     shipped = RECIPES.parent / "chatrex" / "assets" / "chatrex-small" / "chatrex" / "delta_config.json"
     saved = json.loads(shipped.read_text())["lora"]
@@ -85,13 +89,6 @@ def test_stage2_recipe_can_continue_the_shipped_chatrex():
 def test_reproduce_data_step_draws_train_scenes_from_the_seed_offset(tmp_path: Path):
     """``TRAIN_SEED_OFFSET=K bash recipes/reproduce.sh data`` generates train scenes K, K + 1, … (another
     disjoint sample of the train split), and the test splits as always."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    from chatrex.data.world.splits import split_seed
-
     def generate(out: Path, offset: str) -> list[dict]:
         env = dict(os.environ, DATA=str(out), N_TRAIN="2", N_TEST="1", WORKERS="1", TRAIN_SEED_OFFSET=offset,
                    CHATREX=f"{sys.executable} -m chatrex.interfaces.cli")
