@@ -29,6 +29,9 @@ def main() -> None:
     ap.add_argument("--recipe", default="recipes/chatrex_small_stage2.json")
     ap.add_argument("--init-from", default="chatrex/assets/chatrex-small/chatrex",
                     help="an exported ChatRex stage (delta directory) to start from")
+    ap.add_argument("--base", default=None,
+                    help="start a fresh model (random towers) from this base LLM directory instead of --init-from "
+                         "(e.g. benchmarks/random_base_llm.py's output); the towers train as in stage 0's absence")
     ap.add_argument("--compile", action="store_true", help="compile the decoder layers (train.compile)")
     add_step_arguments(ap, batch=32)
     args = ap.parse_args()
@@ -37,8 +40,10 @@ def main() -> None:
     from chatrex.training.config import load_recipe
     from chatrex.training.task import compile_repeated_blocks
 
-    spec = load_recipe(args.recipe, {"task.data.files": json.dumps([args.data]),
-                                     "task.init_from": json.dumps(args.init_from)})
+    overrides = {"task.data.files": json.dumps([args.data]), "task.init_from": json.dumps(args.init_from)}
+    if args.base:
+        overrides.update({"task.base": args.base, "task.init_from": "null", "task.vision_lr_mult": "1.0"})
+    spec = load_recipe(args.recipe, overrides)
     task = ChatRexTask(ChatRexTaskConfig.from_dict(spec["task"]))
     device = torch.device(args.device)
     torch.manual_seed(0)

@@ -118,6 +118,59 @@ def time_steps(step, device: torch.device, steps: int, warmup: int) -> dict[str,
     return {"ms_per_step": round(dt * 1000, 1), "peak_mem_gib": peak}
 
 
+# Dense bf16 tensor-core peaks (datasheet, SXM parts), for MFU.
+PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    """The dense bf16 peak of ``device`` from :data:`PEAK_BF16_TFLOPS` (None when unknown or on CPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def count_step_flops(step, i: int = 0) -> int:
+    """Floating-point operations of one ``step(i)`` (forward, backward and optimizer), counted by
+    ``torch.utils.flop_counter`` (matrix products, convolutions and attention; elementwise work is not
+    counted, so MFU from this count is a lower bound of the work done)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step(i)
+    return int(counter.get_total_flops())
+
+
+def gpu_busy(step, device: torch.device, steps: int = 5, first: int = 0) -> dict[str, float] | None:
+    """The share of wall-clock time the GPU spends in kernels over ``steps`` steps, from the profiler's
+    device-side kernel records (kernels of one stream do not overlap; the union of the intervals is used
+    so that concurrent streams are not counted twice). None on CPU."""
+    if device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    _sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        for i in range(steps):
+            step(first + i)
+        _sync(device)
+        wall = time.perf_counter() - t0
+    intervals = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
+                       if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start)
+    busy_us, cur_s, cur_e = 0.0, None, None
+    for s, e in intervals:
+        if cur_e is None or s > cur_e:
+            if cur_e is not None:
+                busy_us += cur_e - cur_s
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    if cur_e is not None:
+        busy_us += cur_e - cur_s
+    return {"gpu_busy_pct": round(100.0 * busy_us / 1e6 / wall, 1), "profiled_ms_per_step": round(wall / steps * 1000, 1)}
+
+
 def profile_table(step, device: torch.device, steps: int = 2, rows: int = 30) -> str:
     """``torch.profiler``'s table of the top operators by self time (CUDA time on a GPU) over ``steps`` steps."""
     from torch.profiler import ProfilerActivity, profile
@@ -146,7 +199,18 @@ def add_step_arguments(ap, batch: int) -> None:
 def report(result: dict, args, step, model, opt, task, batch, device: torch.device, amp: bool, grad_clip: float,
            profile_steps: int = 2) -> None:
     """Print ``result`` as one JSON line, with the step's operator counts when ``args.count_ops``; append it
-    to ``args.json``; print the profiler's table when ``args.profile``."""
+    to ``args.json``; print the profiler's table when ``args.profile``. On a GPU, ``result`` gains the
+    share of time the GPU is busy (:func:`gpu_busy`), the FLOPs of a step and the MFU (FLOP/s over the
+    device's dense bf16 peak)."""
+    if device.type == "cuda" and not getattr(args, "no_busy", False):
+        result.update(gpu_busy(step, device) or {})
+        flops = count_step_flops(step)
+        result["tflop_per_step"] = round(flops / 1e12, 3)
+        peak = peak_tflops(device)
+        if peak and result.get("ms_per_step"):
+            achieved = flops / (result["ms_per_step"] / 1000) / 1e12
+            result["achieved_tflops"] = round(achieved, 1)
+            result["mfu_pct"] = round(100 * achieved / peak, 2)
     print(json.dumps(result))
     if args.count_ops:
         counts = count_step_ops(model, opt, task, batch, device, amp, grad_clip)
