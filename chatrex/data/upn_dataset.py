@@ -16,7 +16,8 @@ from PIL import Image
 
 from chatrex.data.jsonl import load_training_records
 from chatrex.training.sampler import split_index
-from chatrex.upn.transforms import UPNTransform, batch_images
+from chatrex.data.device_images import read_encoded
+from chatrex.upn.transforms import IMAGENET_MEAN, IMAGENET_STD, UPNTransform, batch_images, resized_size
 from chatrex.utils.image import load_image
 
 GRANULARITIES = ("fine", "coarse")
@@ -33,6 +34,11 @@ class UPNDataConfig:
         fine_targets: "all" (instances + parts) or "parts".
         granularities: the prompts trained on every batch ("fine", "coarse").
         min_box_size: boxes smaller than this (px, after resizing) are dropped.
+        decode_on_device: items carry the image file's bytes, and the batch is decoded, resized,
+            flipped and normalised on the training device (:mod:`chatrex.data.device_images`); one short
+            side from ``scales`` is drawn per batch (from the batch's seeds) instead of per image. The
+            workers then do no pixel work, which at hundreds of images per second is what limits the
+            CPU path.
     """
 
     files: list[str] = field(default_factory=list)
@@ -42,6 +48,7 @@ class UPNDataConfig:
     fine_targets: str = "all"
     granularities: list[str] = field(default_factory=lambda: ["fine", "coarse"])
     min_box_size: float = 1.0
+    decode_on_device: bool = False
 
 
 def region_boxes(record: dict, granularity: str, fine_targets: str = "all") -> list[list[float]]:
@@ -81,6 +88,8 @@ class UPNDataset(torch.utils.data.Dataset):
         index, seed = split_index(item)
         rng = random.Random(seed if seed is not None else index)
         record, path = self.records[index]
+        if self.cfg.decode_on_device:
+            return self._encoded_item(record, path, rng, seed if seed is not None else index)
         image = load_image(path)
         size = rng.choice(self.cfg.scales)
         transform = UPNTransform(size=size, max_size=self.cfg.max_size)
@@ -88,8 +97,13 @@ class UPNDataset(torch.utils.data.Dataset):
         if flip:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         tensor = transform(image)
-        W, H = image.width, image.height
         h, w = tensor.shape[1:]
+        boxes = self._boxes(record, image.width, image.height, flip, h, w)
+        return {"image": tensor, "boxes": boxes, "seed": seed if seed is not None else index}
+
+    def _boxes(self, record: dict, W: int, H: int, flip: bool, h: int, w: int) -> dict[str, torch.Tensor]:
+        """Both granularities' boxes of ``record`` (an image of W x H px, flipped if ``flip``) as
+        normalised cxcywh, without those under ``min_box_size`` once resized to h x w."""
         boxes = {}
         for g in GRANULARITIES:
             b = torch.tensor(region_boxes(record, g, self.cfg.fine_targets), dtype=torch.float32).reshape(-1, 4)
@@ -100,15 +114,47 @@ class UPNDataset(torch.utils.data.Dataset):
             keep = ((b[:, 2] - b[:, 0]) * w >= self.cfg.min_box_size) & ((b[:, 3] - b[:, 1]) * h >= self.cfg.min_box_size)
             b = b[keep]
             boxes[g] = torch.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], 1) if len(b) else b
-        return {"image": tensor, "boxes": boxes, "seed": seed if seed is not None else index}
+        return boxes
+
+    def _encoded_item(self, record: dict, path: Path, rng: random.Random, seed: int) -> dict[str, Any]:
+        """The item of ``decode_on_device``: the file's bytes, its size, the flip and the boxes (filtered
+        at the smallest scale, since the batch's scale is drawn later)."""
+        W, H = int(record["width"]), int(record["height"])
+        flip = rng.random() < self.cfg.flip
+        h, w = resized_size(W, H, min(self.cfg.scales), self.cfg.max_size)
+        return {"encoded": read_encoded(path), "size": (H, W), "flip": flip,
+                "boxes": self._boxes(record, W, H, flip, h, w), "seed": seed}
 
 
-def collate_upn(samples: list[dict[str, Any]], granularities: Sequence[str] = GRANULARITIES) -> dict[str, Any]:
+def collate_upn(samples: list[dict[str, Any]], granularities: Sequence[str] = GRANULARITIES,
+                scales: Sequence[int] = (512,), max_size: Optional[int] = None, size_divisor: int = 32) -> dict[str, Any]:
     """Pad images into a batch: ``images`` (B,3,H,W), ``mask`` (B,H,W) True = padding, and
-    ``targets`` = {granularity: B tensors (N_b,4) normalised cxcywh}."""
+    ``targets`` = {granularity: B tensors (N_b,4) normalised cxcywh}.
+
+    Items of ``decode_on_device`` become ``encoded`` (B byte tensors), ``sizes`` (B resized (h, w): the
+    short side one of ``scales``, drawn from the items' seeds, the long side at most ``max_size``),
+    ``flips`` and ``canvas`` (the padded (H, W), rounded up to ``size_divisor``) instead of
+    ``images`` and ``mask``: :func:`device_batch` turns them into those on the device."""
     for g in granularities:
         if g not in GRANULARITIES:
             raise ValueError(f"unknown granularity {g!r}; expected fine or coarse")
+    targets = {g: [s["boxes"][g] for s in samples] for g in granularities}
+    if "encoded" in samples[0]:
+        scale = random.Random(",".join(str(s["seed"]) for s in samples)).choice(list(scales))
+        sizes = [resized_size(s["size"][1], s["size"][0], scale, max_size) for s in samples]
+        canvas = tuple(-(-max(hw[i] for hw in sizes) // size_divisor) * size_divisor for i in (0, 1))
+        return {"encoded": [s["encoded"] for s in samples], "sizes": sizes, "flips": [s["flip"] for s in samples],
+                "canvas": canvas, "targets": targets}
     images, mask = batch_images([s["image"] for s in samples])
-    return {"images": images, "mask": mask,
-            "targets": {g: [s["boxes"][g] for s in samples] for g in granularities}}
+    return {"images": images, "mask": mask, "targets": targets}
+
+
+def device_batch(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images (B,3,H,W) float32 normalised, mask (B,H,W) True = padding)`` of a collated batch on
+    ``device``: moved there, or (``decode_on_device``) decoded, resized, flipped and normalised there."""
+    if "encoded" not in batch:
+        return batch["images"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
+    from chatrex.data.device_images import decode_images, resize_into_canvas
+
+    decoded = decode_images(batch["encoded"], device)
+    return resize_into_canvas(decoded, batch["sizes"], batch["canvas"], IMAGENET_MEAN, IMAGENET_STD, batch["flips"])

@@ -211,3 +211,25 @@ def test_criterion_equals_the_per_image_per_layer_losses():
     ref_grads = torch.autograd.grad(sum(ref) + sum(ref_dn), [out["pred_boxes"], out["dn_outputs"]["pred_logits"]])
     for a, b in zip(grads, ref_grads):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_matching_in_threads_equals_matching_in_one():
+    from concurrent.futures import ThreadPoolExecutor
+
+    g = torch.Generator().manual_seed(5)
+    L, B, Q = 3, 6, 40
+    logits, boxes = torch.randn(L, B, Q, 1, generator=g), _random_boxes(g, L, B, Q)
+    targets = [_random_boxes(g, n) for n in (0, 3, 17, 40, 1, 9)]
+    alone = hungarian_match_layers(logits, boxes, targets)
+    with ThreadPoolExecutor(3) as pool:
+        threaded = hungarian_match_layers(logits, boxes, targets, executor=pool)
+    assert len(threaded) == L and all(len(layer) == B for layer in threaded)
+    for la, lt in zip(alone, threaded):
+        for (qa, ta), (qt, tt) in zip(la, lt):
+            assert torch.equal(qa, qt) and torch.equal(ta, tt)
+    # the criterion's own pool stays behind when the task is copied into data workers
+    import pickle
+
+    crit = UPNCriterion()
+    crit._executor()
+    assert pickle.loads(pickle.dumps(crit))._pool is None

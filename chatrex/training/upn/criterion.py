@@ -3,8 +3,9 @@ proposals and the denoising queries (paper App. B.1: weights 1, 5, 2)."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou_loss, sigmoid_focal_loss
 
 from chatrex.training.upn.denoising import dn_positive_indices
-from chatrex.training.upn.matcher import MatcherConfig, hungarian_match_layers
+from chatrex.training.upn.matcher import MatcherConfig, hungarian_match_layers, matcher_threads
 
 
 @dataclass
@@ -52,6 +53,18 @@ class UPNCriterion(nn.Module):
     def __init__(self, cfg: CriterionConfig = CriterionConfig()) -> None:
         super().__init__()
         self.cfg = cfg
+        self._pool: Optional[ThreadPoolExecutor] = None  # the matcher's threads, started at the first call
+
+    def _executor(self) -> Optional[ThreadPoolExecutor]:
+        threads = matcher_threads(self.cfg.matcher)
+        if threads > 1 and self._pool is None:
+            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="upn-matcher")
+        return self._pool
+
+    def __getstate__(self) -> dict[str, Any]:  # data workers get a copy of the task: threads do not travel
+        state = self.__dict__.copy()
+        state["_pool"] = None
+        return state
 
     def _layer_losses(self, logits: torch.Tensor, boxes: torch.Tensor, targets: list[torch.Tensor],
                       indices: list[list[tuple[torch.Tensor, torch.Tensor]]], num_boxes: float) -> dict[str, torch.Tensor]:
@@ -119,7 +132,7 @@ class UPNCriterion(nn.Module):
             matched.append(outputs["enc_outputs"])
         logits = torch.stack([o["pred_logits"] for o in matched])
         boxes = torch.stack([o["pred_boxes"] for o in matched])
-        indices = hungarian_match_layers(logits, boxes, targets, self.cfg.matcher)
+        indices = hungarian_match_layers(logits, boxes, targets, self.cfg.matcher, self._executor())
         parts = self._layer_losses(logits, boxes, targets, indices, num_boxes)
         per_layer = weighted(parts)  # (L,): last layer first
         total = per_layer.sum()

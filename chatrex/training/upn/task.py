@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from chatrex.data.upn_dataset import PROMPT_OF, UPNDataConfig, UPNDataset, collate_upn
+from chatrex.data.upn_dataset import PROMPT_OF, UPNDataConfig, UPNDataset, collate_upn, device_batch
 from chatrex.training.task import default_param_groups
 from chatrex.training.upn.criterion import CriterionConfig, UPNCriterion
 from chatrex.training.upn.denoising import DenoisingConfig, DenoisingGenerator
@@ -113,15 +113,15 @@ class UPNTask:
         return UPNDataset(self.cfg.data)
 
     def collate(self, samples):
-        return collate_upn(samples, self.cfg.data.granularities)
+        d = self.cfg.data
+        return collate_upn(samples, d.granularities, scales=d.scales, max_size=d.max_size)
 
     def param_groups(self, model: nn.Module, train_cfg) -> list[dict[str, Any]]:
         return default_param_groups(model, train_cfg.lr, train_cfg.weight_decay,
                                     {"upn.backbone.": self.cfg.backbone_lr_mult})
 
     def compute_loss(self, model, batch, device):
-        images = batch["images"].to(device, non_blocking=True)
-        mask = batch["mask"].to(device, non_blocking=True)
+        images, mask = device_batch(batch, device)
         targets = {g: [t.to(device) for t in ts] for g, ts in batch["targets"].items()}
         outs = model(images, mask, targets)
         total, logs = 0.0, {}
