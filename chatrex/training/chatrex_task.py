@@ -279,9 +279,13 @@ class ChatRexTask:
         return list(getattr(model.model, "layers", []))
 
     def param_groups(self, model: nn.Module, train_cfg) -> list[dict[str, Any]]:
+        """AdamW groups. Unless the whole LLM trains, only the added tokens' rows of the embeddings train
+        (a hook zeroes the base rows' gradients); weight decay would still shrink the base rows, which the
+        delta export does not store, so an untied output embedding gets none (as the input one)."""
+        no_decay = [] if self.full_llm else [model.get_output_embeddings().weight]
         return default_param_groups(model, train_cfg.lr, train_cfg.weight_decay,
                                     {"vision_tower": self.cfg.vision_lr_mult,
-                                     "mm_object_trunk": self.cfg.vision_lr_mult})
+                                     "mm_object_trunk": self.cfg.vision_lr_mult}, no_decay=no_decay)
 
     # ------------------------------------------------------------------ data
     def build_dataset(self) -> ChatRexDataset:

@@ -21,6 +21,8 @@ class TrainConfig:
         weight_decay: AdamW weight decay (not applied to norms, biases and embeddings).
         warmup_steps: linear warm-up steps, then cosine decay to ``lr * min_lr_ratio``.
         grad_clip: max global gradient norm (<= 0 disables clipping).
+        max_bad_steps: a step whose loss or gradient is not finite is skipped (no update); this many
+            such steps in a row stop the run with ``FloatingPointError``.
         precision: "fp32" or "bf16" (autocast; master weights stay fp32).
         gradient_checkpointing: trade compute for memory where the model supports it.
         compile: compile each of the task's repeated blocks (``task.repeated_blocks``, e.g. the LLM's
@@ -52,6 +54,7 @@ class TrainConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
+    max_bad_steps: int = 10
     precision: str = "fp32"
     gradient_checkpointing: bool = False
     compile: bool = False
@@ -71,7 +74,7 @@ class TrainConfig:
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.strategy not in ("auto", "none", "ddp", "fsdp"):
             raise ValueError(f"strategy must be auto, none, ddp or fsdp, got {self.strategy!r}")
-        for name in ("max_steps", "batch_size", "grad_accum", "save_every", "log_every"):
+        for name in ("max_steps", "batch_size", "grad_accum", "save_every", "log_every", "max_bad_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.compile and self.strategy == "fsdp":

@@ -1,16 +1,26 @@
-"""Loss curves: metrics are appended as JSON lines and plotted to a PNG."""
+"""Loss curves: metrics are appended as JSON lines and plotted to a PNG.
+
+Each line is appended with one ``write`` and ``fsync``-ed; rewriting the file (:func:`truncate_metrics`)
+and the plot go through a temporary file renamed over the old one, so a crash leaves either the old or
+the new file, never half of one.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
+
+from chatrex.utils.atomic import atomic_write_text, open_atomic
 
 
 def append_metrics(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -29,7 +39,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 def truncate_metrics(path: Path, max_step: int) -> None:
     """Drop lines logged after ``max_step`` (used when resuming from an earlier checkpoint)."""
     rows = [r for r in read_metrics(path) if r.get("step", 0) <= max_step]
-    Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def plot_curves(metrics_path: Path, out_png: Path, title: str = "training") -> Path | None:
@@ -61,6 +71,9 @@ def plot_curves(metrics_path: Path, out_png: Path, title: str = "training") -> P
     axes[1].set_xlabel("step")
     axes[1].set_ylabel("learning rate")
     fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
+    try:
+        with open_atomic(out_png, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=110)
+    finally:
+        plt.close(fig)
     return out_png

@@ -79,6 +79,15 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
     return {k: float(total / count) for k, (total, count) in zip(keys, t.tolist())}
 
 
+def all_agree(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is true on every process (``flag`` itself for one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item() > 0.5)
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -56,23 +56,28 @@ def compile_repeated_blocks(task: Any, model: nn.Module) -> int:
 
 
 def default_param_groups(model: nn.Module, lr: float, weight_decay: float,
-                         lr_multipliers: Optional[dict[str, float]] = None) -> list[dict[str, Any]]:
+                         lr_multipliers: Optional[dict[str, float]] = None,
+                         no_decay: Iterable[nn.Parameter] = ()) -> list[dict[str, Any]]:
     """AdamW groups: no decay for biases, norms and embeddings; per-prefix learning-rate multipliers.
 
     Args:
         lr_multipliers: ``{name_prefix: factor}``; the first matching prefix scales that parameter's lr.
+        no_decay: further parameters without weight decay, e.g. one of which only some rows train (a
+            gradient hook zeroes the others): AdamW's decay would shrink the frozen rows too.
     """
+    excluded = {id(p) for p in no_decay}
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        no_decay = p.ndim <= 1 or "embed" in name or "norm" in name or name.endswith(".bias")
+        no_decay_here = (id(p) in excluded or p.ndim <= 1 or "embed" in name or "norm" in name
+                         or name.endswith(".bias"))
         factor = 1.0
         for prefix, f in (lr_multipliers or {}).items():
             if name.startswith(prefix):
                 factor = f
                 break
-        key = (lr * factor, 0.0 if no_decay else weight_decay)
+        key = (lr * factor, 0.0 if no_decay_here else weight_decay)
         groups.setdefault(key, []).append(p)
     if not groups:
         raise ValueError("the model has no trainable parameters")

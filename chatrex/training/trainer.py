@@ -3,7 +3,16 @@ gradient accumulation and clipping, checkpoints with exact resume, loss curves.
 
 Exact resume: the data order depends only on (seed, step) (:mod:`chatrex.training.sampler`), and a
 checkpoint holds the trainable weights, the optimizer and scheduler states and every RNG state, so a
-run that is killed and resumed ends with the same weights as one that never stopped.
+run that is killed and resumed ends with the same weights as one that never stopped. Checkpoints hold
+tensors and plain values only and are read with ``torch.load(weights_only=True)``: resuming from a run
+folder made by someone else cannot run code.
+
+Writes are atomic: a checkpoint and the export are written as a temporary folder that then replaces
+the old one (:mod:`chatrex.utils.atomic`), so a run killed while saving keeps its previous checkpoint
+and export.
+
+A step whose loss or gradient is not finite is skipped (no optimizer update, not in the logged means,
+counted in the log's ``skipped``); ``train.max_bad_steps`` such steps in a row stop the run.
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
+import pickle
 import random
 import shutil
 import time
@@ -31,10 +40,11 @@ from torch.distributed.checkpoint.state_dict import (
 
 from chatrex.training.config import TrainConfig
 from chatrex.training.curves import append_metrics, plot_curves, truncate_metrics
-from chatrex.training.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from chatrex.training.distributed import DistInfo, all_agree, all_reduce_mean, barrier, init_distributed
 from chatrex.training.run_lock import RunLockedError, acquire_run_lock, release_run_lock
 from chatrex.training.sampler import ResumableBatchSampler
 from chatrex.training.task import TrainTask, compile_repeated_blocks, count_parameters, default_param_groups
+from chatrex.utils.atomic import atomic_write_text, replace_directory, staged_directory
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -110,23 +120,50 @@ def lr_lambda(warmup: int, total: int, min_ratio: float) -> WarmupCosine:
     return WarmupCosine(warmup, total, min_ratio)
 
 
-def _rng_state() -> dict[str, Any]:
+def _rng_state() -> dict[str, torch.Tensor]:
+    """Every RNG state of this process as tensors (so that its file loads with ``weights_only=True``)."""
+    version, words, gauss = random.getstate()
+    np_state = np.random.get_state(legacy=False)
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": torch.tensor([version, *words], dtype=torch.int64),
+        "python_gauss": torch.tensor([gauss is not None, gauss or 0.0], dtype=torch.float64),
+        "numpy_key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+        "numpy_pos": torch.tensor([np_state["state"]["pos"], np_state["has_gauss"]], dtype=torch.int64),
+        "numpy_gauss": torch.tensor([np_state["gauss"]], dtype=torch.float64),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
     return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    if isinstance(state["python"], tuple):  # a checkpoint written before the states were tensors
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+    else:
+        words = state["python"].tolist()
+        has_gauss, gauss = state["python_gauss"].tolist()
+        random.setstate((int(words[0]), tuple(int(w) for w in words[1:]), gauss if has_gauss else None))
+        pos, np_has_gauss = state["numpy_pos"].tolist()
+        np.random.set_state({"bit_generator": "MT19937",
+                             "state": {"key": state["numpy_key"].numpy().astype(np.uint32), "pos": int(pos)},
+                             "has_gauss": int(np_has_gauss), "gauss": float(state["numpy_gauss"][0])})
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
+
+
+def _load_rng_file(path: Path) -> dict[str, Any]:
+    """An ``rng_rank*.pt`` file, read with ``weights_only=True``; files of earlier versions, which pickled
+    numpy's state, load with numpy's array reconstruction allowed (and nothing else)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        multiarray = getattr(np, "_core", None) or np.core
+        allowed = [multiarray.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def find_latest_checkpoint(output_dir: Path) -> Optional[Path]:
@@ -161,7 +198,7 @@ class Trainer:
         self.progress = progress and self.dist.is_main
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
+            atomic_write_text(self.out / "train_config.json", json.dumps(config.to_dict(), indent=2))
         barrier()
 
     # ---------------------------------------------------------------- setup
@@ -220,15 +257,14 @@ class Trainer:
         barrier()
         if self.dist.is_main:
             (tmp / "complete").write_text(str(step))
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            replace_directory(tmp, final)  # durable first; the old folder of this step (if any) until then
             kept = sorted((p for p in root.iterdir() if p.name.startswith("step_")), key=lambda p: p.name)
             for old in kept[: -self.cfg.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         barrier()
 
     def _load(self, path: Path, model: nn.Module, optimizer, scheduler) -> int:
-        state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+        state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         saved = set(state["model"])
         missing = sorted(n for n in trainable if n not in saved and n.replace("module.", "", 1) not in saved)
@@ -239,7 +275,7 @@ class Trainer:
         scheduler.load_state_dict(state["scheduler"])
         rng = path / f"rng_rank{self.dist.rank}.pt"
         if rng.exists():
-            _set_rng_state(torch.load(rng, weights_only=False))
+            _set_rng_state(_load_rng_file(rng))
         return int(state["step"])
 
     # ---------------------------------------------------------------- loop
@@ -321,7 +357,8 @@ class Trainer:
         model.train()
         acc: dict[str, float] = {}
         counts: dict[str, int] = {}  # per key: a log only some batches produce is averaged over those
-        bad_steps, t0, seen = 0, self.clock(), 0
+        step_logs: list[dict[str, float]] = []  # the micro-steps of this optimizer step, kept if it is finite
+        bad_steps, skipped, t0, seen = 0, 0, self.clock(), 0
         for micro, batch in enumerate(loader):
             if step >= end:
                 break
@@ -336,22 +373,32 @@ class Trainer:
                     raise OutOfDeviceMemory(out_of_memory_message(cfg, step, exc)) from exc
                 raise
             seen += cfg.batch_size
-            for k, v in {"loss": float(loss.detach()), **logs}.items():
-                acc[k] = acc.get(k, 0.0) + float(v)
-                counts[k] = counts.get(k, 0) + 1
+            step_logs.append({"loss": float(loss.detach()), **logs})
             if not sync:
                 continue
             grad_norm = None
             if cfg.grad_clip > 0:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-            finite = math.isfinite(acc["loss"]) and (grad_norm is None or math.isfinite(grad_norm))
+            # this step only: its own micro-steps' losses and its gradient
+            finite = all(math.isfinite(m["loss"]) for m in step_logs) and (grad_norm is None or math.isfinite(grad_norm))
+            if self.dist.distributed:  # every process skips the same steps
+                finite = all_agree(finite, dev)
             if finite:
                 optimizer.step()
                 bad_steps = 0
+                for micro_logs in step_logs:
+                    for k, v in micro_logs.items():
+                        acc[k] = acc.get(k, 0.0) + float(v)
+                        counts[k] = counts.get(k, 0) + 1
             else:
                 bad_steps += 1
-                if bad_steps > 10:
-                    raise FloatingPointError(f"loss or gradient not finite for {bad_steps} steps in a row (step {step})")
+                skipped += 1
+                if bad_steps >= cfg.max_bad_steps:
+                    raise FloatingPointError(
+                        f"loss or gradient not finite for {bad_steps} steps in a row (step {step + 1}; "
+                        f"train.max_bad_steps = {cfg.max_bad_steps}). Lower train.lr or check the data; "
+                        f"the last checkpoint is {find_latest_checkpoint(self.out)}")
+            step_logs = []
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
@@ -368,14 +415,15 @@ class Trainer:
                 logs_mean = all_reduce_mean({k: v / counts[k] for k, v in acc.items()}, dev)
                 dt = self.clock() - t0
                 record = {"step": step, "lr": scheduler.get_last_lr()[0], **logs_mean,
-                          "samples_per_s": seen * self.dist.world_size / max(dt, 1e-9), "skipped": not finite}
+                          "samples_per_s": seen * self.dist.world_size / max(dt, 1e-9), "skipped": skipped}
                 if grad_norm is not None:
                     record["grad_norm"] = grad_norm
                 if self.dist.is_main:
                     append_metrics(metrics_path, record)
-                acc, counts, t0, seen = {}, {}, self.clock(), 0
+                acc, counts, t0, seen, skipped = {}, {}, self.clock(), 0, 0
                 if bar is not None:
-                    bar[0].update(bar[1], completed=step, description=f"{self.task.name} loss {record['loss']:.4f}")
+                    bar[0].update(bar[1], completed=step,
+                                  description=f"{self.task.name} loss {record.get('loss', float('nan')):.4f}")
             elif bar is not None:
                 bar[0].update(bar[1], completed=step)
             if step % cfg.save_every == 0 or step == end:
@@ -408,9 +456,9 @@ class Trainer:
         return schedule.total
 
     def _export(self, model: nn.Module, raw_model: nn.Module, name: str = "final") -> None:
-        """The task's export into ``output_dir/name``, written beside it first and then moved in place, so
-        that a reader never sees half an export."""
-        target, staging = self.out / name, self.out / f".{name}.partial"
+        """The task's export into ``output_dir/name``, written beside it first and then put in place of the
+        old one, so that a reader never sees half an export and a failed export keeps the previous one."""
+        target = self.out / name
         export_model = raw_model
         if self.strategy == "fsdp":  # every process takes part in gathering the weights
             full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -418,10 +466,8 @@ class Trainer:
                 export_model = self.task.build_model()
                 export_model.load_state_dict(full)
         if self.dist.is_main:
-            shutil.rmtree(staging, ignore_errors=True)
-            self.task.export(export_model, staging)
-            shutil.rmtree(target, ignore_errors=True)
-            staging.rename(target)
+            with staged_directory(target) as staging:  # replaces target only once the export is complete
+                self.task.export(export_model, staging)
         barrier()
 
     def _progress(self, start: int, total: int, n_train: int, ckpt: Optional[Path]):

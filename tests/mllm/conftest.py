@@ -18,8 +18,9 @@ SENTENCES = [
 ]
 
 
-def build_tiny_tokenizer():
-    """A byte-level BPE tokenizer trained on a few sentences, with a ChatML template and the ChatRex tokens."""
+def build_tiny_tokenizer(chatrex_tokens: bool = True):
+    """A byte-level BPE tokenizer trained on a few sentences, with a ChatML template and (unless
+    ``chatrex_tokens`` is False) the ChatRex tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -37,7 +38,8 @@ def build_tiny_tokenizer():
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None,
     )
     fast.chat_template = CHAT_TEMPLATE
-    add_chatrex_tokens(fast)
+    if chatrex_tokens:
+        add_chatrex_tokens(fast)
     return fast
 
 

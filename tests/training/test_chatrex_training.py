@@ -54,21 +54,24 @@ def data_file(tmp_path):
     return p
 
 
-@pytest.fixture()
-def base_dir(tmp_path):
+def _save_tiny_base(out, chatrex_tokens: bool = True):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from tests.mllm.conftest import build_tiny_tokenizer
 
-    tok = build_tiny_tokenizer()
+    tok = build_tiny_tokenizer(chatrex_tokens)
     torch.manual_seed(0)
     llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                                        tie_word_embeddings=False))
-    out = tmp_path / "base"
     llm.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture()
+def base_dir(tmp_path):
+    return _save_tiny_base(tmp_path / "base")
 
 
 def test_box_list_mixes_proposals_and_keeps_gt_unique():
@@ -237,6 +240,34 @@ def test_two_stages_train_and_export_as_delta(tmp_path, data_file, base_dir):
         per_task = {k.split("/", 1)[1]: v for k, v in r.items() if k.startswith("loss_task/")}
         assert per_task and set(per_task) <= stage2_tasks
         assert all(v > 0 for v in per_task.values())
+
+
+def test_untied_head_keeps_its_base_rows_and_the_delta_reloads_the_trained_model(tmp_path, data_file):
+    """With an untied output embedding only the added tokens' rows train: AdamW's weight decay must not
+    shrink the base rows (the delta does not store them), so the model loaded from the delta is the
+    trained one."""
+    from transformers import AutoModelForCausalLM
+
+    from chatrex.mllm.delta import load_delta
+
+    base_dir = _save_tiny_base(tmp_path / "plain_base", chatrex_tokens=False)  # ChatRex adds its tokens
+    task = ChatRexTask(ChatRexTaskConfig.from_dict({"stage": "stage1", "base": str(base_dir), "vision": TINY_VISION,
+                                                    "data": {"files": [str(data_file)]}}))
+    cfg = TrainConfig(output_dir=str(tmp_path / "s1"), max_steps=2, batch_size=2, lr=1e-2, weight_decay=0.5,
+                      warmup_steps=1, save_every=2, log_every=1, num_workers=0)
+    trained = Trainer(task, cfg, device="cpu", progress=False).fit().eval()
+    head, n0 = trained.get_output_embeddings().weight, task.base_vocab_size
+    assert head is not trained.get_input_embeddings().weight  # untied
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    assert torch.equal(head[:n0], base.get_output_embeddings().weight[:n0])
+    loaded, _ = load_delta(tmp_path / "s1" / "final")
+    loaded_head = loaded.get_output_embeddings().weight
+    assert torch.equal(loaded_head[:n0], head[:n0])
+    assert torch.equal(loaded_head[n0:], head[n0:].to(torch.bfloat16).float())  # the delta stores bf16
+    assert head.shape[0] > n0 and not torch.equal(loaded_head[n0:], torch.zeros_like(loaded_head[n0:]))
+    torch.testing.assert_close(_logits(loaded, task.processor, data_file.parent / "images" / "0.png"),
+                               _logits(trained, task.processor, data_file.parent / "images" / "0.png"),
+                               rtol=2e-2, atol=2e-2)  # the delta stores bf16
 
 
 def test_assembled_delta_model_runs_in_the_pipeline(tmp_path, data_file, base_dir):

@@ -1,5 +1,7 @@
 import json
+import math
 import os
+import pickle
 import socket
 
 import pytest
@@ -327,3 +329,133 @@ def test_the_lock_is_released_when_training_fails(tmp_path):
         Trainer(_FailingToyTask(RuntimeError("boom"), at=2), _cfg(tmp_path, "f"), device="cpu", progress=False).fit()
     assert not (tmp_path / "f" / LOCK_FILE).exists()
     Trainer(ToyTask(), _cfg(tmp_path, "f"), device="cpu", progress=False).fit()  # the folder is free again
+
+
+class _NonFiniteToyTask(ToyTask):
+    """Returns a NaN loss (so NaN gradients) at the micro-steps in ``bad`` (counted from 0)."""
+
+    def __init__(self, bad) -> None:
+        super().__init__()
+        self.bad, self.calls = set(bad), 0
+
+    def compute_loss(self, model, batch, device):
+        loss, logs = super().compute_loss(model, batch, device)
+        call, self.calls = self.calls, self.calls + 1
+        if call in self.bad:
+            loss = loss * float("nan")
+        return loss, logs
+
+
+def test_one_non_finite_batch_skips_only_its_step(tmp_path):
+    """One NaN batch at step 3 of 30, logged every 20 steps: only that step is skipped (the running sum of
+    the log interval used to stay NaN, skipping every later step and stopping the run after 11)."""
+    cfg = _cfg(tmp_path, "nan", max_steps=30, grad_accum=1, log_every=20, save_every=30)
+    model = Trainer(_NonFiniteToyTask({2}), cfg, device="cpu", progress=False).fit()
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+    rows = [json.loads(x) for x in (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [20, 30]
+    assert [r["skipped"] for r in rows] == [1, 0]
+    assert all(math.isfinite(r["loss"]) for r in rows)  # the bad batch is not in the logged mean
+    # the skipped step made no update: the same run without step 3's batch ends elsewhere than one with it
+    clean = Trainer(ToyTask(), _cfg(tmp_path, "clean", max_steps=30, grad_accum=1, log_every=20, save_every=30),
+                    device="cpu", progress=False).fit()
+    assert any(not torch.equal(v, clean.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_consecutive_non_finite_steps_stop_the_run(tmp_path):
+    # every other step bad: never 2 in a row, the run finishes
+    cfg = _cfg(tmp_path, "alt", max_steps=10, grad_accum=1, log_every=5, max_bad_steps=2)
+    Trainer(_NonFiniteToyTask(range(1, 10, 2)), cfg, device="cpu", progress=False).fit()
+    rows = [json.loads(x) for x in (tmp_path / "alt" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r["skipped"] for r in rows) == 5
+    # from step 4 on every batch is bad: the third bad step in a row stops the run
+    cfg = _cfg(tmp_path, "run", max_steps=20, grad_accum=2, log_every=5, save_every=2, max_bad_steps=3)
+    with pytest.raises(FloatingPointError, match=r"3 steps in a row \(step 6; train.max_bad_steps = 3\)") as info:
+        Trainer(_NonFiniteToyTask(range(6, 100)), cfg, device="cpu", progress=False).fit()
+    assert "step_0000004" in str(info.value)
+    with pytest.raises(ValueError, match="max_bad_steps"):
+        _cfg(tmp_path, "x", max_bad_steps=0)
+
+
+def test_checkpoints_load_without_unpickling_code(tmp_path):
+    """Resuming reads trainer_state.pt and the RNG files with weights_only=True: a checkpoint that would
+    run code when unpickled is refused, and ours hold tensors and plain values only."""
+    Trainer(ToyTask(), _cfg(tmp_path, "w"), device="cpu", progress=False).fit(stop_after=5)
+    ckpt = find_latest_checkpoint(tmp_path / "w")
+    torch.load(ckpt / "trainer_state.pt", weights_only=True)
+    rng = torch.load(ckpt / "rng_rank0.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in rng.values())
+
+    marker = tmp_path / "ran"
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=True)
+    state["payload"] = _RunsCode(str(marker))
+    torch.save(state, ckpt / "trainer_state.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        Trainer(ToyTask(), _cfg(tmp_path, "w"), device="cpu", progress=False).fit()
+    assert not marker.exists()
+
+
+class _RunsCode:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_rng_states_round_trip_through_tensors(tmp_path):
+    """The RNG states survive their tensor form exactly (Python's Gaussian cache included), and an RNG
+    file of an earlier version (pickled numpy state) still loads."""
+    import random
+
+    import numpy as np
+
+    from chatrex.training.trainer import _load_rng_file, _rng_state, _set_rng_state
+
+    random.seed(3)
+    random.gauss(0, 1)  # leaves a cached second value
+    np.random.seed(4)
+    np.random.standard_normal()  # idem
+    torch.manual_seed(5)
+    torch.save(_rng_state(), tmp_path / "rng.pt")
+    expected = (random.random(), random.gauss(0, 1), np.random.standard_normal(), np.random.rand(), torch.rand(2))
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    _set_rng_state(_load_rng_file(tmp_path / "rng.pt"))
+    got = (random.random(), random.gauss(0, 1), np.random.standard_normal(), np.random.rand(), torch.rand(2))
+    assert got[:4] == expected[:4] and torch.equal(got[4], expected[4])
+
+    torch.save({"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+               tmp_path / "legacy.pt")
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    random.seed(0), np.random.seed(0), torch.manual_seed(0)
+    _set_rng_state(_load_rng_file(tmp_path / "legacy.pt"))
+    assert (random.random(), np.random.rand(), torch.rand(1)) == expected
+
+
+def test_a_failed_export_keeps_the_previous_one(tmp_path):
+    """``latest`` is replaced only by a complete export: one that fails midway leaves the previous export
+    and no half-written folder."""
+    cfg = _cfg(tmp_path, "x", max_steps=9, export_every=3)
+    with pytest.raises(OSError, match="disk full"):  # the export at step 6 fails
+        Trainer(_ExportFailsTask(fail_at=2), cfg, device="cpu", progress=False).fit()
+    at3 = Trainer(ToyTask(), _cfg(tmp_path, "s", max_steps=9), device="cpu", progress=False).fit(stop_after=3)
+    latest = torch.load(tmp_path / "x" / "latest" / "model.pt")
+    for k, v in _weights(at3).items():
+        assert torch.equal(latest[k], v), k
+    assert sorted(p.name for p in (tmp_path / "x").iterdir() if p.name.startswith(".")) == []
+
+
+class _ExportFailsTask(ToyTask):
+    """Its ``fail_at``-th export writes half a file and then fails."""
+
+    def __init__(self, fail_at: int) -> None:
+        super().__init__()
+        self.fail_at, self.exports = fail_at, 0
+
+    def export(self, model, out_dir):
+        self.exports += 1
+        if self.exports == self.fail_at:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "model.pt").write_bytes(b"half a fi")
+            raise OSError("disk full")
+        super().export(model, out_dir)

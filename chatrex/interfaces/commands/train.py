@@ -114,12 +114,15 @@ def assemble(
 ) -> None:
     """Put a trained UPN and ChatRex together into one model directory for `chatrex predict`/`eval`.
 
-    `--min-score` / `--nms` record the proposal filter chosen for this UPN (scripts/sweep_proposal_filter.py)."""
+    `--min-score` / `--nms` record the proposal filter chosen for this UPN (scripts/sweep_proposal_filter.py).
+    Each part is copied into a temporary folder that then replaces the old one, so OUT may hold the
+    sources themselves, and a copy that fails keeps the previous model."""
     import json
     import shutil
 
     from chatrex.interfaces.pipeline import CHATREX_SUBDIR, PIPELINE_CONFIG, UPN_SUBDIR
     from chatrex.upn.wrapper import PREPROCESSOR_CONFIG, recorded_input_size
+    from chatrex.utils.atomic import atomic_write_text, staged_directory
 
     for part in (upn_dir, chatrex_dir):
         if not part.is_dir():
@@ -135,9 +138,9 @@ def assemble(
     settings.update({k: v for k, v in (("min_score", min_score), ("nms", nms)) if v is not None})
     out.mkdir(parents=True, exist_ok=True)
     for src, name in ((upn_dir, UPN_SUBDIR), (chatrex_dir, CHATREX_SUBDIR)):
-        shutil.rmtree(out / name, ignore_errors=True)
-        shutil.copytree(src, out / name)
-    (out / PIPELINE_CONFIG).write_text(json.dumps(settings, indent=2))
+        with staged_directory(out / name) as staging:
+            shutil.copytree(src, staging, dirs_exist_ok=True)
+    atomic_write_text(out / PIPELINE_CONFIG, json.dumps(settings, indent=2))
     typer.echo(str(out))
 
 
