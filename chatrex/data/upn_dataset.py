@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from chatrex.data.jsonl import load_training_records
-from chatrex.training.sampler import split_index
+from chatrex.data.seeded_index import split_index
 from chatrex.upn.transforms import UPNTransform, batch_images
 from chatrex.utils.image import load_image
 
