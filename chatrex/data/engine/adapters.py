@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional, Sequence
 from PIL import Image
 
 from .process import first_sentence
-from .steps import EngineSteps, Phrase
+from .steps import Phrase
 
 Ask = Callable[..., Any]
 
