@@ -19,8 +19,8 @@ from typing import Any, Optional, Sequence
 import torch
 
 from chatrex.data.jsonl import load_training_records
+from chatrex.data.seeded_index import split_index
 from chatrex.grounding.prompts import MAX_OBJECTS, build_answer, build_prompt
-from chatrex.training.sampler import split_index
 from chatrex.utils.image import load_image
 
 #: Task mix of each stage (relative weights); a task a record cannot serve is skipped.

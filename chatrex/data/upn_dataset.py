@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from chatrex.data.jsonl import load_training_records
-from chatrex.training.sampler import split_index
 from chatrex.data.device_images import read_encoded
+from chatrex.data.seeded_index import split_index
 from chatrex.upn.transforms import IMAGENET_MEAN, IMAGENET_STD, UPNTransform, batch_images, resized_size
 from chatrex.utils.image import load_image
 

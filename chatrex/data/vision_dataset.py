@@ -25,7 +25,7 @@ import torch
 
 from chatrex.data.chatrex_dataset import box_iou, synthesize_proposals
 from chatrex.data.jsonl import load_training_records
-from chatrex.training.sampler import split_index
+from chatrex.data.seeded_index import split_index
 from chatrex.utils.image import load_image
 
 BACKGROUND = "background"
@@ -146,4 +146,24 @@ class VisionPretrainDataset(torch.utils.data.Dataset):
         return out
 
 
-__all__ = ["BACKGROUND", "IGNORE", "VisionDataConfig", "VisionVocabulary", "VisionPretrainDataset", "dense_labels"]
+def collate_vision(samples: list[dict[str, Any]], image_processor: Any, grid: int,
+                   attributes: Sequence[str]) -> dict[str, Any]:
+    """A batch of :class:`VisionPretrainDataset` items: un-normalised ``pixel_values`` / ``pixel_values_aux``
+    from ``image_processor`` (a ``ChatRexImageProcessor``), ``boxes`` (B x (K_i, 4) normalised to the padded
+    square), ``dense`` (B, grid²) labels, ``is_region`` (sum K,) and one (sum K,) tensor per label name."""
+    from chatrex.mllm.image_processing import normalize_boxes
+
+    pixels = image_processor([s["image"] for s in samples], normalize=False)
+    boxes = [normalize_boxes(s["boxes"], frame) for s, frame in zip(samples, pixels["frames"])]
+    dense = torch.stack([dense_labels(b[: s["regions"]], s["category"][: s["regions"]], grid)
+                         for s, b in zip(samples, boxes)])
+    batch = {"pixel_values": pixels["pixel_values"], "pixel_values_aux": pixels["pixel_values_aux"],
+             "boxes": boxes, "dense": dense,
+             "is_region": torch.cat([torch.arange(len(s["category"])) < s["regions"] for s in samples])}
+    for name in ["category", *attributes]:
+        batch[name] = torch.cat([s[name] for s in samples])
+    return batch
+
+
+__all__ = ["BACKGROUND", "IGNORE", "VisionDataConfig", "VisionVocabulary", "VisionPretrainDataset", "collate_vision",
+           "dense_labels"]

@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -76,18 +74,6 @@ def check_coco(dataset: Any, source: str = "COCO annotations") -> dict:
         ann.setdefault("area", float(bbox[2]) * float(bbox[3]))
         ann.setdefault("iscrowd", 0)
     return out
-
-
-def load_coco_json(path: str | Path) -> dict:
-    """Read and validate a COCO annotation file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CocoFormatError(f"COCO annotation file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CocoFormatError(f"{path}: not valid JSON ({exc})") from None
-    return check_coco(data, str(path))
 
 
 def region_in_level(region: dict, level: str) -> bool:

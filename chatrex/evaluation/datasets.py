@@ -66,18 +66,6 @@ def load_records(path: str | Path, images: str | Path | None = None) -> list[dic
     return out
 
 
-def load_coco(path: str | Path, images: str | Path | None = None) -> dict:
-    """A checked COCO dict; each image gets ``path`` = images folder / ``file_name``."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EvalDataError(f"annotation file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EvalDataError(f"{path}: not valid JSON ({exc})") from None
-    return coco_with_paths(data, images if images is not None else path.parent, str(path))
-
-
 def coco_with_paths(data: Any, images: str | Path, source: str = "COCO annotations") -> dict:
     try:
         coco = check_coco(data, source)

@@ -21,8 +21,8 @@ from typing import Optional
 
 import torch
 
-from chatrex.data.vision_dataset import IGNORE, VisionDataConfig
-from chatrex.training.sampler import SeededIndex
+from chatrex.data.seeded_index import SeededIndex
+from chatrex.data.vision_dataset import IGNORE, VisionDataConfig, VisionPretrainDataset, collate_vision
 
 
 def evaluate_towers(
@@ -46,7 +46,7 @@ def evaluate_towers(
     """
     from tqdm.auto import tqdm
 
-    from chatrex.training.vision_task import VisionTask, VisionTaskConfig, vision_overrides
+    from chatrex.mllm.image_processing import ChatRexImageProcessor
 
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -54,9 +54,9 @@ def evaluate_towers(
         raise ValueError(f"limit must be at least 1, got {limit}")
     start = time.perf_counter()
     vocab = model.vocabulary
-    data_cfg = VisionDataConfig(files=[str(data)], attributes=list(vocab.attributes))
-    task = VisionTask(VisionTaskConfig(vision=vision_overrides(model.config), data=data_cfg), vocabulary=vocab)
-    dataset = task.dataset
+    dataset = VisionPretrainDataset(VisionDataConfig(files=[str(data)], attributes=list(vocab.attributes)),
+                                    vocabulary=vocab)
+    processor = ChatRexImageProcessor(model.config.image_size, model.config.image_size_aux)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     model = model.to(device).eval()
     hits: Counter = Counter()
@@ -64,9 +64,10 @@ def evaluate_towers(
     region_labels: list[torch.Tensor] = []
     with torch.no_grad(), tqdm(total=n, desc="towers", unit="image", disable=not progress, leave=False) as bar:
         for first in range(0, n, batch_size):
-            batch = task.collate([dataset[SeededIndex(i, seed)] for i in range(first, min(first + batch_size, n))])
-            pv = task.image_processor.normalize(batch["pixel_values"].to(device))
-            pva = task.image_processor.normalize(batch["pixel_values_aux"].to(device), aux=True)
+            samples = [dataset[SeededIndex(i, seed)] for i in range(first, min(first + batch_size, n))]
+            batch = collate_vision(samples, processor, model.config.image_grid, list(vocab.attributes))
+            pv = processor.normalize(batch["pixel_values"].to(device))
+            pva = processor.normalize(batch["pixel_values_aux"].to(device), aux=True)
             out = model(pv, pva, [b.to(device) for b in batch["boxes"]])
             regions = batch["is_region"]
             predicted = out["category"].argmax(-1).cpu()

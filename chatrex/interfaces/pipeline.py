@@ -39,6 +39,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import torch
 
 from chatrex.grounding.parser import GroundedAnswer, boxes_for, parse_grounded
+from chatrex.utils.batch import batch_to
 from chatrex.utils.image import ImageInput, load_image
 
 __all__ = [
@@ -257,22 +258,6 @@ class StreamingAnswer:
 # ------------------------------------------------------------------------------------------------
 # the pipeline
 # ------------------------------------------------------------------------------------------------
-def batch_to(batch: Any, device: Any, dtype: torch.dtype) -> dict[str, Any]:
-    """A processor's output on ``device``: tensors and lists of tensors moved, the floating ones (pixels,
-    boxes) also cast to ``dtype``; anything else kept as it is."""
-    def move(t: torch.Tensor) -> torch.Tensor:
-        return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
-
-    out: dict[str, Any] = {}
-    for key, value in dict(batch).items():
-        if isinstance(value, torch.Tensor):
-            value = move(value)
-        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, torch.Tensor) for v in value):
-            value = [move(v) for v in value]
-        out[key] = value
-    return out
-
-
 class ChatRexPipeline:
     """UPN proposals + the ChatRex MLLM, batched, on any device.
 

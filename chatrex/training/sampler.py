@@ -7,23 +7,11 @@ augmentation, so worker processes need no shared random state.
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
 import torch
 
-
-class SeededIndex(NamedTuple):
-    """What a dataset receives: the sample index and a seed for that sample's augmentation."""
-
-    index: int
-    seed: int
-
-
-def split_index(item: "int | SeededIndex") -> tuple[int, int | None]:
-    """Return ``(index, seed)``; plain integer indices have no seed."""
-    if isinstance(item, SeededIndex):
-        return item.index, item.seed
-    return int(item), None
+from chatrex.data.seeded_index import SeededIndex
 
 
 class ResumableBatchSampler:

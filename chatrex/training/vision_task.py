@@ -28,7 +28,7 @@ from chatrex.data.vision_dataset import (
     VisionDataConfig,
     VisionPretrainDataset,
     VisionVocabulary,
-    dense_labels,
+    collate_vision,
 )
 from chatrex.mllm.configuration_chatrex import ChatRexConfig
 from chatrex.mllm.modeling_chatrex import object_trunk
@@ -195,19 +195,8 @@ class VisionTask:
         return default_param_groups(model, train_cfg.lr, train_cfg.weight_decay)
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        from chatrex.mllm.image_processing import normalize_boxes
-
-        pixels = self.image_processor([s["image"] for s in samples], normalize=False)
-        boxes = [normalize_boxes(s["boxes"], frame) for s, frame in zip(samples, pixels["frames"])]
-        grid = self.config.image_grid
-        dense = torch.stack([dense_labels(b[: s["regions"]], s["category"][: s["regions"]], grid)
-                             for s, b in zip(samples, boxes)])
-        batch = {"pixel_values": pixels["pixel_values"], "pixel_values_aux": pixels["pixel_values_aux"],
-                 "boxes": boxes, "dense": dense,
-                 "is_region": torch.cat([torch.arange(len(s["category"])) < s["regions"] for s in samples])}
-        for name in ["category", *self.dataset.vocabulary.attributes]:
-            batch[name] = torch.cat([s[name] for s in samples])
-        return batch
+        return collate_vision(samples, self.image_processor, self.config.image_grid,
+                              list(self.dataset.vocabulary.attributes))
 
     def compute_loss(self, model, batch, device):
         moved = {k: ([t.to(device) for t in v] if isinstance(v, list) else v.to(device, non_blocking=True))

@@ -9,12 +9,11 @@ API (images in, proposals out), compatible with the official one.
 from chatrex.upn.checkpoint import (
     CheckpointError,
     LoadResult,
-    from_pretrained,
     load_official_checkpoint,
     save_pretrained,
 )
 from chatrex.upn.config import PRESETS, ConfigError, UPNConfig, config_from_official, resolve_config
-from chatrex.upn.model import UPN, build_upn
+from chatrex.upn.model import UPN, build_upn, from_pretrained
 from chatrex.upn.wrapper import UPNWrapper
 
 __all__ = [

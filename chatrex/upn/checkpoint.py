@@ -9,8 +9,8 @@
 * ``save_pretrained(model, cfg, dir)`` writes ``config.json`` and ``model.safetensors`` (every shared
   tensor stored once under its first name; sharded into ``model-0000i-of-0000n.safetensors`` files
   plus ``model.safetensors.index.json`` when larger than ``max_shard_size``).
-* ``from_pretrained(dir, device=...)`` builds the model from ``config.json`` and loads the weights
-  strictly.
+* ``read_pretrained_config(dir)`` / ``load_pretrained_weights(dir)`` read such a directory back;
+  ``chatrex.upn.model.from_pretrained(dir, device=...)`` builds the model from them.
 """
 
 from __future__ import annotations
@@ -275,16 +275,3 @@ def load_pretrained_weights(directory: str | os.PathLike) -> dict[str, torch.Ten
         raise CheckpointError(f"'{d}': corrupt safetensors file: {exc}") from exc
     raise CheckpointError(f"'{d}' has neither {WEIGHTS_NAME} nor {INDEX_NAME}")
 
-
-def from_pretrained(directory: str | os.PathLike, device: str | torch.device = "cpu",
-                    dtype: torch.dtype | None = None, strict: bool = True) -> nn.Module:
-    """Build a UPN from a ``save_pretrained`` directory and load its weights; returns it in eval mode."""
-    from chatrex.upn.model import UPN
-
-    cfg = read_pretrained_config(directory)
-    model = UPN(cfg)
-    load_state_dict_checked(model, load_pretrained_weights(directory), strict=strict,
-                            source=f"checkpoint directory '{directory}'")
-    if dtype is not None:
-        model = model.to(dtype=dtype)
-    return model.to(device).eval()

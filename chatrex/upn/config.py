@@ -204,11 +204,6 @@ class UPNConfig:
         n = len(self.backbone.depths)
         return list(range(n)) if self.feature_stages is None else [int(i) for i in self.feature_stages]
 
-    @property
-    def num_unique_prompts(self) -> int:
-        return len(self.prompt_types)
-
-
 # -- presets ----------------------------------------------------------------------------------------
 def upn_large() -> UPNConfig:
     """The official UPN (``configs/upn_large.py``): Swin-L 384/22k, 6+6 layers, 900 queries."""

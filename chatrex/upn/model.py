@@ -18,6 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from chatrex.upn.checkpoint import (
+    DEFAULT_MAX_SHARD_SIZE,
+    load_pretrained_weights,
+    load_state_dict_checked,
+    read_pretrained_config,
+    save_pretrained,
+)
 from chatrex.upn.config import UPNConfig, canonical_prompt_type, resolve_config
 from chatrex.upn.deformable_transformer import (
     MLP,
@@ -131,14 +138,10 @@ class UPN(nn.Module):
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
                         dtype: torch.dtype | None = None) -> "UPN":
         """Load a directory written by ``save_pretrained`` (see ``chatrex.upn.checkpoint``)."""
-        from chatrex.upn.checkpoint import from_pretrained
-
         return from_pretrained(path, device=device, dtype=dtype)
 
     def save_pretrained(self, path: str | Path, max_shard_size: int | None = None) -> Path:
         """Write ``config.json`` + ``model.safetensors`` (sharded when large) to ``path``."""
-        from chatrex.upn.checkpoint import DEFAULT_MAX_SHARD_SIZE, save_pretrained
-
         return save_pretrained(self, self.config, path, max_shard_size=max_shard_size or DEFAULT_MAX_SHARD_SIZE)
 
     # -- forward pieces ----------------------------------------------------------------------------
@@ -255,3 +258,15 @@ class UPN(nn.Module):
 def build_upn(cfg: "UPNConfig | str | Path | dict") -> UPN:
     """Build a randomly initialised UPN from a config (anything ``resolve_config`` accepts)."""
     return UPN(resolve_config(cfg))
+
+
+def from_pretrained(directory: str | Path, device: str | torch.device = "cpu",
+                    dtype: torch.dtype | None = None, strict: bool = True) -> UPN:
+    """Build a UPN from a ``save_pretrained`` directory and load its weights; returns it in eval mode."""
+    cfg = read_pretrained_config(directory)
+    model = UPN(cfg)
+    load_state_dict_checked(model, load_pretrained_weights(directory), strict=strict,
+                            source=f"checkpoint directory '{directory}'")
+    if dtype is not None:
+        model = model.to(dtype=dtype)
+    return model.to(device).eval()

@@ -82,9 +82,9 @@ def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
 
 def _load_model(ckpt_path: Union[str, os.PathLike], config: Any, device: torch.device) -> tuple[nn.Module, Any]:
     """Build a UPN from an official ``.pth`` file or one of our ``save_pretrained`` directories."""
-    from chatrex.upn.checkpoint import from_pretrained, load_official_checkpoint
+    from chatrex.upn.checkpoint import load_official_checkpoint
     from chatrex.upn.config import resolve_config
-    from chatrex.upn.model import build_upn
+    from chatrex.upn.model import build_upn, from_pretrained
 
     path = Path(ckpt_path)
     if not path.exists():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -132,11 +132,3 @@ def load_image(src: ImageInput, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Ima
         return _array_to_pil(arr, what)
     raise ImageLoadError(f"cannot load an image from an {what}; pass a path, PIL image or array")
 
-
-def load_images(srcs: Union[ImageInput, Sequence[ImageInput]]) -> list[Image.Image]:
-    """Load one image or a list of them; always returns a list of RGB PIL images."""
-    if isinstance(srcs, (list, tuple)):
-        if len(srcs) == 0:
-            raise ImageLoadError("an empty list of images was given")
-        return [load_image(s) for s in srcs]
-    return [load_image(srcs)]

@@ -40,7 +40,7 @@ def _outcomes(out):
 
 @pytest.mark.slow
 def test_all_model_stages_from_a_saved_pipeline(model_dir, images, tmp_path):
-    spec = StepsSpec("chatrex.data.engine.adapters:build_chatrex_steps",
+    spec = StepsSpec("chatrex.interfaces.engine_steps:build_chatrex_steps",
                      {"model_dir": str(model_dir), "max_new_tokens": 6, "min_score": 0.0})
     summary = run_engine(images, tmp_path / "out", spec, progress=False)
     assert summary.status == "finished" and summary.failed == 0
@@ -54,7 +54,7 @@ def test_chatrex_region_captioner_and_grounder_per_stage(model_dir, images, tmp_
     script = build_script(NAMES)
     scripted = lambda stage: {"factory": "chatrex.data.engine.standins:build_scripted_stage",  # noqa: E731
                               "kwargs": {"stage": stage, "script": script}}
-    chatrex = lambda stage: {"factory": "chatrex.data.engine.adapters:build_chatrex_stage",  # noqa: E731
+    chatrex = lambda stage: {"factory": "chatrex.interfaces.engine_steps:build_chatrex_stage",  # noqa: E731
                              "kwargs": {"stage": stage, "model_dir": str(model_dir), "max_new_tokens": 6,
                                         "min_score": 0.0}}
     # scripted boxes, ChatRex region captions: every scripted region comes back, captions checked by the filter

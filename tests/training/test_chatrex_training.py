@@ -125,7 +125,7 @@ def test_max_targets_bounds_and_reaches_the_prompt_size():
 
 
 def test_region_tasks_sometimes_get_only_user_boxes(data_file):
-    from chatrex.training.sampler import SeededIndex
+    from chatrex.data.seeded_index import SeededIndex
 
     cfg = ChatRexDataConfig(files=[str(data_file)], task_weights={"region_category": 1.0}, region_boxes_only_prob=1.0)
     ds = ChatRexDataset(cfg)
@@ -146,7 +146,7 @@ def test_region_tasks_sometimes_get_only_user_boxes(data_file):
 def test_dataset_items(data_file):
     ds = ChatRexDataset(ChatRexDataConfig(files=[str(data_file)], stage="stage2"))
     tasks = {ds[(i % 4)]["task"] for i in range(4)}
-    from chatrex.training.sampler import SeededIndex
+    from chatrex.data.seeded_index import SeededIndex
 
     tasks = {ds[SeededIndex(i % 4, i)]["task"] for i in range(40)}
     assert len(tasks) >= 5

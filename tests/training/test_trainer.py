@@ -9,7 +9,8 @@ import torch
 import torch.multiprocessing as mp
 
 from chatrex.training.config import TrainConfig, load_recipe
-from chatrex.training.sampler import ResumableBatchSampler, SeededIndex
+from chatrex.data.seeded_index import SeededIndex
+from chatrex.training.sampler import ResumableBatchSampler
 from chatrex.training.trainer import Trainer, find_latest_checkpoint, lr_lambda
 from tests.training.toy_task import ToyTask
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from chatrex.data.seeded_index import SeededIndex
 from chatrex.data.upn_dataset import UPNDataConfig, UPNDataset, collate_upn, region_boxes
 from chatrex.training.config import TrainConfig
-from chatrex.training.sampler import SeededIndex
 from chatrex.training.trainer import Trainer
 from chatrex.training.upn.criterion import UPNCriterion
 from chatrex.training.upn.denoising import DenoisingConfig, DenoisingGenerator, dn_positive_indices, inverse_sigmoid

@@ -4,6 +4,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from chatrex.data.seeded_index import SeededIndex
 from chatrex.data.vision_dataset import (
     IGNORE,
     VisionDataConfig,
@@ -13,7 +14,6 @@ from chatrex.data.vision_dataset import (
 )
 from chatrex.training.chatrex_task import ChatRexTask, ChatRexTaskConfig
 from chatrex.training.config import TrainConfig
-from chatrex.training.sampler import SeededIndex
 from chatrex.training.trainer import Trainer
 from chatrex.training.vision_task import (
     VisionTask,

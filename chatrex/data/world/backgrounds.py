@@ -39,11 +39,6 @@ def _photo(name: str) -> Optional[Image.Image]:
     return Image.fromarray(np.ascontiguousarray(arr[..., :3]))
 
 
-def available_photos() -> tuple[str, ...]:
-    """The photo names that load on this machine."""
-    return tuple(n for n in PHOTO_NAMES if _photo(n) is not None)
-
-
 def _random_color(rng: np.random.Generator, lo: int = 40, hi: int = 235) -> np.ndarray:
     return rng.integers(lo, hi, size=3).astype(np.float32)
 

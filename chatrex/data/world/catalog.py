@@ -53,11 +53,6 @@ class Category:
         """True when the object has named parts."""
         return bool(self.parts)
 
-    @property
-    def has_front(self) -> bool:
-        """True when the object faces left or right instead of being tilted."""
-        return self.orientations == FACING
-
     def to_dict(self) -> dict:
         return {
             "name": self.name, "plural": self.plural, "kind": self.kind, "parts": list(self.parts),

@@ -39,9 +39,6 @@ class Answer:
     invalid_indices: int = 0
     dropped: list = field(default_factory=list)
 
-    def boxes_of(self, indices: Sequence[int]) -> list:
-        return [self.boxes[i] for i in indices]
-
     def score_of(self, index: int) -> float:
         return float(self.scores[index]) if self.scores is not None else 1.0
 

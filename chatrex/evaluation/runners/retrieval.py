@@ -34,9 +34,9 @@ def run_retrieval(
     ``batch_size`` is accepted for the common interface; queries run one by one.
     """
     from chatrex.grounding.prompts import build_answer, build_prompt
-    from chatrex.interfaces.pipeline import batch_to
     from chatrex.mllm.modeling_chatrex import labelled_positions
     from chatrex.mllm.tokens import OBJ_TOKENS
+    from chatrex.utils.batch import batch_to
     from chatrex.utils.image import load_image
 
     model, processor = model_and_processor(predictor, "retrieval scores")

@@ -82,7 +82,7 @@ def run(
         if model is not None:
             if not model.is_dir():
                 _fail(f"model directory '{model}' does not exist")
-            spec = StepsSpec("chatrex.data.engine.adapters:build_chatrex_steps",
+            spec = StepsSpec("chatrex.interfaces.engine_steps:build_chatrex_steps",
                              {"model_dir": str(model.resolve()), "device": device})
         else:
             spec = parse_steps_spec(steps)
