@@ -7,7 +7,7 @@ from PIL import Image, ImageDraw
 
 from chatrex.data.device_images import EncodedImageError, decode_images, is_jpeg, read_encoded, resize_into_canvas
 from chatrex.data.upn_dataset import UPNDataConfig, UPNDataset, collate_upn, device_batch
-from chatrex.training.sampler import SeededIndex
+from chatrex.data.seeded_index import SeededIndex
 from chatrex.upn.transforms import IMAGENET_MEAN, IMAGENET_STD, UPNTransform, batch_images
 
 
