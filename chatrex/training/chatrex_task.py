@@ -88,16 +88,20 @@ def _zero_base_rows_hook(base_rows: int):
 
 
 @torch.no_grad()
-def per_task_losses(logits: torch.Tensor, labels: torch.Tensor, tasks: list[str]) -> dict[str, float]:
-    """Mean answer-token loss of each task present in the batch, as ``{"loss_task/<task>": value}``.
+def per_task_losses(logits: torch.Tensor, labels: torch.Tensor, tasks: list[str],
+                    tokens_per_sample: Optional[list[int]] = None) -> dict[str, torch.Tensor]:
+    """Mean answer-token loss of each task present in the batch, as ``{"loss_task/<task>": 0-d tensor}``.
 
     A task whose loss does not fall (e.g. region_category while the object tokens are ignored) shows
-    here long before an evaluation would. One copy to the host for the whole batch.
+    here long before an evaluation would. Nothing is copied to the host when ``tokens_per_sample`` is
+    given.
 
     Args:
         logits: (B, L, V), or (N, V) at the labelled positions only (the model's ``logits_at_labels``
             output, in :func:`~chatrex.mllm.modeling_chatrex.labelled_positions` order).
         labels: (B, L) with -100 where there is no target; tasks: B task names.
+        tokens_per_sample: the number of labelled positions of each sample (counted from ``labels``
+            when not given); tasks without any are left out.
     """
     from chatrex.mllm.modeling_chatrex import labelled_positions
 
@@ -111,16 +115,16 @@ def per_task_losses(logits: torch.Tensor, labels: torch.Tensor, tasks: list[str]
     elif logits.shape[0] != rows.numel():
         raise ValueError(f"{logits.shape[0]} rows of logits for {rows.numel()} labelled positions")
     token_loss = nn.functional.cross_entropy(logits.float(), labels[:, 1:][rows, cols], reduction="none")
-    per_sample = torch.zeros(labels.shape[0], device=token_loss.device).index_add_(0, rows, token_loss)
-    n_tokens = torch.bincount(rows, minlength=labels.shape[0]).to(per_sample.dtype)
-    loss_sums, token_counts = torch.stack([per_sample, n_tokens]).tolist()
-    sums: dict[str, list[float]] = {}
-    for task, loss_sum, count in zip(tasks, loss_sums, token_counts):
-        if count:
-            total = sums.setdefault(task, [0.0, 0.0])
-            total[0] += loss_sum
-            total[1] += count
-    return {f"loss_task/{t}": s / n for t, (s, n) in sums.items()}
+    names = sorted(set(tasks))
+    task_of_sample = torch.tensor([names.index(t) for t in tasks], device=token_loss.device)
+    task_of_token = task_of_sample[rows]
+    sums = torch.zeros(len(names), device=token_loss.device).index_add_(0, task_of_token, token_loss)
+    counts = torch.bincount(task_of_token, minlength=len(names)).to(sums.dtype)
+    if tokens_per_sample is None:
+        tokens_per_sample = (labels[:, 1:] != -100).sum(1).tolist()
+    present = {t for t, n in zip(tasks, tokens_per_sample) if n}
+    # 0-d tensors, read by the trainer at log time (no copy to the host here)
+    return {f"loss_task/{t}": sums[i] / counts[i] for i, t in enumerate(names) if t in present}
 
 
 @torch.no_grad()
@@ -305,6 +309,8 @@ class ChatRexTask:
     def compute_loss(self, model, batch, device):
         batch = dict(batch)
         tasks = batch.pop("tasks", None)
+        # counted before the labels go to the device, where counting them would wait for it
+        tokens = (batch["labels"][:, 1:] != -100).sum(1).tolist() if tasks is not None else None
         inputs = {k: ([t.to(device) for t in v] if isinstance(v, list) else v.to(device, non_blocking=True))
                   for k, v in batch.items()}
         images = self.processor.image_processor
@@ -314,7 +320,7 @@ class ChatRexTask:
         out = model(**inputs, logits_at_labels=True, use_cache=False)
         logs = {"answer_tokens": float(out.logits.shape[0])}
         if tasks is not None:
-            logs.update(per_task_losses(out.logits, inputs["labels"], tasks))
+            logs.update(per_task_losses(out.logits, inputs["labels"], tasks, tokens))
         return out.loss, logs
 
     # ------------------------------------------------------------------ export

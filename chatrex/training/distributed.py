@@ -88,6 +88,15 @@ def all_agree(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0.5)
 
 
+def all_agree_tensor(flag: torch.Tensor) -> torch.Tensor:
+    """Whether the 0-d bool ``flag`` is true on every process, as a tensor on its device (no host copy)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = flag.float().reshape(1)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t[0] > 0.5
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

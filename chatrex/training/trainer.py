@@ -40,7 +40,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from chatrex.training.config import TrainConfig
 from chatrex.training.curves import append_metrics, plot_curves, truncate_metrics
-from chatrex.training.distributed import DistInfo, all_agree, all_reduce_mean, barrier, init_distributed
+from chatrex.training.distributed import DistInfo, all_agree_tensor, all_reduce_mean, barrier, init_distributed
 from chatrex.training.run_lock import RunLockedError, acquire_run_lock, release_run_lock
 from chatrex.training.sampler import ResumableBatchSampler
 from chatrex.training.task import TrainTask, compile_repeated_blocks, count_parameters, default_param_groups
@@ -172,6 +172,53 @@ def find_latest_checkpoint(output_dir: Path) -> Optional[Path]:
         return None
     done = [p for p in root.iterdir() if p.name.startswith("step_") and (p / "complete").exists()]
     return max(done, key=lambda p: int(p.name.split("_")[1])) if done else None
+
+
+def device_logs(logs: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    """A task's logs as 0-d float32 tensors on ``device`` (tensors stay where they are: no host copy)."""
+    out = {}
+    for k, v in logs.items():
+        t = v.detach() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
+        out[k] = t.to(device=device, dtype=torch.float32, non_blocking=True).reshape(())
+    return out
+
+
+def read_means(acc: dict[str, torch.Tensor], counts: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The logged means ``acc / counts`` as floats, with one copy from the device; keys whose every
+    micro-step was skipped are left out."""
+    if not acc:
+        return {}
+    keys = list(acc)
+    sums = torch.stack([torch.as_tensor(acc[k]) for k in keys]).tolist()
+    ns = torch.stack([torch.as_tensor(counts[k], dtype=torch.float32) for k in keys]).tolist()
+    return {k: total / n for k, total, n in zip(keys, sums, ns) if n > 0}
+
+
+class StepFlags:
+    """Whether each optimizer step was finite, kept on the device and read once the device has
+    computed it (a CUDA event per step), so the host never waits for the GPU to learn it."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.pending: list[tuple[int, torch.Tensor, Any]] = []
+
+    def push(self, step: int, finite: torch.Tensor) -> None:
+        event = None
+        if self.cuda:
+            event = torch.cuda.Event()
+            event.record()
+        self.pending.append((step, finite, event))
+
+    def pop_ready(self, wait: bool) -> list[tuple[int, bool]]:
+        """(step, finite) of the steps whose flag is ready, in order; all of them when ``wait``."""
+        out = []
+        while self.pending:
+            step, finite, event = self.pending[0]
+            if event is not None and not wait and not event.query():
+                break
+            out.append((step, bool(finite)))
+            self.pending.pop(0)
+        return out
 
 
 BUDGET_RECHECK_STEPS = 200  # with a time budget, re-estimate the run's length this often
@@ -320,7 +367,8 @@ class Trainer:
         model = self._wrap(model)
         groups_fn = getattr(self.task, "param_groups", None)
         groups = groups_fn(raw_model, cfg) if callable(groups_fn) else default_param_groups(raw_model, cfg.lr, cfg.weight_decay)
-        fused = dev.type == "cuda" and self.strategy != "fsdp"
+        # fused AdamW (CPU and CUDA): one kernel for every tensor, and it skips a non-finite step on its own
+        fused = self.strategy != "fsdp"
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused or None)
         schedule = WarmupCosine(cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -355,10 +403,29 @@ class Trainer:
         run_start, budget_step = self.clock(), step + 20
         rate_from: Optional[tuple[int, float]] = None
         model.train()
-        acc: dict[str, float] = {}
-        counts: dict[str, int] = {}  # per key: a log only some batches produce is averaged over those
-        step_logs: list[dict[str, float]] = []  # the micro-steps of this optimizer step, kept if it is finite
+        # Logs and the finite check stay on the device: reading them every step would make the host wait
+        # for the GPU at every step (kernel launches then stop queueing ahead). They are read at log and
+        # save time, and each step's finite flag as soon as the device has computed it.
+        acc: dict[str, torch.Tensor] = {}
+        counts: dict[str, torch.Tensor] = {}  # per key: a log only some batches produce is averaged over those
+        step_logs: list[dict[str, torch.Tensor]] = []  # the micro-steps of this optimizer step
+        flags = StepFlags(dev)
         bad_steps, skipped, t0, seen = 0, 0, self.clock(), 0
+        grad_norm: Optional[torch.Tensor] = None
+        # a fused optimizer skips a non-finite step itself (its ``found_inf``), without the host knowing
+        device_skip = bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and fused
+
+        def check_flags(wait: bool) -> None:
+            nonlocal bad_steps, skipped
+            for flag_step, ok in flags.pop_ready(wait):
+                bad_steps = 0 if ok else bad_steps + 1
+                skipped += not ok
+                if bad_steps >= cfg.max_bad_steps:
+                    raise FloatingPointError(
+                        f"loss or gradient not finite for {bad_steps} steps in a row (step {flag_step}; "
+                        f"train.max_bad_steps = {cfg.max_bad_steps}). Lower train.lr or check the data; "
+                        f"the last checkpoint is {find_latest_checkpoint(self.out)}")
+
         for micro, batch in enumerate(loader):
             if step >= end:
                 break
@@ -373,31 +440,34 @@ class Trainer:
                     raise OutOfDeviceMemory(out_of_memory_message(cfg, step, exc)) from exc
                 raise
             seen += cfg.batch_size
-            step_logs.append({"loss": float(loss.detach()), **logs})
+            step_logs.append(device_logs({"loss": loss.detach(), **logs}, dev))
             if not sync:
                 continue
-            grad_norm = None
             if cfg.grad_clip > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                if hasattr(grad_norm, "full_tensor"):  # FSDP: a replicated DTensor
+                    grad_norm = grad_norm.full_tensor()
             # this step only: its own micro-steps' losses and its gradient
-            finite = all(math.isfinite(m["loss"]) for m in step_logs) and (grad_norm is None or math.isfinite(grad_norm))
+            finite = torch.stack([m["loss"] for m in step_logs]).isfinite().all()
+            if grad_norm is not None:
+                finite = finite & grad_norm.isfinite()
             if self.dist.distributed:  # every process skips the same steps
-                finite = all_agree(finite, dev)
-            if finite:
+                finite = all_agree_tensor(finite)
+            if device_skip:
+                optimizer.found_inf = (~finite).float()  # the fused step's documented skip input
+                optimizer.grad_scale = None
+                try:
+                    optimizer.step()
+                finally:
+                    del optimizer.found_inf, optimizer.grad_scale
+            elif bool(finite):  # waits for the device: CPU, or an optimizer that is not fused
                 optimizer.step()
-                bad_steps = 0
-                for micro_logs in step_logs:
-                    for k, v in micro_logs.items():
-                        acc[k] = acc.get(k, 0.0) + float(v)
-                        counts[k] = counts.get(k, 0) + 1
-            else:
-                bad_steps += 1
-                skipped += 1
-                if bad_steps >= cfg.max_bad_steps:
-                    raise FloatingPointError(
-                        f"loss or gradient not finite for {bad_steps} steps in a row (step {step + 1}; "
-                        f"train.max_bad_steps = {cfg.max_bad_steps}). Lower train.lr or check the data; "
-                        f"the last checkpoint is {find_latest_checkpoint(self.out)}")
+            for micro_logs in step_logs:
+                for k, v in micro_logs.items():
+                    acc[k] = acc.get(k, 0.0) + torch.where(finite, v, 0.0)
+                    counts[k] = counts.get(k, 0) + finite.float()
+            flags.push(step + 1, finite)
+            check_flags(wait=False)
             step_logs = []
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
@@ -412,12 +482,14 @@ class Trainer:
                 fitted = self._fit_budget(schedule, step, per_step, now - run_start, bar)
                 end = fitted if stop_after is None else min(fitted, stop_after)
             if step % cfg.log_every == 0 or step == end:
-                logs_mean = all_reduce_mean({k: v / counts[k] for k, v in acc.items()}, dev)
+                check_flags(wait=True)
+                means = read_means(acc, counts)
+                logs_mean = all_reduce_mean(means, dev)
                 dt = self.clock() - t0
                 record = {"step": step, "lr": scheduler.get_last_lr()[0], **logs_mean,
                           "samples_per_s": seen * self.dist.world_size / max(dt, 1e-9), "skipped": skipped}
                 if grad_norm is not None:
-                    record["grad_norm"] = grad_norm
+                    record["grad_norm"] = float(grad_norm)
                 if self.dist.is_main:
                     append_metrics(metrics_path, record)
                 acc, counts, t0, seen, skipped = {}, {}, self.clock(), 0, 0
@@ -427,6 +499,7 @@ class Trainer:
             elif bar is not None:
                 bar[0].update(bar[1], completed=step)
             if step % cfg.save_every == 0 or step == end:
+                check_flags(wait=True)  # a run that must stop stops before it saves
                 self._save(model, optimizer, scheduler, step)
                 if self.dist.is_main:
                     plot_curves(metrics_path, self.out / "loss.png", title=self.task.name)

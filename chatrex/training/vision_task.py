@@ -117,26 +117,33 @@ class VisionPretrainModel(nn.Module):
         return out
 
 
-def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    valid = labels != IGNORE
-    if not bool(valid.any()):
-        return float("nan")
-    return float((logits.argmax(-1)[valid] == labels[valid]).float().mean())
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Share of the labelled rows (``labels`` != IGNORE) that ``logits`` gets right, as a 0-d tensor
+    (NaN without any labelled row; nothing is copied to the host)."""
+    valid = (labels != IGNORE).float()
+    hits = (logits.argmax(-1) == labels).float() * valid
+    return hits.sum() / valid.sum()
 
 
 def vision_losses(out: dict[str, torch.Tensor], batch: dict[str, Any], cfg: VisionTaskConfig,
-                  attributes: list[str]) -> tuple[torch.Tensor, dict[str, float]]:
-    """Category + weighted attribute + weighted dense cross-entropies, and accuracies to log.
+                  attributes: list[str], labelled: Optional[dict[str, bool]] = None,
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Category + weighted attribute + weighted dense cross-entropies, and accuracies to log (0-d
+    tensors; an accuracy with nothing to score is left out).
 
     ``batch`` holds ``category`` (sum K,), one (sum K,) label tensor per attribute (``IGNORE`` where
-    unknown), ``dense`` (B, g²) and ``is_region`` (sum K,) bools.
+    unknown), ``dense`` (B, g²) and ``is_region`` (sum K,) bools. ``labelled`` says which attributes,
+    and whether regions and background boxes, have any label in the batch (counted from ``batch`` when
+    not given, which on a GPU waits for it).
     """
-    logs: dict[str, float] = {}
+    if labelled is None:
+        labelled = batch_labelled(batch, attributes)
+    logs: dict[str, torch.Tensor] = {}
     loss_cat = F.cross_entropy(out["category"].float(), batch["category"])
     attr_losses = []
     for name in attributes:
         labels = batch[name]
-        if bool((labels != IGNORE).any()):
+        if labelled[name]:
             attr_losses.append(F.cross_entropy(out[name].float(), labels, ignore_index=IGNORE))
             logs[f"acc_{name}"] = _accuracy(out[name], labels)
     loss_attr = torch.stack(attr_losses).mean() if attr_losses else loss_cat.new_zeros(())
@@ -145,16 +152,26 @@ def vision_losses(out: dict[str, torch.Tensor], batch: dict[str, Any], cfg: Visi
     loss_dense = 0.5 * (F.cross_entropy(out["dense_clip"].float().reshape(-1, n_cat), dense)
                         + F.cross_entropy(out["dense_convnext"].float().reshape(-1, n_cat), dense))
     regions = batch["is_region"]
+    category = batch["category"]
     logs.update({
-        "loss_category": float(loss_cat.detach()), "loss_attributes": float(loss_attr.detach()),
-        "loss_dense": float(loss_dense.detach()),
-        "acc_category": _accuracy(out["category"][regions], batch["category"][regions]),
-        "acc_background": _accuracy(out["category"][~regions], batch["category"][~regions]),
+        "loss_category": loss_cat.detach(), "loss_attributes": loss_attr.detach(), "loss_dense": loss_dense.detach(),
         "acc_dense_clip": _accuracy(out["dense_clip"].reshape(-1, n_cat), dense),
         "acc_dense_convnext": _accuracy(out["dense_convnext"].reshape(-1, n_cat), dense),
     })
-    logs = {k: v for k, v in logs.items() if v == v}  # drop NaN accuracies (nothing to score)
+    if labelled["regions"]:
+        logs["acc_category"] = _accuracy(out["category"], torch.where(regions, category, IGNORE))
+    if labelled["background"]:
+        logs["acc_background"] = _accuracy(out["category"], torch.where(regions, IGNORE, category))
     return loss_cat + cfg.attribute_weight * loss_attr + cfg.dense_weight * loss_dense, logs
+
+
+def batch_labelled(batch: dict[str, Any], attributes: list[str]) -> dict[str, bool]:
+    """Which of ``attributes`` have a label in ``batch``, and whether it has regions and background boxes
+    (read from the batch on the host, before it goes to the device)."""
+    out = {name: bool((batch[name] != IGNORE).any()) for name in attributes}
+    out["regions"] = bool(batch["is_region"].any())
+    out["background"] = bool((~batch["is_region"]).any())
+    return out
 
 
 class VisionTask:
@@ -199,12 +216,14 @@ class VisionTask:
                               list(self.dataset.vocabulary.attributes))
 
     def compute_loss(self, model, batch, device):
+        attributes = list(self.dataset.vocabulary.attributes)
+        labelled = batch_labelled(batch, attributes)  # on the host, before the batch moves
         moved = {k: ([t.to(device) for t in v] if isinstance(v, list) else v.to(device, non_blocking=True))
                  for k, v in batch.items()}
         pv = self.image_processor.normalize(moved["pixel_values"])
         pva = self.image_processor.normalize(moved["pixel_values_aux"], aux=True)
         out = model(pv, pva, moved["boxes"])
-        return vision_losses(out, moved, self.cfg, list(self.dataset.vocabulary.attributes))
+        return vision_losses(out, moved, self.cfg, attributes, labelled)
 
     def export(self, model: nn.Module, out_dir: Path) -> None:
         from safetensors.torch import save_file

@@ -323,7 +323,11 @@ def test_per_task_losses_average_each_task_over_its_answer_tokens():
     labels[0, 2:4] = torch.tensor([1, 2])
     labels[1, 1:5] = torch.tensor([3, 4, 5, 6])
     labels[2, 3] = 0
-    got = per_task_losses(logits, labels, ["detection", "region_category", "detection"])
+    got = {k: float(v) for k, v in per_task_losses(logits, labels, ["detection", "region_category", "detection"]).items()}
+    # the same without counting on the device: the counts given
+    given = per_task_losses(logits, labels, ["detection", "region_category", "detection"], [2, 4, 1])
+    assert all(isinstance(v, torch.Tensor) for v in given.values())
+    assert {k: float(v) for k, v in given.items()} == pytest.approx(got, rel=1e-6)
 
     def token_losses(i):
         ce = torch.nn.functional.cross_entropy(logits[i, :-1], labels[i, 1:], ignore_index=-100, reduction="none")
@@ -334,8 +338,8 @@ def test_per_task_losses_average_each_task_over_its_answer_tokens():
     assert got["loss_task/detection"] == pytest.approx(float(det.mean()), rel=1e-5)
     assert got["loss_task/region_category"] == pytest.approx(float(token_losses(1).mean()), rel=1e-5)
     rows, cols = (labels[:, 1:] != -100).nonzero(as_tuple=True)  # the model's logits_at_labels output
-    assert per_task_losses(logits[:, :-1][rows, cols], labels, ["detection", "region_category", "detection"]) == \
-        pytest.approx(got, rel=1e-6)
+    at_labels = per_task_losses(logits[:, :-1][rows, cols], labels, ["detection", "region_category", "detection"])
+    assert {k: float(v) for k, v in at_labels.items()} == pytest.approx(got, rel=1e-6)
     with pytest.raises(ValueError, match="labelled positions"):
         per_task_losses(logits[:, :-1][rows[1:], cols[1:]], labels, ["a", "b", "c"])
     assert per_task_losses(logits, torch.full((3, 5), -100), ["a", "b", "c"]) == {}

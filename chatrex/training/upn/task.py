@@ -130,9 +130,8 @@ class UPNTask:
             total = total + loss
             logs[f"loss_{g}"] = loss.detach()
             logs.update({f"{k}_{g}": v for k, v in parts.items()})
-        # one host copy for every logged value instead of one per value
-        values = torch.stack([v.float() for v in logs.values()]).tolist() if logs else []
-        return total, dict(zip(logs, values))
+        # 0-d tensors: the trainer reads them at log time, so the step never waits for the device
+        return total, logs
 
     def export(self, model: nn.Module, out_dir: Path) -> None:
         from chatrex.upn.checkpoint import save_pretrained
