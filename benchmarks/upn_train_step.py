@@ -26,6 +26,7 @@ def main() -> None:
     ap.add_argument("--recipe", default="recipes/upn_small.json")
     ap.add_argument("--scale", type=int, default=None, help="fix the short side (default: the recipe's scales)")
     ap.add_argument("--msda", default=None, help="deformable-attention implementation (auto, pytorch, triton)")
+    ap.add_argument("--set", action="append", default=[], help="more recipe overrides (key=value)")
     add_step_arguments(ap, batch=6)
     args = ap.parse_args()
 
@@ -37,6 +38,9 @@ def main() -> None:
         overrides["task.data.scales"] = json.dumps([args.scale])
     if args.msda:
         overrides["task.model.msda_implementation"] = args.msda
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = value
     spec = load_recipe(args.recipe, overrides)
     task = UPNTask(UPNTaskConfig.from_dict(spec["task"]))
     device = torch.device(args.device)
@@ -54,7 +58,8 @@ def main() -> None:
     result = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "batch": args.batch, "scale": args.scale, "msda": args.msda or "default",
-        "image_hw": list(batches[0]["images"].shape[-2:]), **timing,
+        "overrides": args.set,
+        "image_hw": list(batches[0]["images"].shape[-2:] if "images" in batches[0] else batches[0]["canvas"]), **timing,
         "samples_per_s": round(args.batch / timing["ms_per_step"] * 1000, 2),
     }
     report(result, args, step, model, opt, task, batches[0], device, amp, grad_clip, profile_steps=3)
