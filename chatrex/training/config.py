@@ -42,7 +42,11 @@ class TrainConfig:
         betas: AdamW betas.
         time_budget_s: if set, after 40 steps the run is shortened (schedule included) so that it
             ends within this many seconds, at the speed of steps 20-40 (the first steps, which compile
-            and start the workers, are left out), and re-estimated later; the length is checkpointed.
+            and start the workers, are left out), and re-estimated later; the length is checkpointed,
+            and so is the training time already spent, so a resumed run keeps to the same budget.
+        stop_after_s: this process stops after about this many seconds (checked at each log step), with
+            a checkpoint; the same command continues the run where it stopped (for machines lent in
+            short slices). ``Trainer.completed`` then says False, and ``chatrex train`` exits with 75.
     """
 
     output_dir: str = "runs/default"
@@ -67,6 +71,7 @@ class TrainConfig:
     num_workers: int = 2
     betas: tuple[float, float] = (0.9, 0.999)
     time_budget_s: Optional[float] = None
+    stop_after_s: Optional[float] = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -243,6 +243,8 @@ class Trainer:
         self.dist: DistInfo = init_distributed(device)
         self.out = Path(config.output_dir)
         self.progress = progress and self.dist.is_main
+        self.completed = False  # whether the last fit() reached the end of the run (not stop_after_s)
+        self._elapsed_before, self._run_start = 0.0, None
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / "train_config.json", json.dumps(config.to_dict(), indent=2))
@@ -286,6 +288,10 @@ class Trainer:
 
         return restore()
 
+    def _elapsed(self) -> float:
+        """Seconds this run has trained, over every process that worked on it (checkpointed)."""
+        return self._elapsed_before + (self.clock() - self._run_start if self._run_start is not None else 0.0)
+
     # ---------------------------------------------------------------- checkpoints
     def _save(self, model: nn.Module, optimizer, scheduler, step: int) -> None:
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
@@ -298,7 +304,7 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             torch.save({"model": msd, "optimizer": osd, "scheduler": scheduler.state_dict(), "step": step,
-                        "config": self.cfg.to_dict()}, tmp / "trainer_state.pt")
+                        "elapsed_s": self._elapsed(), "config": self.cfg.to_dict()}, tmp / "trainer_state.pt")
         barrier()
         torch.save(_rng_state(), tmp / f"rng_rank{self.dist.rank}.pt")
         barrier()
@@ -320,6 +326,7 @@ class Trainer:
         set_model_state_dict(model, state["model"], options=StateDictOptions(full_state_dict=True, strict=False))
         set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
         scheduler.load_state_dict(state["scheduler"])
+        self._elapsed_before = float(state.get("elapsed_s", 0.0))
         rng = path / f"rng_rank{self.dist.rank}.pt"
         if rng.exists():
             _set_rng_state(_load_rng_file(rng))
@@ -373,7 +380,7 @@ class Trainer:
         schedule = WarmupCosine(cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
-        step = 0
+        step, self._elapsed_before = 0, 0.0
         ckpt = find_latest_checkpoint(self.out) if resume else None
         if ckpt is not None:
             step = self._load(ckpt, model, optimizer, scheduler)
@@ -401,6 +408,8 @@ class Trainer:
         # starting the workers, and an estimate that counted them planned far too few steps (the cosine
         # then decayed early in the run)
         run_start, budget_step = self.clock(), step + 20
+        self._run_start = run_start
+        self.completed = False
         rate_from: Optional[tuple[int, float]] = None
         model.train()
         # Logs and the finite check stay on the device: reading them every step would make the host wait
@@ -479,12 +488,16 @@ class Trainer:
                 # estimated from 20 steps, then re-estimated: a GPU shared with another run can slow down
                 now = self.clock()
                 per_step = (now - rate_from[1]) / (step - rate_from[0])
-                fitted = self._fit_budget(schedule, step, per_step, now - run_start, bar)
+                fitted = self._fit_budget(schedule, step, per_step, self._elapsed(), bar)
                 end = fitted if stop_after is None else min(fitted, stop_after)
+            pause = False
             if step % cfg.log_every == 0 or step == end:
                 check_flags(wait=True)
                 means = read_means(acc, counts)
+                if cfg.stop_after_s is not None:  # every process stops at the same step
+                    means["_pause"] = float(self.clock() - run_start >= cfg.stop_after_s)
                 logs_mean = all_reduce_mean(means, dev)
+                pause = logs_mean.pop("_pause", 0.0) > 0 and step < end
                 dt = self.clock() - t0
                 record = {"step": step, "lr": scheduler.get_last_lr()[0], **logs_mean,
                           "samples_per_s": seen * self.dist.world_size / max(dt, 1e-9), "skipped": skipped}
@@ -498,17 +511,23 @@ class Trainer:
                                   description=f"{self.task.name} loss {record.get('loss', float('nan')):.4f}")
             elif bar is not None:
                 bar[0].update(bar[1], completed=step)
-            if step % cfg.save_every == 0 or step == end:
+            if step % cfg.save_every == 0 or step == end or pause:
                 check_flags(wait=True)  # a run that must stop stops before it saves
                 self._save(model, optimizer, scheduler, step)
                 if self.dist.is_main:
                     plot_curves(metrics_path, self.out / "loss.png", title=self.task.name)
+            if pause:
+                if self.dist.is_main:
+                    print(f"{self.task.name}: paused at step {step} of {schedule.total} after "
+                          f"{cfg.stop_after_s:.0f} s (train.stop_after_s); the same command continues", flush=True)
+                break
             if cfg.export_every and step % cfg.export_every == 0 and step < schedule.total:
                 self._export(model, raw_model, "latest")
         if bar is not None:
             bar[0].stop()
         if step >= schedule.total:
             self._export(model, raw_model)
+            self.completed = True
         return raw_model
 
     def _fit_budget(self, schedule: WarmupCosine, step: int, per_step: float, elapsed: float, bar) -> int:

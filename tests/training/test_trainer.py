@@ -232,6 +232,56 @@ def test_time_budget_leaves_the_first_steps_out_of_its_speed(tmp_path):
     assert rows[-1]["lr"] == pytest.approx(cfg.lr * cfg.min_lr_ratio)
 
 
+class _FakeClockTask(ToyTask):
+    """A toy task on a fake clock where every micro-step takes 1 s; the clock survives across Trainers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.t = 0.0
+
+    def clock(self) -> float:
+        return self.t
+
+    def compute_loss(self, model, batch, device):
+        self.t += 1.0
+        return super().compute_loss(model, batch, device)
+
+
+def test_stop_after_s_pauses_and_the_same_command_continues(tmp_path):
+    """A run stopped by train.stop_after_s in slices ends with the weights of one that never stopped, and
+    its time budget counts the slices together (the elapsed training time is checkpointed)."""
+    full = Trainer(ToyTask(), _cfg(tmp_path, "full", max_steps=30, grad_accum=1, log_every=4, save_every=100),
+                   device="cpu", progress=False).fit()
+    task = _FakeClockTask()
+    cfg = _cfg(tmp_path, "sliced", max_steps=30, grad_accum=1, log_every=4, save_every=100, stop_after_s=10)
+    slices = []
+    for _ in range(10):
+        trainer = Trainer(task, cfg, device="cpu", progress=False, clock=task.clock)
+        model = trainer.fit()
+        slices.append(find_latest_checkpoint(tmp_path / "sliced").name)
+        if trainer.completed:
+            break
+    # each slice stops at the first log step after 10 s: steps 12, 24, then the end
+    assert slices == ["step_0000012", "step_0000024", "step_0000030"] and trainer.completed
+    assert (tmp_path / "sliced" / "final").is_dir()
+    for k, v in full.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[k], v)
+    state = torch.load(tmp_path / "sliced" / "checkpoints" / "step_0000024" / "trainer_state.pt", weights_only=True)
+    assert state["elapsed_s"] == pytest.approx(24.0)  # 12 fake seconds in each of the first two slices
+    # a time budget over slices: 100 s in all at 1 s/step plans 100 steps; the second slice re-estimates
+    # at step 90 with the first slice's 50 s counted (without them it would plan 150)
+    task = _FakeClockTask()
+    cfg = _cfg(tmp_path, "budget", max_steps=100000, grad_accum=1, log_every=5, save_every=100000,
+               time_budget_s=100, stop_after_s=50)
+    for _ in range(10):
+        trainer = Trainer(task, cfg, device="cpu", progress=False, clock=task.clock)
+        trainer.fit()
+        if trainer.completed:
+            break
+    rows = [json.loads(x) for x in (tmp_path / "budget" / "metrics.jsonl").read_text().splitlines()]
+    assert trainer.completed and rows[-1]["step"] == 100
+
+
 def _reduce_worker(rank, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
     from chatrex.training.distributed import all_reduce_mean, cleanup, init_distributed

@@ -7,6 +7,9 @@ from typing import Optional
 
 import typer
 
+#: Exit status of a run that stopped at ``train.stop_after_s`` before its end (EX_TEMPFAIL: try again).
+PAUSED_EXIT_CODE = 75
+
 train_app = typer.Typer(help="Train the UPN, the vision towers (stage 0) or a ChatRex stage from a recipe (recipes/*.json).", no_args_is_help=True)
 
 
@@ -48,12 +51,16 @@ def _run(kind: str, recipe: Path, sets: Optional[list[str]], device: Optional[st
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2)
     try:
-        Trainer(task, cfg, device=device).fit(resume=resume)
+        trainer = Trainer(task, cfg, device=device)
+        trainer.fit(resume=resume)
     except (OutOfDeviceMemory, RunLockedError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(3)
     finally:
         cleanup()
+    if not trainer.completed:
+        console.print(f"paused: {cfg.output_dir} holds a checkpoint; run the same command again to continue")
+        raise typer.Exit(PAUSED_EXIT_CODE)
     console.print(f"done: {cfg.output_dir} (final model in {Path(cfg.output_dir) / 'final'})")
 
 
