@@ -18,6 +18,7 @@ STEPS=${STEPS:-60}
 BASE=${BASE:-}
 WORKERS=${WORKERS:-$(( $(nproc) - 2 ))}
 mkdir -p "$(dirname "$LOG")" "$(dirname "$JSON")"
+LOG=$(realpath -m "$LOG"); JSON=$(realpath -m "$JSON")  # the profile step runs from benchmarks/
 tp() { python3 benchmarks/train_throughput.py --data "$DATA/train.jsonl" --steps "$STEPS" --json "$JSON" "$@" 2>&1 | tail -1 | tee -a "$LOG"; }
 upn_tp() { tp --kind upn --recipe recipes/upn_small.json --set train.num_workers="$WORKERS" "$@"; }
 
@@ -33,7 +34,7 @@ upn)
   ;;
 upn_profile)
   (cd benchmarks && python3 upn_train_step.py --data "../$DATA/train.jsonl" --recipe ../recipes/upn_small.json \
-    --batch "${BATCH:-64}" --steps 6 --profile --set task.data.decode_on_device=true --json "../$JSON" 2>&1 | tail -45 | tee -a "../$LOG")
+    --batch "${BATCH:-64}" --steps 6 --profile --set task.data.decode_on_device=true --json "$JSON" 2>&1 | tail -45 | tee -a "$LOG")
   ;;
 *)
   echo "usage: $0 data|upn|upn_profile" >&2; exit 2
