@@ -21,7 +21,7 @@ PARSERS = {"upn": UPNTaskConfig, "vision": VisionTaskConfig, "chatrex": ChatRexT
 
 
 def _recipes() -> list[Path]:
-    return sorted(RECIPES.glob("*.json"))
+    return sorted(RECIPES.glob("*.json")) + sorted(RECIPES.glob("default/*.json"))
 
 
 def test_recipes_exist():
@@ -30,7 +30,7 @@ def test_recipes_exist():
             "chatrex_small_stage2.json"} <= names
 
 
-@pytest.mark.parametrize("path", _recipes(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", _recipes(), ids=lambda p: str(p.relative_to(RECIPES)))
 def test_recipe_parses(path: Path):
     spec = load_recipe(path)
     kind = spec["task"]["type"]
@@ -103,3 +103,60 @@ def test_reproduce_data_step_draws_train_scenes_from_the_seed_offset(tmp_path: P
     assert [r["seed"] for r in base] == [split_seed("train", i) for i in range(2)]
     assert [r["seed"] for r in moved] == [split_seed("train", i, 7) for i in range(2)]
     assert [r["regions"] for r in base] != [r["regions"] for r in moved]  # other scenes, not only other seeds
+
+
+def test_default_recipes_fit_together():
+    """recipes/default: stage 1 and 2 build stage 0's towers and keep one object pointer; the UPN decodes
+    its batches on the device."""
+    d = RECIPES / "default"
+    stage0 = load_recipe(d / "stage0.json")["task"]
+    dims = []
+    for stage in ("stage1", "stage2"):
+        task = ChatRexTaskConfig.from_dict(load_recipe(d / f"{stage}.json")["task"])
+        vision = dict(task.vision)
+        assert vision.pop("object_trunk_dim") == stage0["head_dim"]
+        dims.append(vision.pop("object_pointer_dim"))
+        assert vision == stage0["vision"] and task.stage == stage
+    assert dims[0] == dims[1] > 0
+    assert UPNTaskConfig.from_dict(load_recipe(d / "upn.json")["task"]).data.decode_on_device
+
+
+def _train_default(tmp_path: Path, data: Path, runs: Path, upn_args: str, **env_extra) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DATA=str(data), RUNS=str(runs), STAGES="upn", UPN_S="null", UPN_ARGS=upn_args,
+               CHATREX=f"{sys.executable} -m chatrex.interfaces.cli", **env_extra)
+    return subprocess.run(["bash", str(RECIPES / "train_default.sh")], env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+TINY_UPN = ("--set task.model=upn_tiny --set task.data.scales=[64] --set task.data.max_size=96 "
+            "--set task.data.decode_on_device=true --set train.batch_size=2 --set train.num_workers=0 "
+            "--set train.precision=fp32 --set train.warmup_steps=1 --set train.log_every=1 --set train.save_every=2 "
+            "--set train.export_every=0 --set task.denoising.num_queries=8")
+
+
+@pytest.mark.slow
+def test_train_default_pauses_and_the_same_command_continues(tmp_path: Path):
+    """``SLICE_S`` ends a call with checkpoints and status 75; the same command then continues, skips what
+    is done, and ends with status 0."""
+    data = tmp_path / "data"
+    made = subprocess.run([sys.executable, "-m", "chatrex.interfaces.cli", "world", "generate", "--n", "6",
+                           "--split", "train", "--out", str(data), "--workers", "1"], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr[-2000:]
+    runs = tmp_path / "runs"
+    # a slice too short to start a stage: nothing runs
+    done = _train_default(tmp_path, data, runs, TINY_UPN, SLICE_S="1", MARGIN_S="0")
+    assert done.returncode == 75 and "not started" in done.stdout
+    # the stage stops at its first log step (stop_after_s 0): paused, with a checkpoint
+    done = _train_default(tmp_path, data, runs, TINY_UPN + " --set train.max_steps=4 --set train.stop_after_s=0")
+    assert done.returncode == 75, done.stdout[-2000:]
+    assert "upn: paused" in done.stdout and not (runs / "upn" / "final").exists()
+    assert sorted(p.name for p in (runs / "upn" / "checkpoints").iterdir()) == ["step_0000001"]
+    # the same command without the stop: it continues from step 1 and finishes
+    done = _train_default(tmp_path, data, runs, TINY_UPN + " --set train.max_steps=4")
+    assert done.returncode == 0, done.stdout[-2000:] + (runs / "upn" / "train.log").read_text()[-2000:]
+    assert (runs / "upn" / "final").is_dir()
+    steps = [json.loads(x)["step"] for x in (runs / "upn" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    # and once more: the finished stage is skipped
+    done = _train_default(tmp_path, data, runs, TINY_UPN + " --set train.max_steps=4")
+    assert done.returncode == 0 and "upn: done already" in done.stdout

@@ -107,6 +107,9 @@ class UPNTask:
 
             loaded, _ = _load_model(self.cfg.init_checkpoint, upn_cfg, torch.device("cpu"))
             upn.load_state_dict(loaded.state_dict())
+        # kept for the official checkpoints' keys, never used in the forward pass: frozen, so that the
+        # optimizer holds no parameter that never gets a gradient (a resumed run would find no state for it)
+        upn.transformer.decoder.ref_point_head_point.requires_grad_(False)
         return UPNTrainingModule(upn, DenoisingGenerator(upn_cfg.d_model, self.cfg.denoising))
 
     def build_dataset(self) -> UPNDataset:
