@@ -295,13 +295,11 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
 
     @classmethod
     def _from_official(cls, path: Any, *model_args: Any, **kwargs: Any):
-        import copy
-
         from chatrex.mllm.official import (
             OFFICIAL_KEY_MAPPING,
             OfficialCheckpointError,
             chatrex_config_from_official,
-            check_official_keys,
+            check_official_checkpoint,
             read_checkpoint_shapes,
             read_config_dict,
         )
@@ -321,12 +319,7 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
         config = kwargs.pop("config", None)
         if not isinstance(config, ChatRexConfig):
             config = chatrex_config_from_official(read_config_dict(path), path, shapes)
-        with torch.device("meta"):  # the model the config describes, without memory
-            skeleton = cls(copy.deepcopy(config))
-        expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
-        tied = dict(getattr(skeleton, "all_tied_weights_keys", None) or {})
-        del skeleton
-        check_official_keys(shapes, expected, os.fspath(path), tied)
+        check_official_checkpoint(path, config, shapes)  # names and shapes, before anything is allocated
         model, info = super().from_pretrained(path, *model_args, config=config, key_mapping=OFFICIAL_KEY_MAPPING,
                                               output_loading_info=True, **kwargs)
         problems = {k: sorted(map(str, info.get(k) or ())) for k in ("missing_keys", "unexpected_keys",

@@ -329,6 +329,21 @@ def chatrex_config_from_official(flat: Mapping[str, Any], folder: str | os.PathL
         raise OfficialCheckpointError("not an official flat config (it has no mm_vision_tower, or it has a "
                                       "nested text_config)")
     _check_supported(flat)
+    stored = flat.get(CHATREX_CONFIG_FIELD)
+    if isinstance(stored, Mapping):  # written by official_config_from_chatrex: our model, exactly
+        try:
+            ours = ChatRexConfig.from_dict(copy.deepcopy(dict(stored)))
+        except (TypeError, ValueError) as err:
+            raise OfficialCheckpointError(f"the config's '{CHATREX_CONFIG_FIELD}' is not a valid ChatRex config: "
+                                          f"{err}") from err
+        _check_flat_matches(flat, ours)
+        if shapes is not None:
+            aux = convnext_shape_from_checkpoint(shapes)
+            if [list(aux["depths"]), list(aux["dims"])] != [list(ours.aux_vision_config["depths"]),
+                                                            list(ours.aux_vision_config["dims"])]:
+                raise OfficialCheckpointError(f"the checkpoint's ConvNeXt {aux} differs from the config's "
+                                              f"'{CHATREX_CONFIG_FIELD}' ({ours.aux_vision_config})")
+        return ours
     family = llm_family(flat)
     text = {k: copy.deepcopy(v) for k, v in flat.items() if k not in MULTIMODAL_FIELDS + _NOT_LLM_FIELDS}
     text["model_type"] = family
@@ -358,35 +373,9 @@ def chatrex_config_from_official(flat: Mapping[str, Any], folder: str | os.PathL
     if isinstance(dtype, str):
         kwargs["dtype"] = dtype
     try:
-        config = ChatRexConfig(**kwargs)
+        return ChatRexConfig(**kwargs)
     except (TypeError, ValueError) as err:
         raise OfficialCheckpointError(f"the official config does not make a valid ChatRex model: {err}") from err
-    stored = flat.get(CHATREX_CONFIG_FIELD)
-    if isinstance(stored, Mapping):  # written by official_config_from_chatrex: our model, exactly
-        ours = ChatRexConfig.from_dict(dict(stored))
-        _check_same_shape(config, ours)
-        return ours
-    return config
-
-
-def _shape_summary(config) -> dict[str, Any]:
-    tc, vc = config.text_config, config.vision_config
-    fields = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-              "num_key_value_heads")
-    return {**{f"text.{f}": getattr(tc, f, None) for f in fields},
-            "text.model_type": tc.model_type,
-            **{f"vision.{f}": getattr(vc, f, None) for f in ("hidden_size", "num_hidden_layers", "image_size",
-                                                              "patch_size")},
-            "aux.depths": list(config.aux_vision_config["depths"]), "aux.dims": list(config.aux_vision_config["dims"]),
-            "vision_feature_layer": config.vision_feature_layer}
-
-
-def _check_same_shape(a, b) -> None:
-    sa, sb = _shape_summary(a), _shape_summary(b)
-    diff = {k: (sa[k], sb[k]) for k in sa if sa[k] != sb[k]}
-    if diff:
-        raise OfficialCheckpointError(f"the config's '{CHATREX_CONFIG_FIELD}' does not match its own flat fields: "
-                                      f"{diff}")
 
 
 def official_config_from_chatrex(config, mm_vision_tower: str) -> dict[str, Any]:
@@ -406,7 +395,7 @@ def official_config_from_chatrex(config, mm_vision_tower: str) -> dict[str, Any]
     if isinstance(original, Mapping):
         try:
             _check_flat_matches(original, config)
-            return copy.deepcopy(dict(original))
+            return {**copy.deepcopy(dict(original)), "mm_vision_tower": mm_vision_tower}
         except OfficialCheckpointError:
             pass  # the model changed since it was converted: write a fresh config
     text = config.text_config.to_dict()
@@ -491,6 +480,21 @@ def check_official_keys(shapes: Mapping[str, tuple[int, ...]], expected: Mapping
     raise OfficialCheckpointError("\n".join(lines))
 
 
+def check_official_checkpoint(folder: str | os.PathLike, config, shapes: Mapping[str, tuple[int, ...]] | None = None) -> None:
+    """Check an official folder's tensor names and shapes against the model ``config`` describes, built on the
+    meta device (nothing allocated); ``OfficialCheckpointError`` naming every bad key."""
+    import torch
+
+    from chatrex.mllm.modeling_chatrex import ChatRexForConditionalGeneration
+
+    shapes = read_checkpoint_shapes(folder) if shapes is None else shapes
+    with torch.device("meta"):
+        skeleton = ChatRexForConditionalGeneration(copy.deepcopy(config))
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    tied = dict(getattr(skeleton, "all_tied_weights_keys", None) or {})
+    check_official_keys(shapes, expected, os.fspath(folder), tied)
+
+
 def _official_name(key: str) -> str:
     try:
         return chatrex_to_official_key(key)
@@ -525,4 +529,5 @@ __all__ = [
     "official_to_chatrex_key", "chatrex_to_official_key", "is_official_config_dict", "is_official_dir",
     "read_config_dict", "llm_family", "checkpoint_files", "read_checkpoint_shapes", "convnext_shape_from_checkpoint",
     "resolve_clip_tower", "chatrex_config_from_official", "official_config_from_chatrex", "check_official_keys",
+    "check_official_checkpoint",
 ]
