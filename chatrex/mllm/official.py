@@ -97,6 +97,8 @@ CHATREX_TO_OFFICIAL_KEY_MAPPING: dict[str, str] = {
     r"^vision_tower_aux\.trunk\.stages\.": "vision_tower_aux.vision_stages.",
     r"^vision_tower\.vision_tower\.": "vision_tower.vision_tower.vision_model.",
 }
+#: Official modules that LLaVA's layout keeps inside the LLM body (``model.vision_tower.*``).
+_NESTED_IN_LLAVA = ("vision_tower.", "vision_tower_aux.", "mm_projector.", "mm_object_projector.")
 #: Our modules that the official layout has no place for.
 NOT_OFFICIAL_PREFIXES = ("mm_object_trunk.", "mm_object_pointer.")
 
@@ -232,24 +234,31 @@ def read_checkpoint_shapes(folder: str | os.PathLike) -> dict[str, tuple[int, ..
 # config conversion
 # ------------------------------------------------------------------------------------------------
 def convnext_shape_from_checkpoint(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, list[int]]:
-    """ConvNeXt ``depths`` and ``dims`` read from official checkpoint keys (either layout prefix)."""
+    """ConvNeXt ``depths`` and ``dims`` read from official checkpoint keys (either layout prefix).
+
+    A stage's depth is its highest block index + 1 (a block missing below it is then reported as missing
+    keys). The widths of ConvNeXt-L mean ConvNeXt-L's depths, the only ConvNeXt the official code builds, so
+    that a checkpoint missing the last blocks of a stage is reported, not read as a shallower model.
+    """
     ours = {official_to_chatrex_key(k): s for k, s in shapes.items()}
     blocks = re.compile(r"^vision_tower_aux\.trunk\.stages\.(\d+)\.blocks\.(\d+)\.conv_dw\.weight$")
     depth: dict[int, int] = {}
     dims: dict[int, int] = {}
-    for key, shape in ours.items():
+    for key, shape in sorted(ours.items()):
         m = blocks.match(key)
         if m:
             stage, block = int(m.group(1)), int(m.group(2))
             depth[stage] = max(depth.get(stage, 0), block + 1)
-            if block == 0:
-                dims[stage] = int(shape[0])
-    if sorted(depth) != [0, 1, 2, 3] or sorted(dims) != [0, 1, 2, 3]:
+            dims.setdefault(stage, int(shape[0]))
+    absent = [s for s in range(4) if s not in depth]
+    if absent:
         raise OfficialCheckpointError(
-            "the checkpoint's ConvNeXt has no blocks for every one of the 4 stages (keys "
-            "vision_tower_aux.vision_stages.S.blocks.B.conv_dw.weight for S = 0..3); found stages "
-            f"{sorted(depth)}")
-    return {"depths": [depth[s] for s in range(4)], "dims": [dims[s] for s in range(4)]}
+            "the checkpoint has no ConvNeXt blocks for stage(s) " + ", ".join(map(str, absent)) + ": keys "
+            + ", ".join(f"vision_tower_aux.vision_stages.{s}.blocks.*" for s in absent) + " are missing")
+    shape = {"depths": [depth[s] for s in range(4)], "dims": [dims[s] for s in range(4)]}
+    if shape["dims"] == CONVNEXT_LARGE["dims"]:
+        shape["depths"] = list(CONVNEXT_LARGE["depths"])
+    return shape
 
 
 def resolve_clip_tower(name: str, folder: str | os.PathLike | None) -> tuple[dict[str, Any], Path | None]:
@@ -454,18 +463,28 @@ def check_official_keys(shapes: Mapping[str, tuple[int, ...]], expected: Mapping
         tied: our tied keys (target → source); a target may be absent from the checkpoint.
     """
     tied = dict(tied or {})
+    accepted: dict[str, str] = {}  # official name (RexSeek's, or LLaVA's under "model.") -> our key
+    for ours in expected:
+        name = _official_name(ours)
+        accepted[name] = ours
+        if name.startswith(_NESTED_IN_LLAVA):
+            accepted["model." + name] = ours
     mapped: dict[str, str] = {}
     twice: list[str] = []
+    unexpected: list[str] = []
     for key in shapes:
-        ours = official_to_chatrex_key(key)
-        if ours in mapped:
-            twice.append(f"{mapped[ours]} and {key} (both → {ours})")
-        mapped[ours] = key
-    unexpected = sorted(k for ours, k in mapped.items() if ours not in expected)
+        ours = accepted.get(key)
+        if ours is None:
+            unexpected.append(key)
+        elif ours in mapped:
+            twice.append(f"{mapped[ours]} and {key}")
+        else:
+            mapped[ours] = key
+    unexpected.sort()
     missing = sorted(_official_name(k) for k in expected
                      if k not in mapped and not (k in tied and tied[k] in mapped))
     mismatched = sorted(f"{k} checkpoint {tuple(shapes[k])} vs model {tuple(expected[ours])}"
-                        for ours, k in mapped.items() if ours in expected and tuple(shapes[k]) != tuple(expected[ours]))
+                        for ours, k in mapped.items() if tuple(shapes[k]) != tuple(expected[ours]))
     if not (unexpected or missing or mismatched or twice):
         return
     lines = [f"the official checkpoint '{where}' does not match the model its config describes:"]
