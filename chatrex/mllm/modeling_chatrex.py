@@ -28,6 +28,7 @@ is not applied.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -291,6 +292,12 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
             and hasattr(config, "mm_vision_tower")
         if flat_config or (isinstance(path, (str, os.PathLike)) and is_official_dir(path)):
             return cls._from_official(path, *model_args, **kwargs)
+        if isinstance(path, str) and not os.path.isdir(path) and _is_official_on_hub(path, kwargs):
+            from chatrex.mllm.official import OfficialCheckpointError
+
+            raise OfficialCheckpointError(
+                f"'{path}' is an official checkpoint on the model hub; download it to a local folder first (e.g. "
+                f"`hf download {path} --local-dir DIR`) and load that folder")
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     @classmethod
@@ -578,6 +585,24 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
             model_kwargs["object_keys"] = outputs.object_keys
             model_kwargs["object_key_mask"] = outputs.object_key_mask
         return model_kwargs
+
+
+def _is_official_on_hub(repo_id: str, kwargs: dict) -> bool:
+    """Whether the hub repo's ``config.json`` (from the cache or the hub) is an official flat config; False
+    when it cannot be fetched (``from_pretrained`` then reports that itself)."""
+    from chatrex.mllm.official import is_official_config_dict
+
+    try:
+        from transformers.utils import cached_file
+
+        hub = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs}
+        path = cached_file(repo_id, "config.json", _raise_exceptions_for_missing_entries=False, **hub)
+        if path is None:
+            return False
+        with open(path, encoding="utf-8") as f:
+            return is_official_config_dict(json.load(f))
+    except Exception:  # noqa: BLE001 - not a reachable hub repo: leave the error to from_pretrained
+        return False
 
 
 @dataclass
