@@ -10,8 +10,8 @@
 
 Tensors are renamed only (same dtypes, same values), one weight file in memory at a time, and the tokenizer
 and generation files are copied byte for byte, so a round trip gives back the same tensors and config. The
-output folder is written next to its destination and moved into place at the end; an existing non-empty
-destination is refused.
+output folder is written next to its destination and moved into place at the end
+(:func:`chatrex.utils.atomic.staged_directory`); an existing non-empty destination is refused.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from chatrex.mllm.official import (
     read_config_dict,
     resolve_clip_tower,
 )
+from chatrex.utils.atomic import staged_directory
 
 #: Files copied unchanged in both directions (whichever exist).
 COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -50,21 +51,9 @@ PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 CLIP_TOWER_DIR = "clip_vision_tower"
 
 
-def _staging(dst: Path) -> Path:
+def _check_destination(dst: Path) -> None:
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise FileExistsError(f"'{dst}' exists and is not an empty folder; choose a new output folder")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    staging = dst.parent / f".{dst.name}.converting-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    return staging
-
-
-def _finish(staging: Path, dst: Path) -> Path:
-    if dst.is_dir():
-        dst.rmdir()  # empty (checked by _staging)
-    os.replace(staging, dst)
-    return dst
 
 
 def _read_file(path: Path) -> dict[str, torch.Tensor]:
@@ -140,8 +129,8 @@ def convert_official_to_chatrex(src: str | os.PathLike, dst: str | os.PathLike) 
     config = ChatRexConfig.from_pretrained(src)
     check_official_checkpoint(src, config, shapes)
     processor = ChatRexProcessor.from_pretrained(src)
-    staging = _staging(dst)
-    try:
+    _check_destination(dst)
+    with staged_directory(dst) as staging:
         _rewrite_weights(checkpoint_files(src), staging, official_to_chatrex_key)
         config.save_pretrained(staging)
         _copy_files(src, staging, COPIED_FILES)
@@ -150,10 +139,7 @@ def convert_official_to_chatrex(src: str | os.PathLike, dst: str | os.PathLike) 
         else:
             processor.image_processor.save_pretrained(staging)
             (staging / PROCESSOR_FILE).write_text(json.dumps(processor.to_dict(), indent=2) + "\n", encoding="utf-8")
-        return _finish(staging, dst)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    return dst
 
 
 def _tower_resolves(name: str, dst: Path) -> bool:
@@ -227,8 +213,8 @@ def convert_chatrex_to_official(src: str | os.PathLike, dst: str | os.PathLike,
             if vision_tower is None:
                 vision_tower, write_tower = CLIP_TOWER_DIR, True
     flat = official_config_from_chatrex(config, vision_tower)
-    staging = _staging(dst)
-    try:
+    _check_destination(dst)
+    with staged_directory(dst) as staging:
         _rewrite_weights(checkpoint_files(src), staging, chatrex_to_official_key)
         (staging / "config.json").write_text(json.dumps(flat, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         _copy_files(src, staging, COPIED_FILES)
@@ -240,10 +226,7 @@ def convert_chatrex_to_official(src: str | os.PathLike, dst: str | os.PathLike,
         # the written folder must load back: names, shapes and config
         check_official_checkpoint(staging, ChatRexConfig.from_pretrained(staging), read_checkpoint_shapes(staging))
         resolve_clip_tower(vision_tower, staging)
-        return _finish(staging, dst)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    return dst
 
 
 __all__ = ["convert_official_to_chatrex", "convert_chatrex_to_official", "COPIED_FILES", "CLIP_TOWER_DIR"]
