@@ -478,6 +478,8 @@ class ChatRexPipeline:
             for i, b in enumerate(boxes):
                 if b is not None:
                     box_lists[i] = validate_boxes(b, pils[i].width, pils[i].height, max_boxes, f"image {i}")
+                    if getattr(self.processor, "official", False):  # the official input keeps boxes unclipped
+                        box_lists[i] = [[float(v) for v in box] for box in (b.tolist() if hasattr(b, "tolist") else b)]
         need = [i for i, b in enumerate(box_lists) if b is None]
         if need:
             if self.upn is None:

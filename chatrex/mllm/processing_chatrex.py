@@ -20,6 +20,7 @@ in the checkpoint's fixed chat format (``prompt_template``: Qwen2 ``<|im_start|>
 ``USER: … ASSISTANT:``; official tokenizers carry no chat template), and its tokenisation: the tokenizer's
 bos (if it has one), then each piece between the placeholders encoded on its own. The placeholders get the
 ids ``image_token_id`` (g² times) and ``objfeat_token_id`` given to the processor (the model config's).
+An answer there is its tokens followed by eos (the official training format), all of them labelled.
 """
 
 from __future__ import annotations
@@ -214,11 +215,15 @@ class ChatRexProcessor:
 
     def encode_text(self, question: str, num_boxes: int, answer: str | None = None) -> tuple[list[int], list[int] | None]:
         """Token ids (with ``<image>`` expanded) and, when ``answer`` is given, labels."""
-        if self.official:
-            if answer is not None:
-                raise ValueError("the official input mode builds prompts for inference; training inputs (answers) "
-                                 "are built in the 'chatrex' input mode")
-            return self.encode_official(question, num_boxes), None
+        if self.official:  # the answer as the official training data has it: its tokens, then eos
+            ids = self.encode_official(question, num_boxes)
+            if answer is None:
+                return ids, None
+            if not isinstance(answer, str):
+                raise ValueError(f"answer must be a string; got {type(answer).__name__}")
+            eos = self.tokenizer.eos_token_id
+            target = list(self.tokenizer.encode(answer, add_special_tokens=False)) + ([] if eos is None else [int(eos)])
+            return ids + target, [-100] * len(ids) + target
         user = {"role": "user", "content": self.build_user_text(question, num_boxes)}
         prompt = self._template([user], add_generation_prompt=True)
         if answer is None:

@@ -129,8 +129,11 @@ def test_official_processor_modes(fixture_dir):
     processor = ChatRexProcessor.from_pretrained(fixture_dir / "checkpoint")
     with pytest.raises(ValueError, match="no uint8 form"):
         processor([torch.zeros(3, 20, 30, dtype=torch.uint8).numpy().transpose(1, 2, 0)], ["q"], normalize_images=False)
-    with pytest.raises(ValueError, match="training inputs"):
-        processor.encode_text("q", 0, answer="a")
+    ids, labels = processor.encode_text("Detect dog.", 1, answer="<ground>dog</ground><objects><obj0></objects>")
+    prompt = processor.encode_official("Detect dog.", 1)
+    answer = processor.tokenizer.encode("<ground>dog</ground><objects><obj0></objects>", add_special_tokens=False)
+    assert ids == prompt + answer + [processor.tokenizer.eos_token_id]
+    assert labels == [-100] * len(prompt) + answer + [processor.tokenizer.eos_token_id]
     # no boxes: the official evaluation prompt "<image>\n\n{question}"
     assert processor.official_user_text("Describe <image>the image.", 0) == "<image>\n\nDescribe the image."
 
@@ -428,6 +431,9 @@ def test_pipeline_answers_with_the_official_folder(fixture_dir, reference, share
     assert result.raw_text == pipe.processor.decode(reference["greedy"][0])
     with pytest.raises(ValueError, match="no UPN"):
         pipe(shared_dir / reference["image"], reference["question"])
+    # a box reaching past the image stays as given, as the official input has it
+    wide = pipe(shared_dir / reference["image"], "What is <obj0>?", boxes=[[-20, 10, 700, 300]], max_new_tokens=1)[0]
+    assert wide.boxes == [[-20.0, 10.0, 700.0, 300.0]]
 
 
 def test_predict_command_runs_an_official_folder_with_a_separate_upn(fixture_dir, tiny_pipeline_dir, shared_dir,
