@@ -18,6 +18,11 @@ A model directory holds the two parts in their own ``save_pretrained`` formats::
       chatrex/   ChatRexForConditionalGeneration + ChatRexProcessor save_pretrained
       pipeline_config.json   optional: {"upn_resize": 800, "upn_max_size": 1333, "min_score": 0.3, "nms": 0.8}
 
+An MLLM folder on its own also loads, with the UPN named separately: an official checkpoint
+(``IDEA-Research/ChatRex-7B`` or a RexSeek model, as downloaded) or one of our saved ``chatrex/`` folders::
+
+    pipe = ChatRexPipeline.from_pretrained("checkpoints/ChatRex-7B", upn="checkpoints/upn_large.pth", device="cuda")
+
 Unlike the official release, several images run per call (``batch_size`` per forward pass, left
 padding), the device is a choice, user boxes skip the UPN, and every malformed answer is parsed
 without raising (what was dropped is listed in ``result.answer.dropped``).
@@ -302,12 +307,18 @@ class ChatRexPipeline:
         upn_resize: Optional[int] = None,
         upn_max_size: Any = _FROM_DIR,
         generation_config: Any = None,
+        upn: Union[None, str, os.PathLike] = None,
     ) -> "ChatRexPipeline":
-        """Load ``path/upn`` and ``path/chatrex`` (see the module docstring).
+        """Load ``path/upn`` and ``path/chatrex`` (see the module docstring), or an MLLM folder ``path`` on its
+        own (an official checkpoint or one of our ``chatrex/`` folders) with the UPN ``upn``.
 
         Args:
             device: where both models run (``"cpu"``, ``"cuda"``, ``"cuda:1"``…; checked to exist).
-            dtype: the MLLM's dtype (``"bfloat16"``, ``torch.float16``…; default: as saved).
+            dtype: the MLLM's dtype (``"bfloat16"``, ``torch.float16``…; default: as saved; an official
+                checkpoint: bfloat16 on a GPU that has it, float16 on other GPUs, float32 on the CPU).
+            upn: a UPN checkpoint (an official ``.pth`` such as ``upn_large.pth``, or a saved UPN folder) used
+                instead of ``path/upn``. With an MLLM folder and no ``upn``, the pipeline has no UPN and
+                every call must pass its boxes.
             upn_resize / upn_max_size: UPN input size (short side / long-side bound, ``None`` = no
                 bound); default: the directory's ``pipeline_config.json``, else the size ``upn/``
                 records (its ``preprocessor_config.json``), else the official 800 / 1333.
@@ -323,22 +334,31 @@ class ChatRexPipeline:
         if not root.is_dir():
             raise FileNotFoundError(
                 f"model directory '{root}' does not exist; it must hold '{UPN_SUBDIR}/' (UPN) and "
-                f"'{CHATREX_SUBDIR}/' (ChatRex model + processor)"
+                f"'{CHATREX_SUBDIR}/' (ChatRex model + processor), or be a ChatRex / official MLLM folder"
             )
-        upn_dir, mllm_dir = root / UPN_SUBDIR, root / CHATREX_SUBDIR
-        for part, what in ((upn_dir, "the UPN (chatrex.upn.checkpoint.save_pretrained)"),
-                           (mllm_dir, "the ChatRex model and processor (save_pretrained)")):
+        from chatrex.mllm.delta import is_delta_dir, load_delta
+        from chatrex.mllm.official import is_official_dir
+
+        upn_path = Path(upn) if upn is not None else None
+        if upn_path is not None and not upn_path.exists():
+            raise FileNotFoundError(f"UPN checkpoint '{upn_path}' does not exist")
+        alone = (root / "config.json").is_file() or is_delta_dir(root)  # an MLLM folder on its own
+        mllm_dir = root if alone else root / CHATREX_SUBDIR
+        upn_dir = upn_path if (alone or upn_path is not None) else root / UPN_SUBDIR
+        parts = [(mllm_dir, "the ChatRex model and processor (save_pretrained)")]
+        if not alone and upn_path is None:
+            parts.insert(0, (upn_dir, "the UPN (chatrex.upn.checkpoint.save_pretrained)"))
+        for part, what in parts:
             if not part.is_dir():
                 raise FileNotFoundError(f"model directory '{root}' lacks '{part.name}/', which should hold {what}")
-        from chatrex.mllm.delta import is_delta_dir, load_delta
-
+        official = is_official_dir(mllm_dir)
         delta = is_delta_dir(mllm_dir)
         if not delta and not (mllm_dir / "config.json").is_file():
             raise FileNotFoundError(f"'{mllm_dir}' has neither config.json nor delta_config.json; it is not a saved "
                                     "ChatRex model")
         settings: dict[str, Any] = {}  # what is not set here, the wrapper takes from what upn/ records
         cfg_path = root / PIPELINE_CONFIG
-        if cfg_path.is_file():
+        if cfg_path.is_file() and not alone:
             try:
                 stored = json.loads(cfg_path.read_text(encoding="utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -354,16 +374,21 @@ class ChatRexPipeline:
         dev = resolve_device(device)
         torch_dtype = _resolve_dtype(dtype)
         filter_settings = {k: settings.pop(k) for k in ("min_score", "nms") if k in settings}
-        upn = UPNWrapper(upn_dir, config=None, device=dev, **{k.removeprefix("upn_"): v for k, v in settings.items()})
+        upn_model = None if upn_dir is None else UPNWrapper(
+            upn_dir, config=None, device=dev, **{k.removeprefix("upn_"): v for k, v in settings.items()})
         kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
-        if delta:  # trained weights stored as a delta over the installed base LLM (chatrex.mllm.delta)
+        if official:  # streamed from the checkpoint straight onto the device (chatrex.mllm.official)
+            model = ChatRexForConditionalGeneration.from_pretrained(
+                mllm_dir, dtype=torch_dtype or _official_dtype(dev),
+                **({"device_map": str(dev)} if dev.type != "cpu" else {})).eval()
+        elif delta:  # trained weights stored as a delta over the installed base LLM (chatrex.mllm.delta)
             model, _ = load_delta(mllm_dir, dtype=torch_dtype or torch.float32)
             model = model.to(dev).eval()
         else:
             model = ChatRexForConditionalGeneration.from_pretrained(mllm_dir, **kwargs).to(dev).eval()
         processor = ChatRexProcessor.from_pretrained(mllm_dir)
         try:
-            return cls(upn, model, processor, generation_config=generation_config, **filter_settings)
+            return cls(upn_model, model, processor, generation_config=generation_config, **filter_settings)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"'{cfg_path}': {exc}") from None
 
@@ -453,6 +478,8 @@ class ChatRexPipeline:
             for i, b in enumerate(boxes):
                 if b is not None:
                     box_lists[i] = validate_boxes(b, pils[i].width, pils[i].height, max_boxes, f"image {i}")
+                    if getattr(self.processor, "official", False):  # the official input keeps boxes unclipped
+                        box_lists[i] = [[float(v) for v in box] for box in (b.tolist() if hasattr(b, "tolist") else b)]
         need = [i for i, b in enumerate(box_lists) if b is None]
         if need:
             if self.upn is None:
@@ -595,6 +622,14 @@ def _new_tokens(output: Any, input_ids: torch.Tensor) -> torch.Tensor:
     if seqs.shape[-1] >= plen and torch.equal(seqs[:, :plen].to(input_ids.device), input_ids):
         return seqs[:, plen:]
     return seqs
+
+
+def _official_dtype(device: torch.device) -> torch.dtype:
+    """An official checkpoint's default dtype: bfloat16 on GPUs that have it, float16 on other GPUs, float32
+    elsewhere."""
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def _resolve_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:

@@ -14,6 +14,7 @@ are concatenated token by token; :meth:`ChatRexConfig.validate_towers` checks th
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -53,6 +54,11 @@ class ChatRexConfig(PretrainedConfig):
             (:mod:`chatrex.mllm.object_pointer`).
         object_index_token_ids: ids of ``<obj0>`` … ``<obj{max_boxes-1}>`` (set by ``add_chatrex_tokens``;
             the pointer needs them).
+        official_config: the official flat ``config.json`` a model was converted from
+            (:mod:`chatrex.mllm.official`), kept so that converting back writes it again; None otherwise.
+
+    ``from_pretrained`` and ``from_dict`` also accept an official flat config (``mm_vision_tower`` and the
+    LLM's fields at the top level) and convert it (:func:`chatrex.mllm.official.chatrex_config_from_official`).
     """
 
     model_type = "chatrex"
@@ -71,8 +77,15 @@ class ChatRexConfig(PretrainedConfig):
     object_pointer_dim: int = 0
     object_index_token_ids: list[int] | None = None
     tie_word_embeddings: bool = False
+    official_config: dict | None = None
 
     def __post_init__(self, **kwargs):
+        if "mm_vision_tower" in kwargs and self.text_config is None:
+            from chatrex.mllm.official import OfficialCheckpointError
+
+            raise OfficialCheckpointError(
+                "these are the fields of an official flat config (mm_vision_tower, ...); convert it with "
+                "ChatRexConfig.from_pretrained(folder) or chatrex.mllm.official.chatrex_config_from_official")
         if isinstance(self.vision_config, dict):
             vc = dict(self.vision_config)
             vc.pop("model_type", None)
@@ -100,6 +113,29 @@ class ChatRexConfig(PretrainedConfig):
             self.tie_word_embeddings = True
         super().__post_init__(**kwargs)
         self.validate_towers()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
+        from chatrex.mllm.official import chatrex_config_from_official, is_official_config_dict
+
+        if is_official_config_dict(config_dict):  # without its folder: the official ConvNeXt-L is assumed
+            config = chatrex_config_from_official(config_dict)
+            return (config, {}) if kwargs.get("return_unused_kwargs") else config
+        return super().from_dict(config_dict, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any):
+        from chatrex.mllm.official import (
+            chatrex_config_from_official,
+            is_official_dir,
+            read_checkpoint_shapes,
+            read_config_dict,
+        )
+
+        path = pretrained_model_name_or_path
+        if isinstance(path, (str, os.PathLike)) and is_official_dir(path):
+            return chatrex_config_from_official(read_config_dict(path), path, read_checkpoint_shapes(path))
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     # ------------------------------------------------------------------ derived sizes
     @property

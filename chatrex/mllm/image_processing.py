@@ -4,6 +4,10 @@ Every image is padded to a square, **centred**, with the CLIP mean colour (as LL
 then resized (bicubic) to ``image_size`` (336, CLIP) and ``image_size_aux`` (768, ConvNeXt) and normalised
 with each tower's mean/std. Boxes given in original-image pixels are shifted by the padding offset and
 divided by the square's side: xyxy in [0, 1] of the padded square, the frame the model works in.
+
+``input_mode="official"`` reproduces the official RexSeek / ChatRex input instead (for models loaded from
+official checkpoints): the pad colour is ``int(mean * 255)`` (not rounded), the CLIP input is a bilinear
+resize of the *normalised* 768 px tensor (not a resize of the image), and boxes are not clipped to the image.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from chatrex.utils.image import load_image
@@ -23,6 +28,8 @@ from chatrex.utils.image import load_image
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
+#: ``"chatrex"``: our preprocessing; ``"official"``: the official code's (see the module docstring).
+INPUT_MODES = ("chatrex", "official")
 
 
 @dataclass(frozen=True)
@@ -42,11 +49,14 @@ def square_frame(width: int, height: int) -> SquareFrame:
     return SquareFrame(width, height, side, (side - width) // 2, (side - height) // 2)
 
 
-def normalize_boxes(boxes: Any, frame: SquareFrame) -> torch.Tensor:
+def normalize_boxes(boxes: Any, frame: SquareFrame, clip: bool = True) -> torch.Tensor:
     """Original-pixel xyxy boxes → xyxy in [0, 1] of the padded square.
 
-    Raises ``ValueError`` naming the box for a wrong shape, NaN/inf, x1 < x0 or y1 < y0, or a box with no
-    area left inside the image after clipping.
+    Raises ``ValueError`` naming the box for a wrong shape, NaN/inf, x1 < x0 or y1 < y0, or (with ``clip``)
+    a box with no area left inside the image after clipping.
+    Args:
+        clip: clip boxes to the image first (ours). False keeps them as given, as the official code does, so
+            a box reaching past the image reaches past it in the padded square too (and may leave [0, 1]).
     Returns:
         (K, 4) float32.
     """
@@ -66,17 +76,21 @@ def normalize_boxes(boxes: Any, frame: SquareFrame) -> torch.Tensor:
             raise ValueError(f"box {k} {[x0, y0, x1, y1]} contains NaN or infinite values")
         if x1 < x0 or y1 < y0:
             raise ValueError(f"box {k} {[x0, y0, x1, y1]} has x1 < x0 or y1 < y0 (boxes are [x0, y0, x1, y1])")
+        if not clip:
+            continue
         cx0, cx1 = min(max(x0, 0.0), frame.width), min(max(x1, 0.0), frame.width)
         cy0, cy1 = min(max(y0, 0.0), frame.height), min(max(y1, 0.0), frame.height)
         if cx1 - cx0 <= 0 or cy1 - cy0 <= 0:
             raise ValueError(
                 f"box {k} {[x0, y0, x1, y1]} has zero area inside the {frame.width}x{frame.height} image after clipping"
             )
+    shift = np.array([frame.offset_x, frame.offset_y, frame.offset_x, frame.offset_y], dtype=np.float64)
+    if not clip:
+        return torch.from_numpy((arr + shift) / frame.side).float()
     clipped = np.stack(
         [arr[:, 0].clip(0, frame.width), arr[:, 1].clip(0, frame.height),
          arr[:, 2].clip(0, frame.width), arr[:, 3].clip(0, frame.height)], axis=1
     )
-    shift = np.array([frame.offset_x, frame.offset_y, frame.offset_x, frame.offset_y], dtype=np.float64)
     return torch.from_numpy(((clipped + shift) / frame.side).clip(0.0, 1.0)).float()
 
 
@@ -93,6 +107,10 @@ class ChatRexImageProcessor:
     """Pads, resizes and normalises images for both towers.
 
     ``__call__(images) -> {"pixel_values": (B,3,S,S), "pixel_values_aux": (B,3,S',S'), "frames": [SquareFrame]}``.
+
+    Args:
+        input_mode: ``"chatrex"`` (default) or ``"official"`` (the official code's input; one mean/std for
+            both towers, see the module docstring).
     """
 
     def __init__(
@@ -103,7 +121,11 @@ class ChatRexImageProcessor:
         image_std: Sequence[float] = CLIP_STD,
         image_mean_aux: Sequence[float] | None = None,
         image_std_aux: Sequence[float] | None = None,
+        input_mode: str = "chatrex",
     ):
+        if input_mode not in INPUT_MODES:
+            raise ValueError(f"input_mode must be one of {INPUT_MODES}; got {input_mode!r}")
+        self.input_mode = input_mode
         self.image_size = int(image_size)
         self.image_size_aux = int(image_size_aux)
         self.image_mean = tuple(float(v) for v in image_mean)
@@ -115,9 +137,17 @@ class ChatRexImageProcessor:
                 raise ValueError(f"{name} needs 3 values (R, G, B); got {getattr(self, name)}")
         if min(self.image_std + self.image_std_aux) <= 0:
             raise ValueError("image_std values must be positive")
+        if self.official and (self.image_mean_aux, self.image_std_aux) != (self.image_mean, self.image_std):
+            raise ValueError("the official input normalises both towers' images with one mean/std")
+
+    @property
+    def official(self) -> bool:
+        return self.input_mode == "official"
 
     @property
     def pad_color(self) -> tuple[int, int, int]:
+        if self.official:  # the official code truncates: (122, 116, 104) for CLIP's mean
+            return tuple(int(v * 255) for v in self.image_mean)  # type: ignore[return-value]
         return tuple(int(round(v * 255)) for v in self.image_mean)  # type: ignore[return-value]
 
     def pad_to_square(self, image: Image.Image) -> tuple[Image.Image, SquareFrame]:
@@ -147,13 +177,22 @@ class ChatRexImageProcessor:
         scale = (1.0 / (255.0 * std)).view(3, 1, 1)
         return pixels.float() * scale - (mean / std).view(3, 1, 1)
 
+    def official_normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (..., 3, H, W) -> float32 as the CLIP image processor computes it (rescale in float64, cast to
+        float32, then ``(x - mean) / std`` in float32)."""
+        mean = torch.tensor(self.image_mean, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+        std = torch.tensor(self.image_std, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
+        return ((pixels.double() * (1 / 255)).float() - mean) / std
+
     def __call__(self, images: Sequence[Any], normalize: bool = True) -> dict[str, Any]:
         """Args:
             normalize: False returns uint8 ``pixel_values`` / ``pixel_values_aux`` to be passed through
-                :meth:`normalize` later (e.g. on the GPU).
+                :meth:`normalize` later (e.g. on the GPU); the official input mode has no uint8 form.
         """
         if not isinstance(images, (list, tuple)):
             images = [images]
+        if self.official:
+            return self._official_call(images, normalize)
         pv, pva, frames = [], [], []
         for src in images:
             square, frame = self.pad_to_square(load_image(src))
@@ -165,6 +204,22 @@ class ChatRexImageProcessor:
             pixel_values, pixel_values_aux = self.normalize(pixel_values), self.normalize(pixel_values_aux, aux=True)
         return {"pixel_values": pixel_values, "pixel_values_aux": pixel_values_aux, "frames": frames}
 
+    def _official_call(self, images: Sequence[Any], normalize: bool) -> dict[str, Any]:
+        """The official input: the square image at ``image_size_aux`` (bicubic, normalised), and the CLIP
+        input as a bilinear resize of that normalised tensor."""
+        if not normalize:
+            raise ValueError("the official input mode builds the CLIP input from the normalised ConvNeXt input; "
+                             "it has no uint8 form (normalize_images=False)")
+        pva, frames = [], []
+        for src in images:
+            square, frame = self.pad_to_square(load_image(src))
+            pva.append(self._to_uint8(square, self.image_size_aux))
+            frames.append(frame)
+        pixel_values_aux = self.official_normalize(torch.stack(pva))
+        pixel_values = F.interpolate(pixel_values_aux, size=(self.image_size, self.image_size), mode="bilinear",
+                                     align_corners=False)
+        return {"pixel_values": pixel_values, "pixel_values_aux": pixel_values_aux, "frames": frames}
+
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -173,11 +228,13 @@ class ChatRexImageProcessor:
             "image_mean": list(self.image_mean), "image_std": list(self.image_std),
             "image_mean_aux": list(self.image_mean_aux), "image_std_aux": list(self.image_std_aux),
             "padding": "centered square, CLIP mean colour",
+            "input_mode": self.input_mode,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ChatRexImageProcessor":
-        keys = ("image_size", "image_size_aux", "image_mean", "image_std", "image_mean_aux", "image_std_aux")
+        keys = ("image_size", "image_size_aux", "image_mean", "image_std", "image_mean_aux", "image_std_aux",
+                "input_mode")
         return cls(**{k: d[k] for k in keys if k in d})
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
@@ -195,6 +252,6 @@ class ChatRexImageProcessor:
 
 
 __all__ = [
-    "CLIP_MEAN", "CLIP_STD", "SquareFrame", "square_frame", "normalize_boxes", "denormalize_boxes",
+    "CLIP_MEAN", "CLIP_STD", "INPUT_MODES", "SquareFrame", "square_frame", "normalize_boxes", "denormalize_boxes",
     "ChatRexImageProcessor",
 ]

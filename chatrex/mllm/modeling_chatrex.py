@@ -12,6 +12,10 @@ Parameter layout (LLaVA / RexSeek style)::
                              Linear(C_total → D), GELU, LayerNorm(D) before ``mm_object_projector``,
                              which then reads D channels
 
+Official checkpoints (RexSeek / ChatRex-7B, :mod:`chatrex.mllm.official`) load with ``from_pretrained`` as
+they are: their flat config is converted, their keys are mapped strictly, and the model keeps their
+vocabulary; the two placeholder ids then lie just above it (they are never looked up in the embedding).
+
 Sequence layout: the processor writes g² ``<image>`` placeholders (one per image token) and one
 ``<objfeat>`` placeholder per box; :meth:`ChatRexForConditionalGeneration.merge_multimodal_embeddings`
 replaces them with the projected image tokens and object tokens, once, before the LLM runs (at the
@@ -24,6 +28,7 @@ is not applied.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -39,14 +44,6 @@ from chatrex.mllm.object_encoder import encode_objects, validate_boxes
 from chatrex.mllm.object_pointer import ObjectPointer, point_logits
 from chatrex.mllm.vision_towers import CLIPVisionTower, ConvNeXtTower, ConvNeXtTowerConfig
 
-#: Maps the original LLaVA training layout (everything but ``lm_head`` under ``model.``) to ours.
-LLAVA_KEY_MAPPING: dict[str, str] = {
-    r"^model\.vision_tower\.vision_tower\.vision_model\.": "vision_tower.vision_tower.",
-    r"^model\.vision_tower\.": "vision_tower.",
-    r"^model\.vision_tower_aux\.": "vision_tower_aux.",
-    r"^model\.mm_projector\.": "mm_projector.",
-    r"^model\.mm_object_projector\.": "mm_object_projector.",
-}
 #: Maps an open_clip ConvNeXt checkpoint (``visual.trunk.*``) onto the high-resolution tower.
 OPEN_CLIP_CONVNEXT_KEY_MAPPING: dict[str, str] = {r"^visual\.trunk\.": "vision_tower_aux.trunk."}
 #: Maps a transformers ``CLIPVisionModel`` checkpoint (old ``vision_model.*`` or new flat keys) onto the CLIP tower.
@@ -262,6 +259,83 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
     def get_decoder(self) -> nn.Module:
         return self.model
 
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Text embeddings (B, L, H) of ``input_ids``; the ``<image>`` / ``<objfeat>`` placeholders are embedded
+        as id 0 (:meth:`merge_multimodal_embeddings` replaces them), so their ids may lie outside the
+        vocabulary, as they do for a model loaded from an official checkpoint."""
+        ids = input_ids
+        for placeholder in (self.config.image_token_id, self.config.objfeat_token_id):
+            if placeholder is not None:
+                ids = ids.masked_fill(ids == placeholder, 0)
+        return self.get_input_embeddings()(ids)
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any):
+        """``PreTrainedModel.from_pretrained``, which also loads an official RexSeek / ChatRex folder as it is.
+
+        An official folder (a flat ``config.json`` with ``mm_vision_tower``) is converted
+        (:func:`chatrex.mllm.official.chatrex_config_from_official`), its tensor names and shapes are
+        checked against the model the config describes before anything is allocated, and the weights are
+        streamed from the checkpoint into a model initialised on the meta device (``dtype`` /
+        ``torch_dtype`` and ``device_map`` work as usual, e.g. ``dtype=torch.bfloat16, device_map="cuda"``).
+
+        Raises:
+            chatrex.mllm.official.OfficialCheckpointError: a config that cannot be converted, or missing,
+                unexpected or mis-shaped keys (named).
+        """
+        from chatrex.mllm.official import is_official_dir
+
+        path = pretrained_model_name_or_path
+        config = kwargs.get("config")
+        flat_config = config is not None and not isinstance(config, (ChatRexConfig, str, os.PathLike)) \
+            and hasattr(config, "mm_vision_tower")
+        if flat_config or (isinstance(path, (str, os.PathLike)) and is_official_dir(path)):
+            return cls._from_official(path, *model_args, **kwargs)
+        if isinstance(path, str) and not os.path.isdir(path) and _is_official_on_hub(path, kwargs):
+            from chatrex.mllm.official import OfficialCheckpointError
+
+            raise OfficialCheckpointError(
+                f"'{path}' is an official checkpoint on the model hub; download it to a local folder first (e.g. "
+                f"`hf download {path} --local-dir DIR`) and load that folder")
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+
+    @classmethod
+    def _from_official(cls, path: Any, *model_args: Any, **kwargs: Any):
+        from chatrex.mllm.official import (
+            OFFICIAL_KEY_MAPPING,
+            OfficialCheckpointError,
+            chatrex_config_from_official,
+            check_official_checkpoint,
+            read_checkpoint_shapes,
+            read_config_dict,
+        )
+
+        if not (isinstance(path, (str, os.PathLike)) and os.path.isdir(path)):
+            raise OfficialCheckpointError(
+                f"official checkpoints load from a local folder; '{path}' is not one (download it first, e.g. "
+                "`hf download IDEA-Research/ChatRex-7B --local-dir DIR`)")
+        for unsupported in ("key_mapping", "ignore_mismatched_sizes"):
+            if kwargs.pop(unsupported, None):
+                raise ValueError(f"{unsupported} cannot be combined with an official checkpoint, whose keys are "
+                                 "mapped and checked strictly")
+        if "torch_dtype" in kwargs:
+            kwargs.setdefault("dtype", kwargs.pop("torch_dtype"))
+        want_info = kwargs.pop("output_loading_info", False)
+        shapes = read_checkpoint_shapes(path)
+        config = kwargs.pop("config", None)
+        if not isinstance(config, ChatRexConfig):
+            config = chatrex_config_from_official(read_config_dict(path), path, shapes)
+        check_official_checkpoint(path, config, shapes)  # names and shapes, before anything is allocated
+        model, info = super().from_pretrained(path, *model_args, config=config, key_mapping=OFFICIAL_KEY_MAPPING,
+                                              output_loading_info=True, **kwargs)
+        problems = {k: sorted(map(str, info.get(k) or ())) for k in ("missing_keys", "unexpected_keys",
+                                                                     "mismatched_keys", "error_msgs")}
+        problems = {k: v for k, v in problems.items() if v}
+        if problems:
+            raise OfficialCheckpointError(f"loading the official checkpoint '{path}' left {problems}")
+        return (model, info) if want_info else model
+
     # ---------------------------------------------------------------- vision
     def get_image_features(
         self, pixel_values: torch.Tensor, pixel_values_aux: torch.Tensor
@@ -401,7 +475,7 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
+            inputs_embeds = self.embed_input_ids(input_ids)
             if pixel_values is not None or pixel_values_aux is not None or boxes is not None:
                 inputs_embeds = self.merge_multimodal_embeddings(
                     input_ids, inputs_embeds, pixel_values, pixel_values_aux, boxes
@@ -513,6 +587,24 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
         return model_kwargs
 
 
+def _is_official_on_hub(repo_id: str, kwargs: dict) -> bool:
+    """Whether the hub repo's ``config.json`` (from the cache or the hub) is an official flat config; False
+    when it cannot be fetched (``from_pretrained`` then reports that itself)."""
+    from chatrex.mllm.official import is_official_config_dict
+
+    try:
+        from transformers.utils import cached_file
+
+        hub = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs}
+        path = cached_file(repo_id, "config.json", _raise_exceptions_for_missing_entries=False, **hub)
+        if path is None:
+            return False
+        with open(path, encoding="utf-8") as f:
+            return is_official_config_dict(json.load(f))
+    except Exception:  # noqa: BLE001 - not a reachable hub repo: leave the error to from_pretrained
+        return False
+
+
 @dataclass
 class ChatRexCausalLMOutput(CausalLMOutputWithPast):
     """``CausalLMOutputWithPast`` plus the object pointer's keys (B, K, P) and their mask (B, K), or None."""
@@ -550,7 +642,6 @@ __all__ = [
     "apply_key_mapping",
     "causal_lm_loss",
     "labelled_positions",
-    "LLAVA_KEY_MAPPING",
     "OPEN_CLIP_CONVNEXT_KEY_MAPPING",
     "HF_CLIP_KEY_MAPPING",
 ]

@@ -12,12 +12,22 @@ box's object token. Images are padded to a centred square (see :mod:`chatrex.mll
 
 For training, ``answers=`` appends the assistant turn and builds ``labels``: -100 everywhere except the
 answer tokens and the end-of-turn token that closes them.
+
+``input_mode="official"`` (what :meth:`ChatRexProcessor.from_pretrained` picks for an official RexSeek /
+ChatRex folder) builds the inputs as the official code does: its image preprocessing
+(:mod:`chatrex.mllm.image_processing`), unclipped boxes, the prompt ``<image>\n<obj0><objfeat>…\n{question}``
+in the checkpoint's fixed chat format (``prompt_template``: Qwen2 ``<|im_start|>user …``, Vicuna
+``USER: … ASSISTANT:``; official tokenizers carry no chat template), and its tokenisation: the tokenizer's
+bos (if it has one), then each piece between the placeholders encoded on its own. The placeholders get the
+ids ``image_token_id`` (g² times) and ``objfeat_token_id`` given to the processor (the model config's).
+An answer there is its tokens followed by eos (the official training format), all of them labelled.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Sequence
 
 import torch
@@ -26,6 +36,7 @@ from transformers import AutoTokenizer, BatchFeature
 from chatrex.mllm.image_processing import (
     CLIP_MEAN,
     CLIP_STD,
+    INPUT_MODES,
     ChatRexImageProcessor,
     SquareFrame,
     denormalize_boxes,
@@ -35,6 +46,7 @@ from chatrex.mllm.tokens import IMAGE_TOKEN, MAX_OBJECTS, OBJFEAT_TOKEN, chatrex
 
 PROCESSOR_FILE = "processor_config.json"
 MAX_BOXES_POLICIES = ("error", "topk")
+_PLACEHOLDER_SPLIT = re.compile(f"({re.escape(IMAGE_TOKEN)}|{re.escape(OBJFEAT_TOKEN)})")
 
 
 def select_boxes(num_boxes: int, scores: Sequence[float] | None = None, max_boxes: int = MAX_OBJECTS,
@@ -72,6 +84,11 @@ class ChatRexProcessor:
         image_processor: a :class:`ChatRexImageProcessor`; built from the size/mean/std arguments if omitted.
         patch_size: CLIP patch size; ``<image>`` stands for ``(image_size // patch_size)²`` tokens.
         max_boxes / max_boxes_policy: see :func:`select_boxes`.
+        input_mode: ``"chatrex"`` (ours) or ``"official"`` (the official code's inputs, see the module
+            docstring); the image processor must be in the same mode.
+        prompt_template: official mode: the user turn with ``{input}`` where the prompt goes.
+        image_token_id / objfeat_token_id: official mode: the placeholder ids the model expects
+            (``config.image_token_id`` / ``objfeat_token_id``).
     """
 
     def __init__(
@@ -88,11 +105,21 @@ class ChatRexProcessor:
         patch_size: int = 14,
         max_boxes: int = MAX_OBJECTS,
         max_boxes_policy: str = "error",
+        input_mode: str = "chatrex",
+        prompt_template: str | None = None,
+        image_token_id: int | None = None,
+        objfeat_token_id: int | None = None,
     ):
+        if input_mode not in INPUT_MODES:
+            raise ValueError(f"input_mode must be one of {INPUT_MODES}; got {input_mode!r}")
+        self.input_mode = input_mode
         self.tokenizer = tokenizer
         self.image_processor = image_processor or ChatRexImageProcessor(
-            image_size, image_size_aux, image_mean, image_std, image_mean_aux, image_std_aux
+            image_size, image_size_aux, image_mean, image_std, image_mean_aux, image_std_aux, input_mode=input_mode
         )
+        if self.image_processor.input_mode != input_mode:
+            raise ValueError(f"the processor's input_mode is {input_mode!r} but its image processor's is "
+                             f"{self.image_processor.input_mode!r}")
         self.patch_size = int(patch_size)
         if self.image_processor.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_processor.image_size} is not a multiple of patch_size {patch_size}")
@@ -102,17 +129,32 @@ class ChatRexProcessor:
             raise ValueError(f"max_boxes_policy must be one of {MAX_BOXES_POLICIES}; got '{max_boxes_policy}'")
         self.max_boxes = int(max_boxes)
         self.max_boxes_policy = max_boxes_policy
-        if getattr(tokenizer, "chat_template", None) is None:
-            raise ValueError("the tokenizer has no chat_template; set tokenizer.chat_template before building the processor")
-        self.token_ids = chatrex_token_ids(tokenizer)
-        self.image_token_id = self.token_ids[IMAGE_TOKEN]
-        self.objfeat_token_id = self.token_ids[OBJFEAT_TOKEN]
+        self.prompt_template = prompt_template
+        if self.official:
+            if not isinstance(prompt_template, str) or "{input}" not in prompt_template:
+                raise ValueError("the official input mode needs a prompt_template with '{input}' in it; got "
+                                 f"{prompt_template!r}")
+            if image_token_id is None or objfeat_token_id is None or image_token_id == objfeat_token_id:
+                raise ValueError("the official input mode needs two different placeholder ids, image_token_id and "
+                                 f"objfeat_token_id (the model config's); got {image_token_id}, {objfeat_token_id}")
+            self.token_ids = chatrex_token_ids(tokenizer, placeholders=False)
+            self.image_token_id, self.objfeat_token_id = int(image_token_id), int(objfeat_token_id)
+        else:
+            if getattr(tokenizer, "chat_template", None) is None:
+                raise ValueError("the tokenizer has no chat_template; set tokenizer.chat_template before building the processor")
+            self.token_ids = chatrex_token_ids(tokenizer)
+            self.image_token_id = self.token_ids[IMAGE_TOKEN]
+            self.objfeat_token_id = self.token_ids[OBJFEAT_TOKEN]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
             raise ValueError("the tokenizer has neither a pad token nor an eos token to pad with")
         self.pad_token_id = int(pad)
 
     # ------------------------------------------------------------------ sizes
+    @property
+    def official(self) -> bool:
+        return self.input_mode == "official"
+
     @property
     def num_image_tokens(self) -> int:
         return (self.image_processor.image_size // self.patch_size) ** 2
@@ -148,8 +190,40 @@ class ChatRexProcessor:
             out.extend([i] * self.num_image_tokens if i == self.image_token_id else [i])
         return out
 
+    def official_user_text(self, question: str, num_boxes: int) -> str:
+        """The official prompt: ``<image>\n<obj0><objfeat>…\n{question}`` (``<image>\n\n{question}`` without
+        boxes); ``<image>`` in the question is dropped, as the official code does."""
+        if not isinstance(question, str):
+            raise ValueError(f"question must be a string; got {type(question).__name__}")
+        objs = "".join(f"{obj_token(k)}{OBJFEAT_TOKEN}" for k in range(num_boxes))
+        return f"{IMAGE_TOKEN}\n{objs}\n{question.replace(IMAGE_TOKEN, '')}"
+
+    def encode_official(self, question: str, num_boxes: int) -> list[int]:
+        """Token ids of the official prompt, tokenised as the official code does (bos, then each piece
+        between placeholders on its own), with the placeholders as this processor's ids (``<image>`` g² times)."""
+        prompt = self.prompt_template.format(input=self.official_user_text(question, num_boxes), round=1)
+        bos = self.tokenizer.bos_token_id
+        ids: list[int] = [] if bos is None else [int(bos)]
+        for piece in _PLACEHOLDER_SPLIT.split(prompt):
+            if piece == IMAGE_TOKEN:
+                ids.extend([self.image_token_id] * self.num_image_tokens)
+            elif piece == OBJFEAT_TOKEN:
+                ids.append(self.objfeat_token_id)
+            elif piece:
+                ids.extend(self.tokenizer.encode(piece, add_special_tokens=False))
+        return ids
+
     def encode_text(self, question: str, num_boxes: int, answer: str | None = None) -> tuple[list[int], list[int] | None]:
         """Token ids (with ``<image>`` expanded) and, when ``answer`` is given, labels."""
+        if self.official:  # the answer as the official training data has it: its tokens, then eos
+            ids = self.encode_official(question, num_boxes)
+            if answer is None:
+                return ids, None
+            if not isinstance(answer, str):
+                raise ValueError(f"answer must be a string; got {type(answer).__name__}")
+            eos = self.tokenizer.eos_token_id
+            target = list(self.tokenizer.encode(answer, add_special_tokens=False)) + ([] if eos is None else [int(eos)])
+            return ids + target, [-100] * len(ids) + target
         user = {"role": "user", "content": self.build_user_text(question, num_boxes)}
         prompt = self._template([user], add_generation_prompt=True)
         if answer is None:
@@ -239,7 +313,7 @@ class ChatRexProcessor:
         for i in range(n):
             what = f"image {i}"
             try:
-                b = normalize_boxes(boxes[i], frames[i])
+                b = normalize_boxes(boxes[i], frames[i], clip=not self.official)
             except ValueError as err:
                 raise ValueError(f"{what}: {err}") from None
             keep = select_boxes(b.shape[0], scores[i], self.max_boxes, policy, what)
@@ -284,7 +358,7 @@ class ChatRexProcessor:
 
     # ------------------------------------------------------------------ boxes & decoding
     def normalize_boxes(self, boxes: Any, frame: SquareFrame) -> torch.Tensor:
-        return normalize_boxes(boxes, frame)
+        return normalize_boxes(boxes, frame, clip=not self.official)
 
     def denormalize_boxes(self, boxes_norm: Any, frame: SquareFrame) -> torch.Tensor:
         return denormalize_boxes(boxes_norm, frame)
@@ -302,8 +376,12 @@ class ChatRexProcessor:
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
-        return {"processor_class": "ChatRexProcessor", "patch_size": self.patch_size, "max_boxes": self.max_boxes,
-                "max_boxes_policy": self.max_boxes_policy}
+        d = {"processor_class": "ChatRexProcessor", "patch_size": self.patch_size, "max_boxes": self.max_boxes,
+             "max_boxes_policy": self.max_boxes_policy}
+        if self.official:
+            d.update(input_mode=self.input_mode, prompt_template=self.prompt_template,
+                     image_token_id=self.image_token_id, objfeat_token_id=self.objfeat_token_id)
+        return d
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         os.makedirs(folder, exist_ok=True)
@@ -314,8 +392,14 @@ class ChatRexProcessor:
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, **kwargs: Any) -> "ChatRexProcessor":
+        """Load a processor saved with :meth:`save_pretrained`, or build the official one for an official
+        RexSeek / ChatRex folder (:meth:`from_official`)."""
+        from chatrex.mllm.official import is_official_dir
+
         folder = os.fspath(folder)
         path = os.path.join(folder, PROCESSOR_FILE)
+        if not os.path.isfile(path) and is_official_dir(folder):
+            return cls.from_official(folder, **kwargs)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no {PROCESSOR_FILE} in '{folder}'; was it saved with ChatRexProcessor.save_pretrained?")
         with open(path) as f:
@@ -324,6 +408,44 @@ class ChatRexProcessor:
         cfg.update(kwargs)
         tokenizer = AutoTokenizer.from_pretrained(folder)
         return cls(tokenizer, ChatRexImageProcessor.from_pretrained(folder), **cfg)
+
+    @classmethod
+    def from_official(cls, folder: str | os.PathLike, **kwargs: Any) -> "ChatRexProcessor":
+        """The official input path for an official checkpoint folder: its tokenizer, the CLIP processor's
+        mean/std (from ``mm_vision_tower``'s ``preprocessor_config.json`` when it is a local folder, else
+        OpenAI CLIP's), the model's image sizes and placeholder ids, and the prompt format of its LLM family.
+
+        Raises:
+            chatrex.mllm.official.OfficialCheckpointError: the folder's config cannot be converted.
+        """
+        from chatrex.mllm.configuration_chatrex import ChatRexConfig
+        from chatrex.mllm.official import (
+            OFFICIAL_PROMPT_TEMPLATES,
+            OPENAI_CLIP_MEAN,
+            OPENAI_CLIP_STD,
+            OfficialCheckpointError,
+            read_config_dict,
+            resolve_clip_tower,
+        )
+
+        folder = os.fspath(folder)
+        config = ChatRexConfig.from_pretrained(folder)
+        _, clip_dir = resolve_clip_tower(str(read_config_dict(folder)["mm_vision_tower"]), folder)
+        mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+        pre = None if clip_dir is None else clip_dir / "preprocessor_config.json"
+        if pre is not None and pre.is_file():
+            stored = json.loads(pre.read_text(encoding="utf-8"))
+            mean, std = stored.get("image_mean", mean), stored.get("image_std", std)
+            if stored.get("resample", 3) != 3:
+                raise OfficialCheckpointError(f"'{pre}' resizes with resample={stored['resample']}; the official "
+                                              "input is bicubic (3)")
+        image_processor = ChatRexImageProcessor(config.image_size, config.image_size_aux, mean, std,
+                                                input_mode="official")
+        settings = dict(patch_size=int(config.vision_config.patch_size), max_boxes=config.max_boxes,
+                        input_mode="official", prompt_template=OFFICIAL_PROMPT_TEMPLATES[config.text_config.model_type],
+                        image_token_id=config.image_token_id, objfeat_token_id=config.objfeat_token_id)
+        settings.update(kwargs)
+        return cls(AutoTokenizer.from_pretrained(folder), image_processor, **settings)
 
 
 __all__ = ["ChatRexProcessor", "select_boxes", "MAX_BOXES_POLICIES"]

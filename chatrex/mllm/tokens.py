@@ -38,11 +38,14 @@ OBJ_TOKENS = [f"<obj{i}>" for i in range(MAX_OBJECTS)]
 CHATREX_TOKENS = OBJ_TOKENS + [GROUND_START, GROUND_END, OBJECTS_START, OBJECTS_END, IMAGE_TOKEN, OBJFEAT_TOKEN]
 
 
-def chatrex_token_ids(tokenizer) -> dict[str, int]:
-    """Ids of all ChatRex tokens; ``ValueError`` if the tokenizer lacks any (call ``add_chatrex_tokens``)."""
+def chatrex_token_ids(tokenizer, placeholders: bool = True) -> dict[str, int]:
+    """Ids of all ChatRex tokens; ``ValueError`` if the tokenizer lacks any (call ``add_chatrex_tokens``).
+
+    ``placeholders=False`` leaves out ``<image>`` and ``<objfeat>``, which official tokenizers do not have
+    (the official code puts placeholder ids into ``input_ids`` itself)."""
     ids = {}
     missing = []
-    for tok in CHATREX_TOKENS:
+    for tok in CHATREX_TOKENS if placeholders else CHATREX_TOKENS[:-2]:
         tid = tokenizer.convert_tokens_to_ids(tok)
         if tid is None or tid == tokenizer.unk_token_id or tokenizer.convert_ids_to_tokens(tid) != tok:
             missing.append(tok)

@@ -27,7 +27,11 @@ def _example_images(folder: Optional[Path]) -> list[Path]:
 
 def demo(
     model: Optional[Path] = typer.Option(
-        None, "--model", "-m", help="Model directory with upn/ and chatrex/ (default: the shipped chatrex/assets/chatrex-small)."
+        None, "--model", "-m", help="Model directory with upn/ and chatrex/ (default: the shipped chatrex/assets/chatrex-small), "
+        "or an MLLM folder alone (an official ChatRex-7B / RexSeek checkpoint) with --upn."
+    ),
+    upn: Optional[Path] = typer.Option(
+        None, "--upn", help="UPN checkpoint: an official .pth (upn_large.pth) or a saved UPN folder (default: the model's upn/)."
     ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="MLLM dtype: float32, bfloat16, float16 (default: as saved)."),
@@ -44,6 +48,10 @@ def demo(
         hint = " (the shipped default model is not installed; pass --model DIR)" if model is None else ""
         _fail(f"model directory '{model_dir}' does not exist{hint}")
     example_paths = _example_images(examples)
+    if upn is not None and not upn.exists():
+        _fail(f"UPN checkpoint '{upn}' does not exist")
+    if upn is None and (model_dir / "config.json").is_file():
+        _fail(f"'{model_dir}' is an MLLM folder without a UPN: pass --upn (e.g. upn_large.pth)")
 
     from chatrex.interfaces.demo import build_demo, import_gradio
 
@@ -57,7 +65,7 @@ def demo(
 
     with Console(stderr=True).status(f"loading the model from {model_dir}"):
         try:
-            pipe = ChatRexPipeline.from_pretrained(model_dir, device=device, dtype=dtype)
+            pipe = ChatRexPipeline.from_pretrained(model_dir, device=device, dtype=dtype, upn=upn)
         except Exception as exc:  # a bad directory / device / dtype: report, don't trace
             _fail(f"could not load the model from '{model_dir}': {type(exc).__name__}: {exc}")
     app = build_demo(pipe, model_name=str(model_dir), examples=example_paths)

@@ -54,12 +54,14 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_pipeline(model: Path, device: Optional[str]) -> Any:
-    """``ChatRexPipeline.from_pretrained(model, device=...)`` with a clear error on failure."""
+def load_pipeline(model: Path, device: Optional[str], upn: Optional[Path] = None) -> Any:
+    """``ChatRexPipeline.from_pretrained(model, device=..., upn=...)`` with a clear error on failure."""
     from chatrex.interfaces.pipeline import ChatRexPipeline
 
+    if upn is not None and not upn.exists():
+        _fail(f"UPN checkpoint '{upn}' does not exist")
     try:
-        return ChatRexPipeline.from_pretrained(model, device=device or _default_device())
+        return ChatRexPipeline.from_pretrained(model, device=device or _default_device(), upn=upn)
     except Exception as exc:  # any failure is a bad model dir / device: report it, don't trace
         _fail(f"could not load the ChatRex model from '{model}': {type(exc).__name__}: {exc}")
 
@@ -147,7 +149,9 @@ def show_result(title: str, result: dict) -> None:
 # ------------------------------------------------------------------------------------------------
 # Shared options
 # ------------------------------------------------------------------------------------------------
-_MODEL = typer.Option(..., "--model", "-m", help="Model directory (ChatRexPipeline.save layout: upn/ + chatrex/).")
+_MODEL = typer.Option(..., "--model", "-m", help="Model directory (ChatRexPipeline.save layout: upn/ + chatrex/), or an "
+                      "MLLM folder alone (an official ChatRex-7B / RexSeek checkpoint) with --upn.")
+_UPN = typer.Option(None, "--upn", help="UPN checkpoint (official .pth or saved UPN folder) instead of the model's upn/.")
 _DATA = typer.Option(..., "--data", "-d", help="JSONL records, a COCO annotation .json, or a RefCOCO-style .json.")
 _IMAGES = typer.Option(None, "--images", help="Image folder for COCO/RefCOCO files (default: the data file's folder).")
 _OUT = typer.Option(None, "--out", "-o", help="Results JSON (default results/TASK.json); a .md table is written beside it.")
@@ -168,12 +172,13 @@ _LEVEL = typer.Option(Level.instance, "--level", help="World records: which regi
 def _pipeline_task(task: str) -> Callable[..., dict]:
     """Common body of the commands that evaluate the full pipeline."""
 
-    def body(model: Path, data: Path, images, out, limit, batch_size, device, max_new_tokens=None, **options) -> dict:
+    def body(model: Path, data: Path, images, out, limit, batch_size, device, max_new_tokens=None, upn=None,
+             **options) -> dict:
         import functools
 
         if not data.is_file():
             _fail(f"data file '{data}' does not exist")
-        pipe = load_pipeline(model, device)
+        pipe = load_pipeline(model, device, upn)
         if "min_score" in options:  # the filter the report records: the one the model's pipeline uses unless given
             options["min_score"] = pipe.min_score if options["min_score"] is None else options["min_score"]
             options["nms"] = pipe.nms if options.get("nms") is None else options["nms"]
@@ -185,14 +190,14 @@ def _pipeline_task(task: str) -> Callable[..., dict]:
 
 
 def detection_cmd(
-    model: Path = _MODEL, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
+    model: Path = _MODEL, upn: Optional[Path] = _UPN, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
     limit: Optional[int] = _LIMIT, batch_size: int = _BATCH, device: Optional[str] = _DEVICE,
     max_new_tokens: Optional[int] = _TOKENS,
     level: Level = _LEVEL, granularity: Granularity = _GRAN, min_score: Optional[float] = _MIN_SCORE, nms: Optional[float] = _NMS,
     max_boxes: int = _MAX_BOXES,
 ) -> None:
     """Detection: ground-truth categories asked over UPN proposals; P/R@0.5 per class (macro) and mAP."""
-    _pipeline_task("detection")(model, data, images, out, limit, batch_size, device, max_new_tokens, level=level.value,
+    _pipeline_task("detection")(model, data, images, out, limit, batch_size, device, max_new_tokens, upn=upn, level=level.value,
                                 granularity=granularity.value, min_score=min_score, nms=nms, max_boxes=max_boxes)
 
 
@@ -222,7 +227,7 @@ def proposals_cmd(
 
 
 def referring_cmd(
-    model: Path = _MODEL, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
+    model: Path = _MODEL, upn: Optional[Path] = _UPN, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
     limit: Optional[int] = _LIMIT, batch_size: int = _BATCH, device: Optional[str] = _DEVICE,
     max_new_tokens: Optional[int] = _TOKENS,
     granularity: Granularity = _GRAN, min_score: Optional[float] = _MIN_SCORE, nms: Optional[float] = _NMS, max_boxes: int = _MAX_BOXES,
@@ -233,12 +238,12 @@ def referring_cmd(
     """Referring expressions: Acc@0.5 of the first grounded box, and the oracle (a fitting box given).
 
     World records: also per region level, and where wrong picks went (wrong/*; with Acc they sum to 1)."""
-    _pipeline_task("referring")(model, data, images, out, limit, batch_size, device, max_new_tokens, granularity=granularity.value,
+    _pipeline_task("referring")(model, data, images, out, limit, batch_size, device, max_new_tokens, upn=upn, granularity=granularity.value,
                                 min_score=min_score, nms=nms, max_boxes=max_boxes, boxes=boxes.value)
 
 
 def region_cmd(
-    model: Path = _MODEL, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
+    model: Path = _MODEL, upn: Optional[Path] = _UPN, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
     limit: Optional[int] = _LIMIT, batch_size: int = _BATCH, device: Optional[str] = _DEVICE,
     max_new_tokens: Optional[int] = _TOKENS,
     tasks: str = typer.Option("category,phrase,brief,sentence", "--tasks",
@@ -247,36 +252,36 @@ def region_cmd(
 ) -> None:
     """Region understanding: category accuracy, SS / S-IoU, caption BLEU/METEOR/ROUGE-L/CIDEr."""
     names = [t.strip() for t in tasks.split(",") if t.strip()]
-    _pipeline_task("region")(model, data, images, out, limit, batch_size, device, max_new_tokens, tasks=names,
+    _pipeline_task("region")(model, data, images, out, limit, batch_size, device, max_new_tokens, upn=upn, tasks=names,
                              level=level.value)
 
 
 def grounded_caption_cmd(
-    model: Path = _MODEL, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
+    model: Path = _MODEL, upn: Optional[Path] = _UPN, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
     limit: Optional[int] = _LIMIT, batch_size: int = _BATCH, device: Optional[str] = _DEVICE,
     max_new_tokens: Optional[int] = _TOKENS,
     kind: CaptionKind = typer.Option(CaptionKind.brief, "--kind", help="brief or detailed captions."),
     granularity: Granularity = _GRAN, min_score: Optional[float] = _MIN_SCORE, nms: Optional[float] = _NMS, max_boxes: int = _MAX_BOXES,
 ) -> None:
     """Grounded captions: phrase–box F1 (IoU 0.5, same phrase or synonym) and caption text scores."""
-    _pipeline_task("grounded-caption")(model, data, images, out, limit, batch_size, device, max_new_tokens, kind=kind.value,
+    _pipeline_task("grounded-caption")(model, data, images, out, limit, batch_size, device, max_new_tokens, upn=upn, kind=kind.value,
                                        granularity=granularity.value, min_score=min_score, nms=nms, max_boxes=max_boxes)
 
 
 def counting_cmd(
-    model: Path = _MODEL, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
+    model: Path = _MODEL, upn: Optional[Path] = _UPN, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
     limit: Optional[int] = _LIMIT, batch_size: int = _BATCH, device: Optional[str] = _DEVICE,
     max_new_tokens: Optional[int] = _TOKENS,
     level: Level = _LEVEL, granularity: Granularity = _GRAN, min_score: Optional[float] = _MIN_SCORE, nms: Optional[float] = _NMS,
     max_boxes: int = _MAX_BOXES,
 ) -> None:
     """Counting: exact-match accuracy of the number stated in the answer."""
-    _pipeline_task("counting")(model, data, images, out, limit, batch_size, device, max_new_tokens, level=level.value,
+    _pipeline_task("counting")(model, data, images, out, limit, batch_size, device, max_new_tokens, upn=upn, level=level.value,
                                granularity=granularity.value, min_score=min_score, nms=nms, max_boxes=max_boxes)
 
 
 def pope_cmd(
-    model: Path = _MODEL, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
+    model: Path = _MODEL, upn: Optional[Path] = _UPN, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
     limit: Optional[int] = _LIMIT, batch_size: int = _BATCH, device: Optional[str] = _DEVICE,
     max_new_tokens: Optional[int] = _TOKENS,
     settings: str = typer.Option("random,popular,adversarial", "--settings", help="Comma-separated negative sampling."),
@@ -286,31 +291,31 @@ def pope_cmd(
 ) -> None:
     """POPE-style existence yes/no: accuracy, precision, recall, F1, yes-ratio per setting."""
     names = [s.strip() for s in settings.split(",") if s.strip()]
-    _pipeline_task("pope")(model, data, images, out, limit, batch_size, device, max_new_tokens, settings=names,
+    _pipeline_task("pope")(model, data, images, out, limit, batch_size, device, max_new_tokens, upn=upn, settings=names,
                            num_per_image=per_image, seed=seed, level=level.value, granularity=granularity.value)
 
 
 def object_tokens_cmd(
-    model: Path = _MODEL, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
+    model: Path = _MODEL, upn: Optional[Path] = _UPN, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
     limit: Optional[int] = _LIMIT, device: Optional[str] = _DEVICE, level: Level = _LEVEL,
 ) -> None:
     """Diagnostics of the object path on ground-truth boxes: how alike the boxes' tokens are, and how much
     of their category a linear probe reads from them (no generation)."""
     if not data.is_file():
         _fail(f"data file '{data}' does not exist")
-    pipe = load_pipeline(model, device)
+    pipe = load_pipeline(model, device, upn)
     run_eval_command("object-tokens", pipe, data, images, out, limit, 1, model_name=str(model), level=level.value)
 
 
 def retrieval_cmd(
-    model: Path = _MODEL, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
+    model: Path = _MODEL, upn: Optional[Path] = _UPN, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
     limit: Optional[int] = _LIMIT, device: Optional[str] = _DEVICE, max_boxes: int = _MAX_BOXES,
 ) -> None:
     """Retrieval without generation (world records): the index token's cross-entropy and accuracy on
     teacher-forced referring answers among the image's ground-truth regions, beside a uniform guess's."""
     if not data.is_file():
         _fail(f"data file '{data}' does not exist")
-    pipe = load_pipeline(model, device)
+    pipe = load_pipeline(model, device, upn)
     run_eval_command("retrieval", pipe, data, images, out, limit, 1, model_name=str(model), max_boxes=max_boxes)
 
 

@@ -75,7 +75,12 @@ def predict(
     image: Path = typer.Argument(..., help="Image file to ask about."),
     question: str = typer.Argument(..., help="The question or task prompt (see chatrex.grounding.build_prompt)."),
     model: Optional[Path] = typer.Option(
-        None, "--model", "-m", help="Model directory with upn/ and chatrex/ (default: the shipped chatrex/assets/chatrex-small)."
+        None, "--model", "-m", help="Model directory with upn/ and chatrex/ (default: the shipped chatrex/assets/chatrex-small), "
+        "or an MLLM folder alone: an official ChatRex-7B / RexSeek checkpoint or a saved chatrex/ folder (with --upn or --boxes)."
+    ),
+    upn: Optional[Path] = typer.Option(
+        None, "--upn", help="UPN checkpoint for the proposals: an official .pth (upn_large.pth) or a saved UPN folder "
+        "(default: the model directory's upn/)."
     ),
     granularity: Granularity = typer.Option(
         Granularity.fine, "--granularity", "-g", help="UPN proposals: fine (parts, small objects) or coarse (whole objects)."
@@ -88,7 +93,9 @@ def predict(
         None, "--json", help="JSON result to write (default: the picture's path with .json when --out is given)."
     ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="MLLM dtype: float32, bfloat16, float16 (default: as saved)."),
+    dtype: Optional[str] = typer.Option(
+        None, "--dtype", help="MLLM dtype: float32, bfloat16, float16 (default: as saved; official checkpoints: "
+        "bfloat16 on a GPU, float32 on the CPU)."),
     min_score: Optional[float] = typer.Option(
         None, "--min-score", help="Keep UPN proposals with score >= this (default: the model's pipeline_config.json, else 0.3)."
     ),
@@ -129,6 +136,10 @@ def predict(
     if out is not None and json_path is not None and json_path.resolve() == out.resolve():
         _fail(f"--json and --out are the same file '{out}'")
     user_boxes = _read_boxes(boxes) if boxes is not None else None
+    if upn is not None and not upn.exists():
+        _fail(f"UPN checkpoint '{upn}' does not exist")
+    if upn is None and user_boxes is None and (model_dir / "config.json").is_file():
+        _fail(f"'{model_dir}' is an MLLM folder without a UPN: pass --upn (e.g. upn_large.pth) or --boxes")
 
     try:
         picture = load_image(image)
@@ -144,7 +155,7 @@ def predict(
             _fail(str(exc))
     with console.status(f"loading the model from {model_dir}"):
         try:
-            pipe = ChatRexPipeline.from_pretrained(model_dir, device=device, dtype=dtype)
+            pipe = ChatRexPipeline.from_pretrained(model_dir, device=device, dtype=dtype, upn=upn)
         except Exception as exc:  # a bad directory / device / dtype: report, don't trace
             _fail(f"could not load the model from '{model_dir}': {type(exc).__name__}: {exc}")
 
