@@ -233,3 +233,24 @@ def test_matching_in_threads_equals_matching_in_one():
     crit = UPNCriterion()
     crit._executor()
     assert pickle.loads(pickle.dumps(crit))._pool is None
+
+
+def test_upn_compiled_swin_blocks_give_the_eager_losses(tmp_path):
+    """``train.compile`` compiles the UPN's Swin blocks (``UPNTask.repeated_blocks``); a step's losses
+    are the eager ones."""
+    from chatrex.training.task import compile_repeated_blocks
+
+    path = _records(tmp_path, 2)
+    task = UPNTask(UPNTaskConfig.from_dict({"model": "upn_tiny", "data": {"files": [str(path)], "scales": [64]},
+                                            "denoising": {"num_queries": 8}}))
+    torch.manual_seed(0)
+    model = task.build_model().train()
+    ds = task.build_dataset()
+    batch = task.collate([ds[SeededIndex(i, i)] for i in range(2)])
+    torch.manual_seed(1)
+    eager, _ = task.compute_loss(model, batch, torch.device("cpu"))
+    n = compile_repeated_blocks(task, model)
+    assert n == len(task.repeated_blocks(model)) > 0
+    torch.manual_seed(1)
+    compiled, _ = task.compute_loss(model, batch, torch.device("cpu"))
+    assert torch.allclose(eager, compiled, rtol=1e-4, atol=1e-4)
