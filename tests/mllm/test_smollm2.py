@@ -21,6 +21,7 @@ def test_smollm2_becomes_the_chatrex_llm(tmp_path):
     llm, tok = load_smollm2(cache_dir=tmp_path / "smollm2")
     assert type(llm).__name__ == "LlamaForCausalLM" and llm.config.hidden_size == 576
     assert tok.eos_token == "<|im_end|>" and len(tok) == 49152 and tok.chat_template
+    assert tok.clean_up_tokenization_spaces is False  # no clean-up warning at every decode
     prompt = tok("The capital of France is", return_tensors="pt")
     ref = llm(**prompt).logits
     ref_rows = llm.get_input_embeddings().weight.detach().clone()
