@@ -7,6 +7,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torchvision.ops import box_convert
@@ -107,14 +108,14 @@ def hungarian_match_layers(pred_logits: torch.Tensor, pred_boxes: torch.Tensor, 
     c_l1 = sum((boxes[..., :, None, k] - padded[..., None, :, k]).abs() for k in range(4))
     c_giou = -batched_generalized_box_iou(box_convert(boxes, "cxcywh", "xyxy"), box_convert(padded, "cxcywh", "xyxy"))
     cost = cfg.cost_bbox * c_l1 + cfg.cost_class * c_cls + cfg.cost_giou * c_giou
-    if not bool(torch.isfinite(cost).all()):  # a NaN cost would make the assignment arbitrary: fail loudly
+    cost = cost.cpu().numpy()
+    if not np.isfinite(cost).all():  # a NaN cost would make the assignment arbitrary: fail loudly
         terms = {"class": c_cls, "L1": c_l1, "GIoU": c_giou}
         bad = [name for name, c in terms.items() if not bool(torch.isfinite(c).all())]
         raise FloatingPointError(
             f"the Hungarian matching cost is not finite (the {', '.join(bad)} term); the predictions hold "
             f"NaN/inf ({int((~torch.isfinite(pred_boxes)).sum())} box values, "
             f"{int((~torch.isfinite(pred_logits)).sum())} logits) or a box is degenerate")
-    cost = cost.cpu().numpy()
 
     def solve(job: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         layer, b = job
