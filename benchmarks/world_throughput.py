@@ -32,7 +32,8 @@ SECTION = "## World throughput"
 
 
 def run(n: int, size: int, warmup: int = 5) -> dict:
-    from chatrex.data.world.generate import JPEG_QUALITY, PNG_COMPRESS_LEVEL, load_language
+    from chatrex.data.world.generate import JPEG_QUALITY, PNG_COMPRESS_LEVEL
+    from chatrex.data.world.language import annotate
     from chatrex.data.world.scene import WorldConfig, generate_scene
     from chatrex.data.world.splits import split_config, split_seed
 
@@ -51,14 +52,11 @@ def run(n: int, size: int, warmup: int = 5) -> dict:
         regions += len(r["regions"])
         relations += len(r["relations"])
 
-    annotate = load_language()
-    language_cpu = language_wall = None
-    if annotate is not None:
-        annotate(dict(scenes[0][2], regions=[dict(x) for x in scenes[0][2]["regions"]]), random.Random(0))
-        c0, w0 = time.process_time(), time.perf_counter()
-        for s, _, record in scenes:
-            annotate(record, random.Random(s))
-        language_cpu, language_wall = time.process_time() - c0, time.perf_counter() - w0
+    annotate(dict(scenes[0][2], regions=[dict(x) for x in scenes[0][2]["regions"]]), random.Random(0))
+    c0, w0 = time.process_time(), time.perf_counter()
+    for s, _, record in scenes:
+        annotate(record, random.Random(s))
+    language_cpu, language_wall = time.process_time() - c0, time.perf_counter() - w0
 
     encode = {}
     for fmt, kwargs in (("JPEG", {"quality": JPEG_QUALITY}), ("PNG", {"compress_level": PNG_COMPRESS_LEVEL})):
@@ -86,12 +84,9 @@ def rows(res: dict) -> list[tuple[str, str, str]]:
         ("language pass alone", rate(l_cpu), rate(l_wall)),
         ("JPEG encode alone", rate(j_cpu), rate(j_wall)),
         ("PNG encode alone", rate(p_cpu), rate(p_wall)),
+        ("render + annotate + language", rate(r_cpu + l_cpu), rate(r_wall + l_wall)),
+        ("render + annotate + language + JPEG", rate(r_cpu + l_cpu + j_cpu), rate(r_wall + l_wall + j_wall)),
     ]
-    if l_cpu is not None:
-        out.append(("render + annotate + language", rate(r_cpu + l_cpu), rate(r_wall + l_wall)))
-        out.append(("render + annotate + language + JPEG", rate(r_cpu + l_cpu + j_cpu), rate(r_wall + l_wall + j_wall)))
-    else:
-        out.append(("render + annotate + JPEG", rate(r_cpu + j_cpu), rate(r_wall + j_wall)))
     return out
 
 

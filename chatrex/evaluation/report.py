@@ -68,14 +68,16 @@ def metrics_markdown(result: dict) -> str:
 
 
 def write_results(result: dict, out: str | Path) -> tuple[Path, Path]:
-    """Write ``result`` as JSON at ``out`` and as markdown beside it (``.md``). Returns both paths."""
+    """Write ``result`` as JSON at ``out`` and as markdown beside it (``.md``), each atomically. Returns both
+    paths."""
     out = Path(out)
     if out.suffix.lower() != ".json":
         raise ValueError(f"the results file must end in .json, got '{out}'")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(json_safe(result), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    from chatrex.utils.atomic import atomic_write_text
+
+    atomic_write_text(out, json.dumps(json_safe(result), indent=1, ensure_ascii=False) + "\n")
     md = out.with_suffix(".md")
-    md.write_text(metrics_markdown(result), encoding="utf-8")
+    atomic_write_text(md, metrics_markdown(result))
     return out, md
 
 

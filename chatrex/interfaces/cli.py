@@ -23,7 +23,11 @@ def build_app() -> typer.Typer:
 
 
     @app.callback()
-    def _root() -> None:
+    def _root(
+        debug: bool = typer.Option(
+            False, "--debug", help="Show the full traceback of errors that are otherwise reported in one line."
+        ),
+    ) -> None:
         """ChatRex: detect, refer, caption and converse about images, with every object grounded to a box."""
 
     for name in COMMAND_MODULES:

@@ -39,7 +39,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 
@@ -525,6 +525,7 @@ class ChatRexPipeline:
         nms: Optional[float] = None,
         max_boxes: int = MAX_BOXES,
         batch_size: int = 4,
+        on_answer: Optional[Callable[[], None]] = None,
         **gen_kwargs: Any,
     ) -> list[PipelineResult]:
         """Answer ``questions`` about ``images``.
@@ -540,6 +541,8 @@ class ChatRexPipeline:
                 (``pipeline_config.json``, else the official 0.3 / 0.8).
             max_boxes: the highest-scoring proposals kept (≤ 100).
             batch_size: images per UPN pass and per ``generate`` call.
+            on_answer: called once per answer as soon as it has ended (its EOS, or the token limit), also
+                within a batch: e.g. to move a progress bar per sample.
             **gen_kwargs: passed to ``model.generate`` (e.g. ``max_new_tokens``), over the pipeline's
                 generation config.
 
@@ -573,6 +576,8 @@ class ChatRexPipeline:
             )
             inputs = self._inputs(pils, question_list[start:stop], box_lists)
             gen_cfg, extra = self._generation_args(gen_kwargs)
+            if on_answer is not None:
+                extra["streamer"] = _AnswerCounter(len(pils), eos_ids, on_answer)
             with torch.inference_mode():
                 out = self.model.generate(**inputs, generation_config=gen_cfg, **extra)
             new_tokens = _new_tokens(out, inputs["input_ids"])
@@ -613,6 +618,32 @@ class ChatRexPipeline:
         thread = threading.Thread(target=run, name="chatrex-generate", daemon=True)
         thread.start()
         return StreamingAnswer(streamer, thread, errors, box_lists[0], score_lists[0])
+
+
+class _AnswerCounter:
+    """A transformers streamer that calls ``on_answer()`` once for each row of a batch when that row's answer
+    ends: at its first EOS id, or, for rows still going, when generation ends."""
+
+    def __init__(self, rows: int, eos_ids: set[int], on_answer: Callable[[], None]) -> None:
+        self.ended = [False] * rows
+        self.eos_ids = eos_ids
+        self.on_answer = on_answer
+        self.seen_prompt = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.seen_prompt:  # the first call hands over the prompt
+            self.seen_prompt = True
+            return
+        for row, token in enumerate(value.reshape(len(self.ended), -1)[:, -1].tolist()):
+            if not self.ended[row] and int(token) in self.eos_ids:
+                self.ended[row] = True
+                self.on_answer()
+
+    def end(self) -> None:
+        for row, ended in enumerate(self.ended):
+            if not ended:
+                self.ended[row] = True
+                self.on_answer()
 
 
 def _new_tokens(output: Any, input_ids: torch.Tensor) -> torch.Tensor:

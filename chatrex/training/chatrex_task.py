@@ -127,26 +127,30 @@ def per_task_losses(logits: torch.Tensor, labels: torch.Tensor, tasks: list[str]
     return {f"loss_task/{t}": sums[i] / counts[i] for i, t in enumerate(names) if t in present}
 
 
-@torch.no_grad()
 def _load_lora_factors(model: nn.Module, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Copy saved LoRA factors into the adapters peft injected (the ``default`` adapter).
+    """Load saved LoRA factors into the adapters peft injected (``set_peft_model_state_dict``).
 
     Every saved factor must find an adapter of its shape: one that does not would be dropped from the next
     export. Adapted layers the saved run did not have keep peft's initialisation (B = 0: no change).
     """
+    from peft import set_peft_model_state_dict
+
+    root_name, root = next((n, m) for n, m in model.named_modules() if hasattr(m, "peft_config"))
+    prefix = f"{root_name}." if root_name else ""
     modules = dict(model.named_modules())
+    state = {}
     for name, (a, b) in factors.items():
-        layer = modules.get(name)
-        lora_a, lora_b = getattr(layer, "lora_A", None), getattr(layer, "lora_B", None)
-        if lora_a is None or "default" not in lora_a:
+        if not name.startswith(prefix) or not hasattr(modules.get(name), "lora_A"):
             raise ValueError(f"init_from holds LoRA factors for {name!r}, which this run does not adapt: add its "
                              "projection to task.lora.target_modules")
-        wa, wb = lora_a["default"].weight, lora_b["default"].weight
-        if wa.shape != a.shape or wb.shape != b.shape:
-            raise ValueError(f"LoRA factors of {name!r} have shapes {tuple(a.shape)} / {tuple(b.shape)}; the "
-                             f"injected adapter has {tuple(wa.shape)} / {tuple(wb.shape)}")
-        wa.copy_(a.to(wa.dtype))
-        wb.copy_(b.to(wb.dtype))
+        state[f"{name[len(prefix):]}.lora_A.weight"] = a
+        state[f"{name[len(prefix):]}.lora_B.weight"] = b
+    try:
+        result = set_peft_model_state_dict(root, state)
+    except RuntimeError as exc:  # size mismatch
+        raise ValueError(f"init_from's LoRA factors do not fit this run's adapters (task.lora.r?): {exc}") from exc
+    if result.unexpected_keys:
+        raise ValueError(f"init_from's LoRA factors {result.unexpected_keys[:4]} found no adapter in this run")
 
 
 class ChatRexTask:

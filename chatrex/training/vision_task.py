@@ -51,9 +51,8 @@ class VisionTaskConfig:
         attribute_weight: weight of the mean attribute loss (the category loss has weight 1).
         dense_weight: weight of the mean per-token loss of the two towers.
         init_from: a stage-0 export (towers and heads) to start from instead of random weights, with a
-            fresh optimizer and schedule. Only the final export of a run comes back from a lent GPU
-            machine, so this is how stage 0 goes on in the next session. Its config and vocabulary must
-            match this task's.
+            fresh optimizer and schedule: how stage 0 goes on from an earlier run's export when only that
+            export was kept. Its config and vocabulary must match this task's.
     """
 
     vision: dict[str, Any] = field(default_factory=dict)

@@ -104,21 +104,22 @@ class WindowAttention(nn.Module):
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B*nW, N, C); mask (nW, N, N) additive or None -> (B*nW, N, C)."""
+        """x (B*nW, N, C); mask (nW, N, N) additive or None -> (B*nW, N, C).
+
+        ``softmax(q k^T / sqrt(d) + bias [+ mask]) v`` through ``F.scaled_dot_product_attention``, with the
+        relative position bias (and the shifted-window mask) as its additive ``attn_mask``.
+        """
         B_, N, C = x.shape
         qkv = self.qkv(x).reshape(B_, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        q = q * self.scale
-        attn = q @ k.transpose(-2, -1)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B*nW, heads, N, d): 4-D, as the fused kernels need
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        bias = bias.view(N, N, -1).permute(2, 0, 1).contiguous()
-        attn = attn + bias.unsqueeze(0)
-        if mask is not None:
+        bias = bias.view(N, N, -1).permute(2, 0, 1).unsqueeze(0)  # (1, heads, N, N)
+        if mask is not None:  # windows are batch-major: window w of image b is row b * nW + w
             nW = mask.shape[0]
-            attn = attn.view(B_ // nW, nW, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
-            attn = attn.view(-1, self.num_heads, N, N)
-        attn = self.attn_drop(attn.softmax(dim=-1))
-        x = (attn @ v).transpose(1, 2).reshape(B_, N, C)
+            bias = (bias + mask.unsqueeze(1)).expand(B_ // nW, -1, -1, -1, -1).reshape(B_, self.num_heads, N, N)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale,
+                                           dropout_p=self.attn_drop.p if self.training else 0.0)
+        x = x.transpose(1, 2).reshape(B_, N, C)
         return self.proj_drop(self.proj(x))
 
 

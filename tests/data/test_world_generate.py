@@ -9,7 +9,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from chatrex.data.jsonl import read_records, resolve_image_path
-from chatrex.data.world.generate import generate_split, load_language
+from chatrex.data.world.generate import generate_split
 from chatrex.data.world.scene import WorldConfig
 from chatrex.interfaces.cli import build_app
 
@@ -59,7 +59,6 @@ def test_workers_give_the_same_ordered_output(tmp_path):
         assert (tmp_path / "a/images/test" / name).read_bytes() == (tmp_path / "b/images/test" / name).read_bytes()
 
 
-@pytest.mark.skipif(load_language() is None, reason="chatrex.data.world.language is not available")
 def test_language_pass_fills_texts(tmp_path):
     summary = generate_split(tmp_path, 2, "train", language=True, config=TINY, progress=False)
     assert summary["language"] is True

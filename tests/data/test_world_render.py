@@ -3,9 +3,13 @@ orientations and patterns behave, backgrounds have the right shape."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
+import skimage.data
 
+from chatrex.data.world import backgrounds
 from chatrex.data.world.backgrounds import BACKGROUND_KINDS, make_background
 from chatrex.data.world.catalog import (
     CATEGORIES, COLORS, INVERSE_PREDICATE, ORIENTATIONS, PARTS, PATTERNS, PREDICATES, SIZES, size_name,
@@ -116,6 +120,25 @@ def test_backgrounds(kind):
     b = make_background(kind, 96, 64, np.random.default_rng(3))
     assert a.shape == (64, 96, 3) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_missing_photo_sample_fails_instead_of_changing_the_world(monkeypatch):
+    """A photo background never silently falls back to another kind (the world would depend on the machine)."""
+    def unavailable():
+        raise OSError("needs a download")
+
+    for name in backgrounds.PHOTO_NAMES:
+        monkeypatch.setattr(skimage.data, name, unavailable)
+    backgrounds._photo.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="cannot be loaded: OSError: needs a download"):
+            make_background("photo", 32, 32, np.random.default_rng(0))
+        monkeypatch.setitem(sys.modules, "skimage.data", None)  # scikit-image not installed
+        backgrounds._photo.cache_clear()
+        with pytest.raises(RuntimeError, match="need scikit-image"):
+            make_background("photo", 32, 32, np.random.default_rng(0))
+    finally:
+        backgrounds._photo.cache_clear()
 
 
 def test_composite_pastes_back_to_front_and_clips():

@@ -97,6 +97,14 @@ def test_cli_errors_before_loading_a_model(tmp_path):
     assert res.exit_code == 1 and "not an evaluation result" in res.output
     res = runner.invoke(build_app(), ["eval", "--help"])
     assert res.exit_code == 0 and all(t in res.output for t in TASKS)
+    # an --out that cannot be written is refused before the model loads (the model folder here is empty)
+    data = write_world(tmp_path / "world")
+    res = runner.invoke(build_app(), ["eval", "referring", "--model", str(tmp_path), "--data", str(data),
+                                      "--out", str(not_result / "referring.json")])
+    assert res.exit_code == 1 and "is a file, not a folder" in " ".join(res.output.split())
+    res = runner.invoke(build_app(), ["eval", "proposals", "--model", str(tmp_path), "--data", str(data),
+                                      "--out", str(not_result / "proposals.json")])
+    assert res.exit_code == 1 and "is a file, not a folder" in " ".join(res.output.split())
 
 
 def test_report_helpers():

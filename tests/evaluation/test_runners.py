@@ -376,6 +376,45 @@ def test_run_queries_rejects_bad_predictor_output(tmp_path):
         run_queries(bad_boxes, [Query(img, "q")], progress=False)
 
 
+def test_run_queries_moves_the_progress_bar_per_answer(tmp_path, monkeypatch):
+    """A predictor that reports each answer as it ends (the pipeline's ``on_answer``) moves the bar per answer;
+    one that does not moves it per batch."""
+    from chatrex.evaluation.runners import common
+
+    updates: list = []
+
+    class Bar:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n):
+            updates.append(n)
+
+    monkeypatch.setattr(common, "progress_bar", lambda total, desc, enabled: Bar())
+    img = write_image(tmp_path / "x.png")
+    scripted = ScriptedPipeline(lambda q, b: ("an answer", [], []))
+    seen_before_return: list = []
+
+    def reporting(images, questions, boxes=None, granularity="fine", min_score=0.3, max_boxes=100, batch_size=8,
+                  on_answer=None):
+        for _ in questions[:-1]:  # the last answer of the batch is not reported: the runner counts it
+            on_answer()
+            seen_before_return.append(list(updates))
+        return scripted(images, questions, boxes=boxes, granularity=granularity, min_score=min_score,
+                        max_boxes=max_boxes)
+
+    answers = run_queries(reporting, [Query(img, f"q{i}") for i in range(5)], batch_size=3)
+    assert len(answers) == 5 and sum(updates) == 5
+    assert updates == [1, 1, 1, 1, 1]
+    assert seen_before_return[0] == [1]  # the bar moved during the predictor's call, not after it
+    updates.clear()
+    run_queries(scripted, [Query(img, f"q{i}") for i in range(5)], batch_size=3)
+    assert updates == [3, 2]
+
+
 def test_missing_image_is_a_clear_error(tmp_path):
     from chatrex.utils.image import ImageLoadError
 

@@ -128,6 +128,37 @@ def test_forced_grounded_answer_is_parsed(pipe, images):
     assert d["answer"]["groundings"][0]["boxes"] == [[5.0, 5.0, 60.0, 50.0], [1.0, 2.0, 30.0, 40.0]]
 
 
+class EndRowAfter:
+    """A logits processor: row r of the batch emits ``token`` r + 1 times, then EOS."""
+
+    def __init__(self, token, eos):
+        self.token, self.eos, self.start, self.step = token, eos, None, 0
+
+    def __call__(self, input_ids, scores):
+        self.start = input_ids.shape[1] if self.start is None else self.start
+        self.step = input_ids.shape[1] - self.start
+        forced = torch.full_like(scores, -float("inf"))
+        for row in range(scores.shape[0]):
+            forced[row, self.eos if self.step > row else self.token] = 0.0
+        return forced
+
+
+def test_on_answer_is_called_as_each_answer_of_a_batch_ends(pipe, images):
+    from transformers import LogitsProcessorList
+
+    tok = pipe.tokenizer
+    force = EndRowAfter(tok.convert_tokens_to_ids("<obj0>"), tok.eos_token_id)
+    ended_at = []
+    results = pipe(images, "What is <obj0>?", boxes=[[[1, 2, 30, 40]]] * 3, batch_size=3, max_new_tokens=6,
+                   logits_processor=LogitsProcessorList([force]), on_answer=lambda: ended_at.append(force.step))
+    assert [r.raw_text for r in results] == ["<obj0>", "<obj0><obj0>", "<obj0><obj0><obj0>"]
+    assert ended_at == [1, 2, 3]  # one call per answer, each at the step its EOS came
+    ended_at.clear()
+    pipe(images[:2], "Describe this image.", min_score=0.0, max_boxes=2, batch_size=2, max_new_tokens=2,
+         on_answer=lambda: ended_at.append(1))
+    assert len(ended_at) == 2  # answers cut by the token limit are reported when generation ends
+
+
 def test_stream_matches_call(pipe, images):
     expected = pipe(images[1], "Describe this image.", min_score=0.0, max_boxes=4, **GEN)[0]
     streaming = pipe.stream(images[1], "Describe this image.", min_score=0.0, max_boxes=4, **GEN)

@@ -121,3 +121,78 @@ def test_answer_markup_colours_phrases_like_the_picture():
     r, g, b = phrase_colors(ans)["dog"]
     assert styles["dog"] == f"bold rgb({r},{g},{b})" and styles["[0,2]"] == "dim"
     assert styles["cat"] != styles["dog"]
+
+
+# -- a new user's mistakes: refused before the model loads, in one line ------------------------------------
+@pytest.fixture()
+def no_loading(monkeypatch):
+    """Loading the model fails the test: these inputs must be refused before it."""
+    from chatrex.interfaces.pipeline import ChatRexPipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded although the input was bad")
+
+    monkeypatch.setattr(ChatRexPipeline, "from_pretrained", refuse)
+
+
+def test_a_question_with_bytes_that_are_not_utf8_is_refused_up_front(model_dir, image_path, no_loading):
+    # what Python makes of the byte 0xE9 (Latin-1 "é") in a UTF-8 command line
+    res = _run("predict", image_path, "What is the caf\udce9 sign?", "--model", model_dir)
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "not valid UTF-8 text (byte 0xe9 at character 16)" in " ".join(res.output.split())
+
+
+def test_a_very_long_question_is_refused_up_front(model_dir, image_path, no_loading):
+    res = _run("predict", image_path, "dog; " * 4000, "--model", model_dir)
+    assert res.exit_code == 1
+    assert "the question has 20,000 characters, more than the limit of 4,000" in " ".join(res.output.split())
+
+
+def test_an_unwritable_out_is_refused_up_front(model_dir, image_path, tmp_path, no_loading):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    res = _run("predict", image_path, "Hi", "--model", model_dir, "--out", blocker / "vis.jpg")
+    assert res.exit_code == 1 and f"'{blocker}' is a file, not a folder" in " ".join(res.output.split())
+    res = _run("predict", image_path, "Hi", "--model", model_dir, "--json", blocker / "sub" / "a.json")
+    assert res.exit_code == 1 and "cannot write the JSON" in res.output
+    res = _run("predict", image_path, "Hi", "--model", model_dir, "--out", tmp_path / "no-suffix")
+    assert res.exit_code == 1
+    assert "neither an existing folder nor a picture file name" in " ".join(res.output.split())
+    assert not list(tmp_path.glob(".*probe"))
+
+
+def test_out_naming_a_folder_writes_the_picture_inside(model_dir, image_path, tmp_path):
+    res = _run("predict", image_path, "Describe the image.", "--model", model_dir, "--out", tmp_path, *FAST)
+    assert res.exit_code == 0, res.output
+    assert Image.open(tmp_path / "scene-predict.png").size == (80, 60)
+    assert json.loads((tmp_path / "scene-predict.json").read_text())["question"] == "Describe the image."
+
+
+def test_internal_errors_keep_their_traceback_and_debug_shows_bad_input_ones(model_dir, image_path, monkeypatch):
+    from chatrex.interfaces.pipeline import ChatRexPipeline
+
+    res = _run("predict", image_path, "Hi", "--model", model_dir, "--device", "cuda:7")
+    assert res.exit_code == 1 and "could not load the model" in res.output and res.exception is not None
+    assert isinstance(res.exception, SystemExit)
+    res = _run("--debug", "predict", image_path, "Hi", "--model", model_dir, "--device", "cuda:7")
+    assert isinstance(res.exception, ValueError) and "cuda:7" in str(res.exception)
+
+    def bug(*args, **kwargs):
+        raise AttributeError("'NoneType' object has no attribute 'config'")
+
+    monkeypatch.setattr(ChatRexPipeline, "from_pretrained", bug)
+    res = _run("predict", image_path, "Hi", "--model", model_dir)
+    assert isinstance(res.exception, AttributeError)  # not turned into "could not load the model"
+    assert "could not load the model" not in res.output
+
+
+def test_the_shipped_tokenizer_does_not_ask_for_bpe_space_cleanup():
+    """transformers warns at every decode when a BPE tokenizer's config asks for the WordPiece clean-up."""
+    from transformers import AutoTokenizer
+
+    if not DEFAULT_MODEL_DIR.is_dir():
+        pytest.skip("the shipped model is not installed")
+    config = json.loads((DEFAULT_MODEL_DIR / "chatrex" / "tokenizer_config.json").read_text())
+    assert config["clean_up_tokenization_spaces"] is False
+    tok = AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR / "chatrex")
+    assert tok.decode(tok("A dog , a cat .")["input_ids"]) == "A dog , a cat ."

@@ -97,3 +97,46 @@ def test_propose_errors(tiny_dir, image_path, tmp_path):
     res = _run("propose", image_path, "-c", tiny_dir, "-g", "medium", "--out", out)
     assert res.exit_code != 0
     assert not out.exists()
+
+
+def test_propose_defaults_to_the_shipped_upn(image_path, tmp_path):
+    from chatrex.interfaces.pipeline import DEFAULT_MODEL_DIR
+
+    if not (DEFAULT_MODEL_DIR / "upn").is_dir():
+        pytest.skip("the shipped model is not installed")
+    too_small = _run("propose", image_path, "--out", tmp_path)  # 64 px: fewer encoder tokens than queries
+    assert too_small.exit_code == 1 and "fewer than the 300 queries" in too_small.output
+    size = ["--resize", "160", "--max-size", "224"]
+    # --out a folder (here the image's own): the picture is named after the image, which stays as it was
+    before = image_path.read_bytes()
+    res = CliRunner().invoke(_app(), ["propose", str(image_path), "--out", str(tmp_path), *size])
+    assert res.exit_code == 0, res.output
+    record = json.loads((tmp_path / "scene-propose.json").read_text())
+    assert (tmp_path / "scene-propose.png").is_file() and record["width"] == 64
+    assert image_path.read_bytes() == before
+    from chatrex.upn.wrapper import UPNWrapper
+
+    upn = UPNWrapper(DEFAULT_MODEL_DIR / "upn", resize=160, max_size=224)
+    kept = upn.filter(upn.inference(Image.open(image_path).convert("RGB"), prompt_type="fine"),
+                      min_score=0.3, nms_value=0.8)
+    assert record["boxes"] == kept["original_xyxy_boxes"][0]
+
+
+def test_propose_checks_outputs_before_loading_and_traces_internal_errors(tiny_dir, image_path, tmp_path, monkeypatch):
+    from chatrex.upn import wrapper
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    loads = []
+    monkeypatch.setattr(wrapper.UPNWrapper, "__init__", lambda self, *a, **k: loads.append(a) or None)
+    res = _run("propose", image_path, "-c", tiny_dir, "--out", blocker / "v.jpg")
+    assert res.exit_code == 1 and "is a file, not a folder" in " ".join(res.output.split()) and not loads
+    res = _run("propose", image_path, "-c", tiny_dir, "--out", image_path)
+    assert res.exit_code == 1 and "is the input image" in " ".join(res.output.split()) and not loads
+
+    def bug(self, *args, **kwargs):
+        raise KeyError("an internal bug")
+
+    monkeypatch.setattr(wrapper.UPNWrapper, "__init__", bug)
+    res = _run("propose", image_path, "-c", tiny_dir, "--out", tmp_path / "v.jpg")
+    assert isinstance(res.exception, KeyError) and "could not load" not in res.output

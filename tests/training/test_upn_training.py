@@ -67,6 +67,18 @@ def test_matcher_recovers_permutation():
     assert qe.numel() == 0
 
 
+def test_matcher_refuses_non_finite_predictions():
+    """A NaN prediction fails loudly instead of being matched as if its cost were merely high."""
+    tgt = torch.tensor([[0.2, 0.2, 0.1, 0.1]])
+    boxes = torch.tensor([[[0.5, 0.5, 0.3, 0.3], [0.2, 0.2, 0.1, 0.1]]])
+    boxes[0, 0, 1] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"L1, GIoU term.*1 box values, 0 logits"):
+        hungarian_match(torch.zeros(1, 2, 1), boxes, [tgt])
+    logits = torch.tensor([[[float("nan")], [0.0]]])
+    with pytest.raises(FloatingPointError, match=r"the class term.*0 box values, 1 logits"):
+        hungarian_match(logits, boxes.nan_to_num(0.5), [tgt])
+
+
 def test_criterion_perfect_vs_wrong_predictions():
     tgt = [torch.tensor([[0.3, 0.3, 0.2, 0.2]])]
     good = {"pred_logits": torch.tensor([[[8.0], [-8.0]]]), "pred_boxes": torch.tensor([[[0.3, 0.3, 0.2, 0.2], [0.8, 0.8, 0.1, 0.1]]])}

@@ -8,7 +8,6 @@ scene's seed fixes it.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -21,16 +20,21 @@ PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry
 
 
 @lru_cache(maxsize=None)
-def _photo(name: str) -> Optional[Image.Image]:
-    """A scikit-image sample as an RGB PIL image (None when scikit-image or the file is missing)."""
+def _photo(name: str) -> Image.Image:
+    """A scikit-image sample as an RGB PIL image.
+
+    Raises ``RuntimeError`` when scikit-image or the sample is missing: the world's images must not depend
+    on what happens to be installed, so a photo background never silently becomes another kind.
+    """
     try:
         import skimage.data
-    except ImportError:
-        return None
+    except ImportError as exc:
+        raise RuntimeError("the world's photo backgrounds need scikit-image (pip install 'chatrex[data]')") from exc
     try:
         arr = getattr(skimage.data, name)()
-    except Exception:  # a sample that needs a download we cannot do
-        return None
+    except Exception as exc:  # e.g. a sample that needs a download we cannot do
+        raise RuntimeError(f"the scikit-image sample {name!r} (a world photo background) cannot be loaded: "
+                           f"{type(exc).__name__}: {exc}") from exc
     arr = np.asarray(arr)
     if arr.dtype != np.uint8:
         arr = (arr.astype(np.float64) / max(float(arr.max()), 1e-9) * 255).astype(np.uint8)
@@ -88,12 +92,9 @@ def noise(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
     return _through_palette(Image.fromarray(index), _ramp(c0, c1))
 
 
-def photo(width: int, height: int, rng: np.random.Generator, names: Optional[tuple[str, ...]] = None) -> np.ndarray:
-    """A random crop of a scikit-image photo, blurred, tinted and softened; a gradient if none load."""
-    names = tuple(n for n in (names or PHOTO_NAMES) if _photo(n) is not None)
-    if not names:
-        return gradient(width, height, rng)
-    src = _photo(names[int(rng.integers(len(names)))])
+def photo(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    """A random crop of one of the :data:`PHOTO_NAMES` photos, blurred, tinted and softened."""
+    src = _photo(PHOTO_NAMES[int(rng.integers(len(PHOTO_NAMES)))])
     # a crop with the target aspect ratio covering 35-100% of the photo's shorter side
     aspect = width / height
     frac = rng.uniform(0.35, 1.0)

@@ -5,7 +5,7 @@
 scene order, plus ``out_dir/<split>.meta.json`` (the settings) and ``out_dir/vocabulary.json``.
 
 The language pass (captions, phrases, referring expressions, conversations) is
-``chatrex.data.world.language.annotate(record, random.Random(seed))`` when that module is present.
+``chatrex.data.world.language.annotate(record, random.Random(seed))``; ``language=False`` turns it off.
 
 Generation is resumable: run it again with the same settings and a larger (or the same) ``n`` and it
 continues after the last complete line; different settings are refused unless ``overwrite``.
@@ -13,7 +13,6 @@ continues after the last complete line; different settings are refused unless ``
 
 from __future__ import annotations
 
-import importlib
 import json
 import multiprocessing as mp
 import os
@@ -26,24 +25,13 @@ from typing import Callable, Optional, Sequence
 from chatrex.data.jsonl import dumps_record
 from chatrex.data.schema import validate_record
 from chatrex.data.world.catalog import Vocabulary
+from chatrex.data.world.language import annotate
 from chatrex.data.world.scene import WorldConfig, generate_scene
 from chatrex.data.world.splits import record_id, split_config, split_seed
 
 IMAGE_FORMATS = ("jpg", "png")
 JPEG_QUALITY = 92
 PNG_COMPRESS_LEVEL = 3
-
-
-def load_language() -> Optional[Callable]:
-    """``chatrex.data.world.language.annotate`` if that module exists, else None."""
-    name = "chatrex.data.world.language"
-    try:
-        module = importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name == name:
-            return None
-        raise
-    return getattr(module, "annotate", None)
 
 
 def image_relpath(split: str, index: int, image_format: str = "jpg", shard_size: Optional[int] = None) -> str:
@@ -97,7 +85,7 @@ _WORKER_LANGUAGE: Optional[Callable] = None
 def _init_worker(job: _Job) -> None:
     global _WORKER_JOB, _WORKER_LANGUAGE  # per-process worker state, set once by the pool
     _WORKER_JOB = job
-    _WORKER_LANGUAGE = load_language() if job.language else None
+    _WORKER_LANGUAGE = annotate if job.language else None
 
 
 def _render_chunk(indices: Sequence[int]) -> list[str]:
@@ -159,7 +147,7 @@ def generate_split(
         split: "train", "val", "test" or "test-comp" (see ``splits.py``).
         workers: processes (1: in this process).
         seed_offset: added to every seed (another disjoint sample of the same split).
-        language: run the language pass if ``chatrex.data.world.language`` exists.
+        language: run the language pass (``chatrex.data.world.language.annotate``).
         image_format: "jpg" or "png".
         shard_size: images per sub-folder (None: one folder).
         config: base world config (the split's held-out pairs are applied on top).
@@ -179,7 +167,7 @@ def generate_split(
     workers = max(1, int(workers))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    use_language = bool(language) and load_language() is not None
+    use_language = bool(language)
     job = _Job(str(out), split, split_config(split, config), seed_offset, image_format, shard_size, use_language)
     jsonl, meta = out / f"{split}.jsonl", out / f"{split}.meta.json"
     settings = json.loads(json.dumps(_settings(job)))  # as it reads back from disk
@@ -215,8 +203,7 @@ def generate_split(
                 bar.advance(task, len(lines))
 
         if workers == 1 or len(chunks) <= 1:
-            annotate = load_language() if job.language else None
-            consume(_render(job, annotate, c) for c in chunks)
+            consume(_render(job, annotate if job.language else None, c) for c in chunks)
         else:
             ctx = mp.get_context("spawn")
             with ctx.Pool(workers, initializer=_init_worker, initargs=(job,)) as pool:

@@ -94,10 +94,11 @@ def progress_bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="query", disable=not enabled, leave=False)
 
 
-def _takes_batch_size(predictor: Any) -> bool:
-    """Whether the predictor names a ``batch_size`` parameter (the pipeline does; stand-ins may not)."""
+def _takes(predictor: Any, name: str) -> bool:
+    """Whether the predictor names a parameter ``name`` (the pipeline names ``batch_size`` and ``on_answer``;
+    stand-ins may not)."""
     try:
-        return "batch_size" in inspect.signature(predictor).parameters
+        return name in inspect.signature(predictor).parameters
     except (TypeError, ValueError):
         return False
 
@@ -118,18 +119,28 @@ def run_queries(
     ``nms`` (the proposals' NMS IoU) is passed on only when given; otherwise the predictor uses its own.
 
     Images are loaded with :func:`chatrex.utils.image.load_image` (each file once per batch). Queries
-    with ``boxes`` pass them to the predictor (the whole batch must then carry boxes).
+    with ``boxes`` pass them to the predictor (the whole batch must then carry boxes). The progress bar
+    moves per answer when the predictor reports each one (an ``on_answer`` callback), else per batch.
     """
     from chatrex.utils.image import load_image
 
-    extra = {}
-    if _takes_batch_size(predictor):
+    extra: dict[str, Any] = {}
+    if _takes(predictor, "batch_size"):
         extra["batch_size"] = batch_size
     if nms is not None:
         extra["nms"] = nms
     answers: list[Answer] = []
     with progress_bar(len(queries), desc, progress) as bar:
+        reported = [0]  # answers of the current batch the predictor has reported as done
+
+        def on_answer() -> None:
+            reported[0] += 1
+            bar.update(1)
+
+        if _takes(predictor, "on_answer"):
+            extra["on_answer"] = on_answer
         for chunk in batches(list(queries), batch_size):
+            reported[0] = 0
             cache: dict = {}
             images = []
             for q in chunk:
@@ -146,7 +157,7 @@ def run_queries(
             if len(results) != len(chunk):
                 raise PredictorError(f"the predictor returned {len(results)} results for {len(chunk)} queries")
             answers.extend(to_answer(r, f"result for '{q.image}'") for r, q in zip(results, chunk))
-            bar.update(len(chunk))
+            bar.update(max(0, len(chunk) - reported[0]))
     return answers
 
 

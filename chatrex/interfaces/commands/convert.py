@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from chatrex.interfaces.commands.predict import _fail
+from chatrex.interfaces.commands.common import fail as _fail
 
 
 class Target(str, Enum):

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from chatrex.interfaces.commands.predict import _fail
+from chatrex.interfaces.commands.common import fail as _fail
+from chatrex.interfaces.commands.common import model_load_errors
 
 #: Image files offered as examples from ``--examples DIR``.
 EXAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -66,8 +67,8 @@ def demo(
     with Console(stderr=True).status(f"loading the model from {model_dir}"):
         try:
             pipe = ChatRexPipeline.from_pretrained(model_dir, device=device, dtype=dtype, upn=upn)
-        except Exception as exc:  # a bad directory / device / dtype: report, don't trace
-            _fail(f"could not load the model from '{model_dir}': {type(exc).__name__}: {exc}")
+        except model_load_errors() as exc:  # a bad directory / device / dtype; anything else is a bug: traced
+            _fail(f"could not load the model from '{model_dir}': {type(exc).__name__}: {exc}", exc)
     app = build_demo(pipe, model_name=str(model_dir), examples=example_paths)
     app.launch(server_name=host, server_port=port, share=share)
 

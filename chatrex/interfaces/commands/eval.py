@@ -13,6 +13,10 @@ from typing import Any, Callable, List, Optional
 
 import typer
 
+from chatrex.interfaces.commands.common import check_writable, model_load_errors
+from chatrex.interfaces.commands.common import fail as _fail
+
+
 class Granularity(str, Enum):
     fine = "fine"
     coarse = "coarse"
@@ -40,14 +44,6 @@ class CaptionKind(str, Enum):
     detailed = "detailed"
 
 
-def _fail(message: str) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False)
-    raise typer.Exit(code=1)
-
-
 def _default_device() -> str:
     import torch
 
@@ -62,8 +58,8 @@ def load_pipeline(model: Path, device: Optional[str], upn: Optional[Path] = None
         _fail(f"UPN checkpoint '{upn}' does not exist")
     try:
         return ChatRexPipeline.from_pretrained(model, device=device or _default_device(), upn=upn)
-    except Exception as exc:  # any failure is a bad model dir / device: report it, don't trace
-        _fail(f"could not load the ChatRex model from '{model}': {type(exc).__name__}: {exc}")
+    except model_load_errors() as exc:  # a bad model dir / device; anything else is a bug: traced
+        _fail(f"could not load the ChatRex model from '{model}': {type(exc).__name__}: {exc}", exc)
 
 
 def load_upn(model: Path, device: Optional[str], config: str) -> Any:
@@ -87,8 +83,19 @@ def load_upn(model: Path, device: Optional[str], config: str) -> Any:
             size["max_size"] = stored["upn_max_size"]
     try:
         return UPNWrapper(path, config=None if path.is_dir() else config, device=device or _default_device(), **size)
-    except Exception as exc:  # bad checkpoint / config / device
-        _fail(f"could not load the UPN from '{path}': {type(exc).__name__}: {exc}")
+    except model_load_errors() as exc:  # a bad checkpoint / config / device; anything else is a bug: traced
+        _fail(f"could not load the UPN from '{path}': {type(exc).__name__}: {exc}", exc)
+
+
+def results_path(task: str, out: Optional[Path]) -> Path:
+    """``--out`` (default ``results/<task>.json``), checked before any model loads: a ``.json`` file whose
+    folder can be written (the markdown table goes beside it)."""
+    out = out or Path("results") / f"{task}.json"
+    if out.suffix.lower() != ".json":
+        _fail(f"--out must be a .json file, got '{out}'")
+    check_writable(out, "the results file")
+    check_writable(out.with_suffix(".md"), "the results table")
+    return out
 
 
 def run_eval_command(
@@ -114,14 +121,12 @@ def run_eval_command(
     from chatrex.evaluation.runners.common import PredictorError
     from chatrex.utils.image import ImageLoadError
 
-    out = out or Path("results") / f"{task}.json"
-    if out.suffix.lower() != ".json":
-        _fail(f"--out must be a .json file, got '{out}'")
+    out = results_path(task, out)
     try:
         result = evaluate(task, predictor, data, images=images, out=out, limit=limit, batch_size=batch_size,
                           progress=progress, model_name=model_name, **options)
     except (EvalDataError, CocoFormatError, BoxError, ImageLoadError, PredictorError, ValueError, OSError) as exc:
-        _fail(f"{task}: {exc}")
+        _fail(f"{task}: {exc}", exc)
     show_result(f"{task} ({result['config'].get('data_kind')})", result)
     return result
 
@@ -178,6 +183,7 @@ def _pipeline_task(task: str) -> Callable[..., dict]:
 
         if not data.is_file():
             _fail(f"data file '{data}' does not exist")
+        results_path(task, out)
         pipe = load_pipeline(model, device, upn)
         if "min_score" in options:  # the filter the report records: the one the model's pipeline uses unless given
             options["min_score"] = pipe.min_score if options["min_score"] is None else options["min_score"]
@@ -220,6 +226,7 @@ def proposals_cmd(
         _fail(f"data file '{data}' does not exist")
     if not model.exists():
         _fail(f"model '{model}' does not exist")
+    results_path("proposals", out)
     upn = load_upn(model, device, upn_config)
     grans = [g.value for g in granularity] if granularity else ["fine", "coarse"]
     run_eval_command("proposals", upn, data, images, out, limit, batch_size, model_name=str(model),
@@ -331,9 +338,7 @@ def towers_cmd(
     from chatrex.training.vision_task import load_vision_pretrain
     from chatrex.utils.image import ImageLoadError
 
-    out = out or Path("results") / "towers.json"
-    if out.suffix.lower() != ".json":
-        _fail(f"--out must be a .json file, got '{out}'")
+    out = results_path("towers", out)
     if not data.is_file():
         _fail(f"data file '{data}' does not exist")
     try:

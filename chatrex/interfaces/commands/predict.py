@@ -9,18 +9,22 @@ from typing import Any, Optional
 
 import typer
 
+from chatrex.interfaces.commands.common import (
+    check_question,
+    check_writable,
+    model_load_errors,
+    picture_formats,
+    picture_path,
+)
+from chatrex.interfaces.commands.common import fail as _fail
+
+#: Longest question ``chatrex predict`` takes by default (``--max-question-chars``).
+MAX_QUESTION_CHARS = 4000
+
 
 class Granularity(str, Enum):
     fine = "fine"
     coarse = "coarse"
-
-
-def _fail(message: str) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False)
-    raise typer.Exit(code=1)
 
 
 def _read_boxes(spec: str) -> list:
@@ -88,7 +92,10 @@ def predict(
     boxes: Optional[str] = typer.Option(
         None, "--boxes", "-b", help="Your own boxes instead of UPN proposals: inline JSON [[x0,y0,x1,y1],...] or a JSON file."
     ),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Picture to write with the grounded boxes drawn."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Picture to write with the grounded boxes drawn (.jpg, .png); an existing folder "
+        "gets IMAGE-predict.<suffix>."
+    ),
     json_path: Optional[Path] = typer.Option(
         None, "--json", help="JSON result to write (default: the picture's path with .json when --out is given)."
     ),
@@ -105,6 +112,9 @@ def predict(
     max_boxes: int = typer.Option(100, "--max-boxes", help="Most boxes given to the model (1..100)."),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="Longest answer, in tokens."),
     stream: bool = typer.Option(False, "--stream", help="Print the raw answer while it is generated."),
+    max_question_chars: int = typer.Option(
+        MAX_QUESTION_CHARS, "--max-question-chars", min=1, help="Refuse longer questions (they make answers slow)."
+    ),
 ) -> None:
     """Answer a question about an image with every mentioned object grounded to a box."""
     from rich.console import Console
@@ -119,22 +129,23 @@ def predict(
         _fail(f"model directory '{model_dir}' does not exist{hint}")
     if not image.is_file():
         _fail(f"image '{image}' does not exist or is not a file")
-    if not question.strip():
-        _fail("the question is empty")
+    check_question(question, max_question_chars)
     if not 1 <= max_boxes <= 100:
         _fail(f"--max-boxes must be in 1..100, got {max_boxes}")
     if min_score is not None and not 0.0 <= min_score <= 1.0:
         _fail(f"--min-score must be in [0, 1], got {min_score}")
     if max_new_tokens < 1:
         _fail(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
-    from PIL import Image
-
-    if out is not None and out.suffix.lower() not in Image.registered_extensions():
-        _fail(f"cannot write a picture with extension '{out.suffix}' ('{out}'); use .jpg or .png")
+    if out is not None:
+        out = picture_path(out, image, "predict")
     if json_path is None and out is not None:
         json_path = out.with_suffix(".json")
     if out is not None and json_path is not None and json_path.resolve() == out.resolve():
         _fail(f"--json and --out are the same file '{out}'")
+    if out is not None:  # before the model loads, not after the answer
+        check_writable(out, "the picture")
+    if json_path is not None:
+        check_writable(json_path, "the JSON")
     user_boxes = _read_boxes(boxes) if boxes is not None else None
     if upn is not None and not upn.exists():
         _fail(f"UPN checkpoint '{upn}' does not exist")
@@ -156,8 +167,8 @@ def predict(
     with console.status(f"loading the model from {model_dir}"):
         try:
             pipe = ChatRexPipeline.from_pretrained(model_dir, device=device, dtype=dtype, upn=upn)
-        except Exception as exc:  # a bad directory / device / dtype: report, don't trace
-            _fail(f"could not load the model from '{model_dir}': {type(exc).__name__}: {exc}")
+        except model_load_errors() as exc:  # a bad directory / device / dtype; anything else is a bug: traced
+            _fail(f"could not load the model from '{model_dir}': {type(exc).__name__}: {exc}", exc)
 
     kwargs = dict(boxes=user_boxes, granularity=granularity.value, min_score=min_score, nms=nms,
                   max_boxes=max_boxes, max_new_tokens=max_new_tokens)
@@ -173,7 +184,7 @@ def predict(
                 result = pipe([picture], question, boxes=None if user_boxes is None else [user_boxes],
                               **{k: v for k, v in kwargs.items() if k != "boxes"})[0]
     except ValueError as exc:  # bad boxes, a question naming a missing <objK>, ...
-        _fail(str(exc))
+        _fail(str(exc), exc)
 
     stdout = Console()
     stdout.print(answer_markup(result.answer))
@@ -186,12 +197,13 @@ def predict(
 
     if out is not None:
         from chatrex.grounding.visualize import draw_grounded
+        from chatrex.utils.atomic import open_atomic
 
         try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            draw_grounded(picture, result.answer, result.boxes).save(out)
-        except (ValueError, OSError) as exc:
-            _fail(f"could not write the picture '{out}': {exc}")
+            with open_atomic(out, "wb") as handle:
+                draw_grounded(picture, result.answer, result.boxes).save(handle, format=picture_formats()[out.suffix.lower()])
+        except OSError as exc:
+            _fail(f"could not write the picture '{out}': {exc}", exc)
         console.print(f"picture -> {out}", highlight=False)
     if json_path is not None:
         record = {
@@ -203,11 +215,12 @@ def predict(
             "granularity": granularity.value if user_boxes is None else None,
             **result.to_dict(),
         }
+        from chatrex.utils.atomic import atomic_write_text
+
         try:
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(json.dumps(record, indent=2) + "\n")
+            atomic_write_text(json_path, json.dumps(record, indent=2) + "\n")
         except OSError as exc:
-            _fail(f"could not write the JSON '{json_path}': {exc}")
+            _fail(f"could not write the JSON '{json_path}': {exc}", exc)
         console.print(f"json -> {json_path}", highlight=False)
 
 

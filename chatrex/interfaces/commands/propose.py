@@ -9,25 +9,20 @@ from typing import Optional
 
 import typer
 
+from chatrex.interfaces.commands.common import check_writable, model_load_errors, picture_formats, picture_path
+from chatrex.interfaces.commands.common import fail as _fail
+
 
 class Granularity(str, Enum):
     fine = "fine"
     coarse = "coarse"
 
 
-def _fail(message: str) -> None:
-    from rich.console import Console
-
-    from rich.markup import escape
-
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False)
-    raise typer.Exit(code=1)
-
-
 def propose(
     image: Path = typer.Argument(..., help="Image file to propose boxes for."),
-    checkpoint: Path = typer.Option(
-        ..., "--checkpoint", "-c", help="Official UPN .pth file or a save_pretrained directory."
+    checkpoint: Optional[Path] = typer.Option(
+        None, "--checkpoint", "-c", help="Official UPN .pth file or a save_pretrained directory "
+        "(default: the shipped UPN, chatrex-small/upn in the package's assets folder)."
     ),
     config: str = typer.Option("upn_large", "--config", help="Preset name or config JSON (for .pth files)."),
     granularity: Granularity = typer.Option(
@@ -42,7 +37,10 @@ def propose(
     max_size: Optional[int] = typer.Option(
         None, "--max-size", min=1, help="Bound on the input's long side (default: the checkpoint directory's, else 1333)."
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="Picture to write, with each kept box labelled."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Picture to write, with each kept box labelled (.jpg, .png); an existing folder "
+        "gets IMAGE-propose.<suffix>."
+    ),
     json_path: Optional[Path] = typer.Option(
         None, "--json", help="JSON of kept boxes and scores (default: the picture's path with .json)."
     ),
@@ -50,23 +48,27 @@ def propose(
     """Propose object boxes with UPN; write a labelled picture and a JSON of the kept boxes."""
     from rich.console import Console
 
+    from chatrex.interfaces.pipeline import DEFAULT_MODEL_DIR, UPN_SUBDIR
     from chatrex.utils.image import ImageLoadError, load_image
     from chatrex.utils.visualize import draw_boxes
 
     console = Console(stderr=True)
     if not image.is_file():
         _fail(f"image '{image}' does not exist or is not a file")
+    if checkpoint is None:
+        checkpoint = DEFAULT_MODEL_DIR / UPN_SUBDIR
+        if not checkpoint.is_dir():
+            _fail(f"the shipped UPN '{checkpoint}' is not installed; pass --checkpoint (a .pth file or a directory)")
     if not checkpoint.exists():
         _fail(f"checkpoint '{checkpoint}' does not exist")
     if not 0.0 <= min_score <= 1.0:
         _fail(f"--min-score must be in [0, 1], got {min_score}")
-    from PIL import Image
-
-    if out.suffix.lower() not in Image.registered_extensions():
-        _fail(f"cannot write a picture with extension '{out.suffix}' ('{out}'); use .jpg or .png")
+    out = picture_path(out, image, "propose")
     json_path = json_path or out.with_suffix(".json")
     if json_path.resolve() == out.resolve():
         _fail(f"--json and --out are the same file '{out}'")
+    check_writable(out, "the picture")  # before the model loads, not after the proposals
+    check_writable(json_path, "the JSON")
 
     try:
         picture = load_image(image)
@@ -79,20 +81,25 @@ def propose(
         try:
             size = {"resize": resize} | ({} if max_size is None else {"max_size": max_size})
             upn = UPNWrapper(checkpoint, config=config, device=device, **size)
-        except Exception as exc:  # any failure here is a bad checkpoint/config/device: report, don't trace
-            _fail(f"could not load the UPN checkpoint '{checkpoint}': {type(exc).__name__}: {exc}")
+        except model_load_errors() as exc:  # a bad checkpoint / config / device; anything else is a bug: traced
+            _fail(f"could not load the UPN checkpoint '{checkpoint}': {type(exc).__name__}: {exc}", exc)
     with console.status(f"proposing {granularity.value}-grained boxes"):
-        props = upn.inference(picture, prompt_type=granularity.value)
+        try:
+            props = upn.inference(picture, prompt_type=granularity.value)
+        except ValueError as exc:  # e.g. a --resize too small for the model's queries
+            _fail(str(exc), exc)
         kept = upn.filter(props, min_score=min_score, nms_value=nms)
     boxes, scores = kept["original_xyxy_boxes"][0], kept["scores"][0]
 
     labels = [f"{i} {s:.2f}" for i, s in enumerate(scores)]
     drawn = draw_boxes(picture, boxes, labels=labels)
+    from chatrex.utils.atomic import atomic_write_text, open_atomic
+
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        drawn.save(out)
-    except (ValueError, OSError) as exc:
-        _fail(f"could not write the picture '{out}': {exc}")
+        with open_atomic(out, "wb") as handle:
+            drawn.save(handle, format=picture_formats()[out.suffix.lower()])
+    except OSError as exc:
+        _fail(f"could not write the picture '{out}': {exc}", exc)
     record = {
         "image": str(image),
         "width": picture.width,
@@ -104,10 +111,9 @@ def propose(
         "scores": scores,
     }
     try:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(record, indent=2) + "\n")
+        atomic_write_text(json_path, json.dumps(record, indent=2) + "\n")
     except OSError as exc:
-        _fail(f"could not write the JSON '{json_path}': {exc}")
+        _fail(f"could not write the JSON '{json_path}': {exc}", exc)
     Console().print(f"{len(boxes)} boxes kept -> {out} and {json_path}", highlight=False)
 
 

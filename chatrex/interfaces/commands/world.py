@@ -48,13 +48,10 @@ def generate(
     """Generate N scenes of a split into OUT (resumes an interrupted run with the same settings)."""
     from rich.console import Console
 
-    from chatrex.data.world.generate import generate_split, load_language
+    from chatrex.data.world.generate import generate_split
     from chatrex.data.world.scene import WorldConfig
 
     console = Console(stderr=True)
-    if language and load_language() is None:
-        console.print("[yellow]note:[/yellow] chatrex.data.world.language is not available; "
-                      "writing records without captions, phrases or conversations")
     config = WorldConfig(image_size=(size, size)) if size else None
     try:
         summary = generate_split(out, n, split.value, workers=workers, seed_offset=seed_offset,

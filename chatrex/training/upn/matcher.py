@@ -7,6 +7,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torchvision.ops import box_convert
@@ -87,6 +88,9 @@ def hungarian_match_layers(pred_logits: torch.Tensor, pred_boxes: torch.Tensor, 
 
     Returns:
         L lists of B pairs ``(query_idx, target_idx)``: int64 CPU tensors of equal length min(Q, N_b).
+
+    Raises:
+        FloatingPointError: a cost is NaN or infinite (non-finite predictions); no matching is made up.
     """
     L, B = pred_boxes.shape[:2]
     if len(targets) != B:
@@ -104,7 +108,14 @@ def hungarian_match_layers(pred_logits: torch.Tensor, pred_boxes: torch.Tensor, 
     c_l1 = sum((boxes[..., :, None, k] - padded[..., None, :, k]).abs() for k in range(4))
     c_giou = -batched_generalized_box_iou(box_convert(boxes, "cxcywh", "xyxy"), box_convert(padded, "cxcywh", "xyxy"))
     cost = cfg.cost_bbox * c_l1 + cfg.cost_class * c_cls + cfg.cost_giou * c_giou
-    cost = torch.nan_to_num(cost, nan=1e6, posinf=1e6, neginf=-1e6).cpu().numpy()
+    cost = cost.cpu().numpy()
+    if not np.isfinite(cost).all():  # a NaN cost would make the assignment arbitrary: fail loudly
+        terms = {"class": c_cls, "L1": c_l1, "GIoU": c_giou}
+        bad = [name for name, c in terms.items() if not bool(torch.isfinite(c).all())]
+        raise FloatingPointError(
+            f"the Hungarian matching cost is not finite (the {', '.join(bad)} term); the predictions hold "
+            f"NaN/inf ({int((~torch.isfinite(pred_boxes)).sum())} box values, "
+            f"{int((~torch.isfinite(pred_logits)).sum())} logits) or a box is degenerate")
 
     def solve(job: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         layer, b = job
