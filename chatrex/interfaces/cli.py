@@ -9,7 +9,7 @@ import importlib.util
 import typer
 
 #: Areas whose commands the CLI offers, in help order.
-COMMAND_MODULES = ("predict", "propose", "world", "engine", "train", "eval", "demo", "convert")
+COMMAND_MODULES = ("predict", "propose", "serve", "world", "engine", "train", "eval", "demo", "convert")
 
 
 def build_app() -> typer.Typer:

@@ -17,6 +17,7 @@ A model directory holds the two parts in their own ``save_pretrained`` formats::
       upn/       chatrex.upn.checkpoint.save_pretrained (config + weights)
       chatrex/   ChatRexForConditionalGeneration + ChatRexProcessor save_pretrained
       pipeline_config.json   optional: {"upn_resize": 800, "upn_max_size": 1333, "min_score": 0.3, "nms": 0.8}
+      model_card.json, README.md   optional: the model card (chatrex.interfaces.model_card) -> pipe.model_card
 
 An MLLM folder on its own also loads, with the UPN named separately: an official checkpoint
 (``IDEA-Research/ChatRex-7B`` or a RexSeek model, as downloaded) or one of our saved ``chatrex/`` folders::
@@ -44,6 +45,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 import torch
 
 from chatrex.grounding.parser import GroundedAnswer, boxes_for, parse_grounded
+from chatrex.interfaces.model_card import load_model_card
 from chatrex.utils.batch import batch_to
 from chatrex.utils.image import ImageInput, load_image
 
@@ -296,6 +298,8 @@ class ChatRexPipeline:
         if self.tokenizer is None:
             raise ValueError(f"the processor ({type(processor).__name__}) has no tokenizer")
         self.generation_config = self._build_generation_config(generation_config)
+        #: the model directory's card (chatrex.interfaces.model_card), set by from_pretrained; None otherwise
+        self.model_card = None
 
     # -------------------------------------------------------------------------------- loading
     @classmethod
@@ -388,9 +392,11 @@ class ChatRexPipeline:
             model = ChatRexForConditionalGeneration.from_pretrained(mllm_dir, **kwargs).to(dev).eval()
         processor = ChatRexProcessor.from_pretrained(mllm_dir)
         try:
-            return cls(upn_model, model, processor, generation_config=generation_config, **filter_settings)
+            pipe = cls(upn_model, model, processor, generation_config=generation_config, **filter_settings)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"'{cfg_path}': {exc}") from None
+        pipe.model_card = load_model_card(root)
+        return pipe
 
     def save_pretrained(self, path: Union[str, os.PathLike]) -> None:
         """Write ``path/upn``, ``path/chatrex`` and ``path/pipeline_config.json`` (the UPN input size and the
@@ -482,16 +488,43 @@ class ChatRexPipeline:
                         box_lists[i] = [[float(v) for v in box] for box in (b.tolist() if hasattr(b, "tolist") else b)]
         need = [i for i, b in enumerate(box_lists) if b is None]
         if need:
-            if self.upn is None:
-                raise ValueError("this pipeline has no UPN; pass boxes for every image")
-            props = self.upn.inference([pils[i] for i in need], prompt_type=gran)
-            kept = self.upn.filter(props, min_score=float(min_score), nms_value=float(nms))
-            for j, i in enumerate(need):
-                box_lists[i] = [[float(v) for v in b] for b in kept["original_xyxy_boxes"][j][:max_boxes]]
-                score_lists[i] = [float(s) for s in kept["scores"][j][:max_boxes]]
+            proposals = self.propose([pils[i] for i in need], gran, min_score, nms, max_boxes)
+            for i, (bl, sl) in zip(need, proposals):
+                box_lists[i], score_lists[i] = bl, sl
         for i, q in enumerate(questions):
             _check_question(q, f"image {i}", len(box_lists[i]))
         return pils, box_lists, score_lists  # type: ignore[return-value]
+
+    def propose(
+        self,
+        images: Sequence[ImageInput],
+        granularity: str = "fine",
+        min_score: Optional[float] = None,
+        nms: Optional[float] = None,
+        max_boxes: int = MAX_BOXES,
+    ) -> list[tuple[list[list[float]], list[float]]]:
+        """UPN proposals for ``images`` in one padded UPN pass, filtered as ``__call__`` filters them.
+
+        Returns:
+            per image ``(boxes, scores)``: at most ``max_boxes`` boxes ``[x0, y0, x1, y1]`` in original
+            pixels, best first, and their scores.
+        """
+        gran = _canonical_granularity(granularity)
+        min_score = self.min_score if min_score is None else min_score
+        nms = self.nms if nms is None else nms
+        if self.upn is None:
+            raise ValueError("this pipeline has no UPN; pass boxes for every image")
+        if not 0 < int(max_boxes) <= MAX_BOXES:
+            raise ValueError(f"max_boxes must be in 1..{MAX_BOXES}, got {max_boxes}")
+        if not 0.0 <= float(min_score) <= 1.0:
+            raise ValueError(f"min_score must be in [0, 1], got {min_score}")
+        pils = [load_image(im) for im in images]
+        if not pils:
+            return []
+        props = self.upn.inference(pils, prompt_type=gran)
+        kept = self.upn.filter(props, min_score=float(min_score), nms_value=float(nms))
+        return [([[float(v) for v in b] for b in kept["original_xyxy_boxes"][j][:max_boxes]],
+                 [float(s) for s in kept["scores"][j][:max_boxes]]) for j in range(len(pils))]
 
     def _inputs(self, pils: list, questions: list[str], box_lists: list) -> dict[str, Any]:
         return batch_to(self.processor(images=pils, questions=questions, boxes=box_lists), self.device, self.dtype)

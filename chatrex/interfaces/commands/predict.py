@@ -169,6 +169,13 @@ def predict(
             pipe = ChatRexPipeline.from_pretrained(model_dir, device=device, dtype=dtype, upn=upn)
         except model_load_errors() as exc:  # a bad directory / device / dtype; anything else is a bug: traced
             _fail(f"could not load the model from '{model_dir}': {type(exc).__name__}: {exc}", exc)
+    from chatrex.interfaces.model_card import model_card_line
+
+    card_line = model_card_line(pipe)
+    if card_line:  # e.g. the shipped model: it knows only the procedural world
+        from rich.markup import escape
+
+        console.print(f"[yellow]model:[/yellow] {escape(card_line)}", highlight=False)
 
     kwargs = dict(boxes=user_boxes, granularity=granularity.value, min_score=min_score, nms=nms,
                   max_boxes=max_boxes, max_new_tokens=max_new_tokens)
@@ -212,6 +219,7 @@ def predict(
             "height": picture.height,
             "question": question,
             "model": str(model_dir),
+            "model_card": card_line,
             "granularity": granularity.value if user_boxes is None else None,
             **result.to_dict(),
         }
