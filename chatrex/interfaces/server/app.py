@@ -282,7 +282,7 @@ def build_app(pipe: Any, config: ServerConfig = ServerConfig(), scheduler: Optio
 
     async def run(request: Request, job: Job) -> JobOutcome:
         scheduler.submit(job)
-        watcher = asyncio.create_task(_watch_disconnect(request, job))
+        watcher = asyncio.create_task(_watch_disconnect(request, job, metrics))
         try:
             return await job.outcome()
         except asyncio.CancelledError:
@@ -295,7 +295,7 @@ def build_app(pipe: Any, config: ServerConfig = ServerConfig(), scheduler: Optio
         scheduler.submit(job)  # a full queue is answered 429 before the stream starts
 
         async def body() -> AsyncIterator[str]:
-            watcher = asyncio.create_task(_watch_disconnect(request, job))
+            watcher = asyncio.create_task(_watch_disconnect(request, job, metrics))
             try:
                 async for frame in frames(job):
                     yield frame
@@ -451,12 +451,13 @@ def _event(name: str, data: Any) -> str:
     return f"event: {name}\ndata: {json.dumps(data)}\n\n"
 
 
-async def _watch_disconnect(request: Request, job: Job) -> None:
+async def _watch_disconnect(request: Request, job: Job, metrics: ServerMetrics) -> None:
     """Cancel ``job`` when the client goes away (the server reads ``http.disconnect`` once the body is in)."""
     try:
         while True:
             message = await request.receive()
             if message["type"] == "http.disconnect":
+                metrics.disconnects.inc()
                 job.cancel("client")
                 return
     except asyncio.CancelledError:

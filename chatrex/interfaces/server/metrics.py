@@ -8,6 +8,7 @@
     chatrex_prompt_tokens_total, chatrex_generated_tokens_total
     chatrex_decode_tokens_per_second                generated tokens / wall time of the last generate call
     chatrex_rejected_total{reason}                  queue_full, timeout, cancelled, bad_request
+    chatrex_client_disconnects_total                clients that went away before their answer
     chatrex_gpu_memory_allocated_bytes / _reserved_bytes   torch.cuda on the model's device (0 on CPU)
     process_*                                       resident memory, CPU time, open files of the server
 
@@ -48,6 +49,8 @@ class ServerMetrics:
         self.decode_tps = Gauge("chatrex_decode_tokens_per_second",
                                 "Generated tokens / wall time of the last generate call (all rows)", registry=r)
         self.rejected = Counter("chatrex_rejected", "Requests refused or stopped", ["reason"], registry=r)
+        self.disconnects = Counter("chatrex_client_disconnects", "Clients that went away before their answer",
+                                   registry=r)
         allocated = Gauge("chatrex_gpu_memory_allocated_bytes", "torch.cuda.memory_allocated on the model's device",
                           registry=r)
         reserved = Gauge("chatrex_gpu_memory_reserved_bytes", "torch.cuda.memory_reserved on the model's device",

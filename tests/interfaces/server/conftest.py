@@ -73,3 +73,41 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(30)
         self.sock.close()
+
+
+class GatedPipe:
+    """A pipeline behind a gate: ``propose`` and ``__call__`` wait until ``gate`` is set, then run the real
+    pipeline. Records each call's kind and batch size in ``calls``; ``entered`` is set at the first call."""
+
+    def __init__(self, pipe) -> None:
+        self._pipe = pipe
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.calls: list[tuple[str, int]] = []
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
+
+    def propose(self, images, *args, **kwargs):
+        self.entered.set()
+        assert self.gate.wait(60), "the test never opened the gate"
+        self.calls.append(("propose", len(images)))
+        return self._pipe.propose(images, *args, **kwargs)
+
+    def __call__(self, images, *args, **kwargs):
+        self.entered.set()
+        assert self.gate.wait(60), "the test never opened the gate"
+        self.calls.append(("generate", len(images)))
+        return self._pipe(images, *args, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def endless_pipe(tiny_pipe):
+    """The tiny pipeline with EOS suppressed: every answer runs to its max_tokens."""
+    from chatrex.interfaces.pipeline import ChatRexPipeline
+
+    eos = tiny_pipe.tokenizer.eos_token_id
+    pipe = ChatRexPipeline(tiny_pipe.upn, tiny_pipe.model, tiny_pipe.processor,
+                           generation_config={"suppress_tokens": [eos]})
+    pipe.model_card = tiny_pipe.model_card
+    return pipe
