@@ -125,7 +125,8 @@ def start_server(args: argparse.Namespace, batching: bool, port: int) -> subproc
         cmd += ["--model", str(args.model)]
     if args.dtype:
         cmd += ["--dtype", args.dtype]
-    cmd += ["--max-batch-size", str(args.max_batch_size)] if batching else ["--no-batching"]
+    cmd += (["--max-batch-size", str(args.max_batch_size), "--upn-batch-size", str(args.upn_batch_size)] if batching
+            else ["--no-batching"])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     log = None if args.verbose else tempfile.TemporaryFile()  # read back if the server fails to start
@@ -282,6 +283,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=64, help="requests in all")
     p.add_argument("--max-tokens", type=int, default=8)
     p.add_argument("--max-batch-size", type=int, default=8)
+    p.add_argument("--upn-batch-size", type=int, default=4)
     p.add_argument("--batch-wait-ms", type=float, default=10.0)
     p.add_argument("--no-batching", action="store_true", help="serve one request at a time")
     p.add_argument("--compare", action="store_true", help="run with batching, then without, and compare")

@@ -28,6 +28,7 @@ def serve(
     ),
     model_name: Optional[str] = typer.Option(None, "--model-name", help="The model's id in /v1/models (default: the card's name, else the folder's)."),
     max_batch_size: int = typer.Option(8, "--max-batch-size", min=1, help="Requests per UPN pass and per generate call."),
+    upn_batch_size: int = typer.Option(4, "--upn-batch-size", min=1, help="Images per UPN pass (its activations dominate memory)."),
     no_batching: bool = typer.Option(False, "--no-batching", help="One request at a time (same as --max-batch-size 1)."),
     batch_wait_ms: float = typer.Option(10.0, "--batch-wait-ms", min=0.0, help="How long a batch waits for more requests."),
     max_queue: int = typer.Option(64, "--max-queue", min=1, help="Requests that may wait; more are answered 429."),
@@ -70,7 +71,8 @@ def serve(
     name = model_name or (card.name if card is not None else model_dir.resolve().name)
     try:
         config = ServerConfig(
-            model_name=name, max_batch_size=1 if no_batching else max_batch_size, batch_wait_ms=batch_wait_ms,
+            model_name=name, max_batch_size=1 if no_batching else max_batch_size,
+            upn_batch_size=1 if no_batching else upn_batch_size, batch_wait_ms=batch_wait_ms,
             max_queue=max_queue, request_timeout_s=timeout, max_image_bytes=max_image_bytes,
             max_image_pixels=max_image_pixels, max_prompt_tokens=max_prompt_tokens, max_tokens=max_tokens,
             api_keys=tuple(api_key or ()), allow_local_files=tuple(allow_local_files or ()),

@@ -193,7 +193,8 @@ def build_app(pipe: Any, config: ServerConfig = ServerConfig(), scheduler: Optio
     """
     metrics = ServerMetrics(getattr(pipe, "device", None))
     if scheduler is None:
-        scheduler = Scheduler(pipe, config.max_batch_size, config.batch_wait_ms / 1000.0, config.max_queue, metrics)
+        scheduler = Scheduler(pipe, config.max_batch_size, config.batch_wait_ms / 1000.0, config.max_queue, metrics,
+                              upn_batch_size=config.upn_batch_size)
     card = getattr(pipe, "model_card", None)
     card_line = model_card_line(pipe)
     created = int(time.time())

@@ -19,7 +19,9 @@ class ServerConfig:
 
     Attributes:
         model_name: the model's id in ``/v1/models`` and in answers (clients may send any ``model``).
-        max_batch_size: requests per UPN pass and per ``generate`` call (1 turns batching off).
+        max_batch_size: requests per batch, and per ``generate`` call (1 turns batching off).
+        upn_batch_size: images per UPN pass within a batch (the UPN's activations dominate the
+            server's memory: about 0.6 GB per image on CPU with the shipped model).
         batch_wait_ms: after the first request of a batch arrives, how long the scheduler waits for more
             before it starts (only while fewer than ``max_batch_size`` are queued).
         max_queue: requests waiting beyond the running batch; one more is answered 429.
@@ -35,6 +37,7 @@ class ServerConfig:
 
     model_name: str = "chatrex"
     max_batch_size: int = 8
+    upn_batch_size: int = 4
     batch_wait_ms: float = 10.0
     max_queue: int = 64
     request_timeout_s: float = 300.0
@@ -49,6 +52,7 @@ class ServerConfig:
     def __post_init__(self) -> None:
         checks = {
             "max_batch_size": self.max_batch_size >= 1,
+            "upn_batch_size": self.upn_batch_size >= 1,
             "batch_wait_ms": self.batch_wait_ms >= 0,
             "max_queue": self.max_queue >= 1,
             "request_timeout_s": self.request_timeout_s > 0,

@@ -5,8 +5,8 @@
     submit(job) ─► bounded FIFO queue (full: QueueFull → 429; closed: SchedulerClosed → 503)
                      │  worker: take the first job, wait up to batch_wait for more (≤ max_batch_size)
                      ▼
-    stage 1  UPN   every job without boxes, grouped by proposal settings: one ChatRexPipeline.propose pass
-                   per group (propose jobs finish here)
+    stage 1  UPN   every job without boxes, grouped by proposal settings: ChatRexPipeline.propose passes
+                   of up to upn_batch_size images per group (propose jobs finish here)
     stage 2  LLM   the generate jobs, grouped by sampling settings: one ChatRexPipeline call (one batched
                    ``generate``) per group, with a streamer that hands each row's text to its job as it
                    is generated and a stopping criterion that ends each row at its own max_tokens, or
@@ -157,6 +157,7 @@ class Job:
         self._cancel = threading.Event()
         self.cancel_reason: Optional[str] = None
         self.finished = False  # worker side: done or failed was posted
+        self._boxes_announced = False
 
     @property
     def kind(self) -> str:
@@ -193,6 +194,12 @@ class Job:
             self.loop.call_soon_threadsafe(self._events.put_nowait, (kind, payload))
         except RuntimeError:  # the loop is closed: nobody is listening any more
             pass
+
+    def announce_boxes(self) -> None:
+        """Post ``("boxes", (boxes, scores))`` once, when generation is about to start."""
+        if not self._boxes_announced:
+            self._boxes_announced = True
+            self._post("boxes", (self.boxes, self.scores))
 
     def finish(self, outcome: JobOutcome) -> None:
         if not self.finished:
@@ -338,6 +345,7 @@ class Scheduler:
 
     Args:
         max_batch_size: jobs per batch (1: one at a time).
+        upn_batch_size: images per UPN pass (default ``max_batch_size``).
         batch_wait_s: how long the first job of a batch waits for company while fewer than
             ``max_batch_size`` are queued.
         max_queue: jobs that may wait beyond the running batch.
@@ -345,11 +353,12 @@ class Scheduler:
     """
 
     def __init__(self, pipe: Any, max_batch_size: int = 8, batch_wait_s: float = 0.01, max_queue: int = 64,
-                 metrics: Any = None) -> None:
-        if max_batch_size < 1 or max_queue < 1 or batch_wait_s < 0:
-            raise ValueError("max_batch_size and max_queue must be >= 1 and batch_wait_s >= 0")
+                 metrics: Any = None, upn_batch_size: Optional[int] = None) -> None:
+        if max_batch_size < 1 or max_queue < 1 or batch_wait_s < 0 or (upn_batch_size is not None and upn_batch_size < 1):
+            raise ValueError("max_batch_size, upn_batch_size and max_queue must be >= 1 and batch_wait_s >= 0")
         self.pipe = pipe
         self.max_batch_size = int(max_batch_size)
+        self.upn_batch_size = int(upn_batch_size or max_batch_size)
         self.batch_wait_s = float(batch_wait_s)
         self.max_queue = int(max_queue)
         self.metrics = metrics
@@ -466,7 +475,8 @@ class Scheduler:
         live = self._live(jobs)
         need = [j for j in live if j.boxes is None]
         for group in _group(need, lambda j: j.proposal):
-            self._propose(group)
+            for start in range(0, len(group), self.upn_batch_size):
+                self._propose(group[start:start + self.upn_batch_size])
         generate = [j for j in self._live(live) if j.kind == "generate"]
         for group in _group(generate, lambda j: j.generation.group_key()):
             self._generate(group)
@@ -483,14 +493,30 @@ class Scheduler:
                 return
             group[0].fail(RequestFailed(400, str(exc)))
             return
+        except torch.OutOfMemoryError:
+            self._out_of_memory(group, self._propose, started=False)
+            return
         if self.metrics is not None:
             self.metrics.batch_size.labels(stage="upn").observe(len(group))
         for job, (boxes, scores) in zip(group, out):
             job.boxes, job.scores = boxes, scores
             if job.kind == "propose":
                 job.finish(JobOutcome(boxes, scores))
-            else:
-                job._post("boxes", (boxes, scores))
+
+    def _out_of_memory(self, group: list[Job], retry: Callable[[list[Job]], None], started: bool) -> None:
+        """Out of device memory: run the group again in two halves; a single request (or one whose text
+        was already sent) fails with 503."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(group) > 1 and not started:
+            logger.warning("out of memory with a batch of %d; running it in two halves", len(group))
+            half = len(group) // 2
+            retry(group[:half])
+            retry(group[half:])
+            return
+        for job in group:
+            job.fail(RequestFailed(503, "the server ran out of device memory for this request; retry, or start the "
+                                        "server with a smaller --max-batch-size", "server_error"))
 
     def _check_refs(self, job: Job) -> bool:
         """A question naming ``<objK>`` beyond the job's boxes fails now, not inside the batch."""
@@ -512,6 +538,8 @@ class Scheduler:
 
         settings = group[0].generation
         max_new = max(j.generation.max_new_tokens for j in group)
+        for job in group:
+            job.announce_boxes()
         start = time.perf_counter()
         try:
             results = self.pipe(
@@ -526,6 +554,9 @@ class Scheduler:
                 return
             for job in group:
                 job.fail(RequestFailed(400, str(exc)))
+            return
+        except torch.OutOfMemoryError:
+            self._out_of_memory(group, self._generate, started=any(streamer.text))
             return
         seconds = time.perf_counter() - start
         generated = sum(len(ids) for ids in streamer.ids)

@@ -219,3 +219,43 @@ def test_bad_input_in_a_batch_fails_only_its_request(gated):
     assert isinstance(bad_ref, RequestFailed) and bad_ref.status == 400 and "<obj4>" in bad_ref.message
     # the batch of two was refused by the pipeline, then each was run alone
     assert [c for c in gated.calls if c[0] == "generate"] == [("generate", 2), ("generate", 1), ("generate", 1)]
+
+
+class OutOfMemoryAbove(GatedPipe):
+    """Runs out of device memory for generate calls of more than ``limit`` images."""
+
+    def __init__(self, pipe, limit: int) -> None:
+        super().__init__(pipe)
+        self.limit = limit
+
+    def __call__(self, images, *args, **kwargs):
+        if len(images) > self.limit:
+            self.calls.append(("oom", len(images)))
+            import torch
+
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return super().__call__(images, *args, **kwargs)
+
+
+def test_out_of_memory_runs_the_batch_in_halves(tiny_pipe):
+    pipe = OutOfMemoryAbove(tiny_pipe, limit=2)
+    sched = Scheduler(pipe, max_batch_size=4, batch_wait_s=0.0, max_queue=8)
+    sched.start()
+
+    async def main():
+        hold = Job(image(0), proposal=ProposalSettings())
+        sched.submit(hold)
+        await wait_entered(pipe)
+        jobs = [Job(image(s), Q, boxes=[[0, 0, 20, 20]], generation=GenerationSettings(3)) for s in range(1, 5)]
+        for job in jobs:
+            sched.submit(job)
+        pipe.gate.set()
+        await hold.outcome()
+        return await asyncio.gather(*(j.outcome() for j in jobs))
+
+    try:
+        outs = run(main())
+    finally:
+        sched.stop()
+    assert all(o.completion_tokens >= 1 for o in outs)
+    assert [c for c in pipe.calls if c[0] != "propose"] == [("oom", 4), ("generate", 2), ("generate", 2)]
