@@ -40,8 +40,9 @@ def test_two_replicas_on_a_local_ray(carded_model_dir, monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}})
+    # the replicas import chatrex as this process does (an installed package, or PYTHONPATH)
+    env = {"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}} if os.environ.get("PYTHONPATH") else None
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=env)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         config = ServerConfig(model_name="tiny-test", max_tokens=8)
