@@ -16,6 +16,10 @@ def serve(
     model: Optional[Path] = typer.Option(
         None, "--model", "-m", help="Model directory with upn/ and chatrex/ (default: the shipped chatrex/assets/chatrex-small)."
     ),
+    upn: Optional[Path] = typer.Option(
+        None, "--upn", help="UPN checkpoint for the proposals: an official .pth or a saved UPN folder (default: the model "
+        "directory's upn/). An MLLM folder alone without --upn serves only requests that bring their own boxes."
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ... (with --ray: cpu or cuda, one GPU per replica)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="MLLM dtype: float32, bfloat16, float16 (default: as saved)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0: every interface; set an API key then)."),
@@ -52,6 +56,8 @@ def serve(
     if not model_dir.is_dir():
         hint = " (the shipped default model is not installed; pass --model DIR)" if model is None else ""
         _fail(f"model directory '{model_dir}' does not exist{hint}")
+    if upn is not None and not upn.exists():
+        _fail(f"UPN checkpoint '{upn}' does not exist")
     try:
         import fastapi  # noqa: F401
         import uvicorn
@@ -81,6 +87,9 @@ def serve(
         _fail(str(exc))
     if card is not None:
         console.print(f"[yellow]model:[/yellow] {escape(card.summary)}", highlight=False)
+    if upn is None and (model_dir / "config.json").is_file():
+        console.print(f"[yellow]warning:[/yellow] '{escape(str(model_dir))}' is an MLLM folder without a UPN (--upn): "
+                      "only requests with their own boxes can be answered", highlight=False)
     if host not in ("127.0.0.1", "localhost", "::1") and not config.api_keys:
         console.print(f"[yellow]warning:[/yellow] serving on {escape(host)} without an API key: anyone who can reach "
                       "this address can use the model (--api-key or $CHATREX_API_KEY)", highlight=False)
@@ -92,7 +101,7 @@ def serve(
             _fail(f"--max-replicas {max_replicas} is below --replicas {replicas}")
         try:
             serve_with_ray(model_dir, config, device=device, dtype=dtype, host=host, port=port, replicas=replicas,
-                           max_replicas=max_replicas, address=ray_address)
+                           max_replicas=max_replicas, address=ray_address, upn=upn)
         except RayNotAvailable as exc:
             _fail(str(exc))
         return
@@ -102,7 +111,7 @@ def serve(
 
     with console.status(f"loading the model from {model_dir}"):
         try:
-            pipe = ChatRexPipeline.from_pretrained(model_dir, device=device, dtype=dtype)
+            pipe = ChatRexPipeline.from_pretrained(model_dir, device=device, dtype=dtype, upn=upn)
         except Exception as exc:  # a bad directory / device / dtype: report, don't trace
             _fail(f"could not load the model from '{model_dir}': {type(exc).__name__}: {exc}")
     app = build_app(pipe, config)

@@ -277,6 +277,8 @@ def build_app(pipe: Any, config: ServerConfig = ServerConfig(), scheduler: Optio
                 boxes = validate_boxes(opts.boxes, image.width, image.height, config.max_boxes, where="boxes")
             except ValueError as exc:
                 raise RequestFailed(400, str(exc)) from None
+            if getattr(pipe.processor, "official", False):  # as the pipeline does: official inputs keep boxes unclipped
+                boxes = [[float(v) for v in box] for box in opts.boxes]
         return Job(image, question, boxes, ProposalSettings(opts.granularity, opts.min_score, opts.nms, opts.max_boxes),
                    GenerationSettings(max_new, float(temperature or 0.0), float(1.0 if top_p is None else top_p)),
                    timeout_s=config.request_timeout_s)

@@ -68,7 +68,7 @@ def deployment_options(config: ServerConfig, device: str = "cpu", replicas: int 
 
 def build_deployment(model_dir: Union[str, os.PathLike], config: ServerConfig, device: str = "cpu",
                      dtype: Optional[str] = None, replicas: int = 1, max_replicas: Optional[int] = None,
-                     num_cpus: float = 1.0) -> Any:
+                     num_cpus: float = 1.0, upn: Union[None, str, os.PathLike] = None) -> Any:
     """A bound Ray Serve application: ``serve.run(build_deployment(...))`` serves it."""
     serve = _import_serve()
     options = deployment_options(config, device, replicas, max_replicas, num_cpus)
@@ -78,10 +78,11 @@ def build_deployment(model_dir: Union[str, os.PathLike], config: ServerConfig, d
     class ChatRexDeployment:
         """One replica: the model, loaded once, and the app around it."""
 
-        def __init__(self, model_dir: str, config: ServerConfig, device: str, dtype: Optional[str]) -> None:
+        def __init__(self, model_dir: str, config: ServerConfig, device: str, dtype: Optional[str],
+                     upn: Optional[str]) -> None:
             from chatrex.interfaces.pipeline import ChatRexPipeline
 
-            self.pipe = ChatRexPipeline.from_pretrained(model_dir, device=device, dtype=dtype)
+            self.pipe = ChatRexPipeline.from_pretrained(model_dir, device=device, dtype=dtype, upn=upn)
             self.config = config
             self.served: Any = None
 
@@ -96,12 +97,14 @@ def build_deployment(model_dir: Union[str, os.PathLike], config: ServerConfig, d
             if scheduler is not None and not scheduler.alive:
                 raise RuntimeError("the replica's scheduler stopped")
 
-    return ChatRexDeployment.options(**options).bind(str(Path(model_dir)), config, device, dtype)
+    return ChatRexDeployment.options(**options).bind(str(Path(model_dir)), config, device, dtype,
+                                                     None if upn is None else str(upn))
 
 
 def serve_with_ray(model_dir: Union[str, os.PathLike], config: ServerConfig, device: str = "cpu",
                    dtype: Optional[str] = None, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1,
-                   max_replicas: Optional[int] = None, address: Optional[str] = None) -> None:
+                   max_replicas: Optional[int] = None, address: Optional[str] = None,
+                   upn: Union[None, str, os.PathLike] = None) -> None:
     """Start (or join, with ``address``) Ray, deploy the app on ``host:port`` and block until interrupted."""
     serve = _import_serve()
     import ray
@@ -111,7 +114,7 @@ def serve_with_ray(model_dir: Union[str, os.PathLike], config: ServerConfig, dev
     else:
         ray.init(address=address)
     serve.start(http_options={"host": host, "port": port})
-    app = build_deployment(model_dir, config, device, dtype, replicas, max_replicas)
+    app = build_deployment(model_dir, config, device, dtype, replicas, max_replicas, upn=upn)
     try:
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=True)
     finally:

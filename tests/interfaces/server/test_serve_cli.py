@@ -32,6 +32,7 @@ def test_help_lists_serve():
 @pytest.mark.parametrize("args, message", [
     (["--model", "/nonexistent/model"], "does not exist"),
     (["--allow-local-files", "/nonexistent/folder"], "not a folder"),
+    (["--upn", "/nonexistent/upn_large.pth"], "UPN checkpoint '/nonexistent/upn_large.pth' does not exist"),
     (["--ray", "--replicas", "3", "--max-replicas", "2"], "--max-replicas 2 is below --replicas 3"),
 ])
 def test_refusals(carded_model_dir, args, message):
