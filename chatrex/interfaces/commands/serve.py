@@ -9,7 +9,8 @@ from typing import Optional
 
 import typer
 
-from chatrex.interfaces.commands.predict import _fail
+from chatrex.interfaces.commands.common import fail as _fail
+from chatrex.interfaces.commands.common import model_load_errors
 
 
 def serve(
@@ -112,8 +113,8 @@ def serve(
     with console.status(f"loading the model from {model_dir}"):
         try:
             pipe = ChatRexPipeline.from_pretrained(model_dir, device=device, dtype=dtype, upn=upn)
-        except Exception as exc:  # a bad directory / device / dtype: report, don't trace
-            _fail(f"could not load the model from '{model_dir}': {type(exc).__name__}: {exc}")
+        except model_load_errors() as exc:  # a bad directory / device / dtype; anything else is a bug: traced
+            _fail(f"could not load the model from '{model_dir}': {type(exc).__name__}: {exc}", exc)
     app = build_app(pipe, config)
     console.print(f"serving {escape(name)} on http://{escape(host)}:{port} (batches of up to {config.max_batch_size}, "
                   f"queue {config.max_queue}{', API key required' if config.api_keys else ''})", highlight=False)
