@@ -266,7 +266,13 @@ class StreamingAnswer:
 
     @property
     def cancelled(self) -> bool:
+        """Whether :meth:`cancel` was called."""
         return self._stop.is_set()
+
+    @property
+    def num_tokens(self) -> int:
+        """Answer tokens generated so far (EOS and the tokens ``processor.decode`` drops not counted)."""
+        return len(self._streamer.ids)
 
     def result(self) -> PipelineResult:
         for _ in self:

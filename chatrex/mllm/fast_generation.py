@@ -174,7 +174,7 @@ class StaticGenerator:
             settings[key] = value
         for key, value in settings.items():
             neutral = _NEUTRAL[key]
-            if value != neutral and not (neutral is None and value in ((), [])):
+            if value is not None and value != neutral and not (neutral is None and value in ((), [])):
                 return f"{key}={value!r}"
         if settings.get("do_sample"):
             return "do_sample=True"
@@ -365,13 +365,13 @@ class StaticGenerator:
         self._advance(s, out.logits[:, -1])
 
         steps = 1
-        done = False
         if streamer is not None:
             streamer.put(s.tokens[:, 0].cpu())
         sync_each_step = streamer is not None or should_stop is not None
-        if bool(s.finished.all()):
-            done = True
+        done = bool(s.finished.all())
         while not done and steps < max_new:
+            if should_stop is not None and should_stop():
+                break
             if s.graph is not None:
                 s.graph.replay()
             else:
@@ -379,9 +379,7 @@ class StaticGenerator:
             steps += 1
             if streamer is not None:
                 streamer.put(s.tokens[:, steps - 1].cpu())
-            if should_stop is not None and should_stop():
-                break
-            if sync_each_step or steps % self.check_every == 0 or steps == max_new:
+            if sync_each_step or steps % self.check_every == 0:
                 done = bool(s.finished.all())
         generated = s.tokens[:, :steps]
         if eos_ids and steps > 1:
