@@ -125,7 +125,7 @@ class StaticGenerator:
     """
 
     def __init__(self, model: nn.Module, compile: bool | dict[str, Any] = False, cuda_graphs: Optional[bool] = None,
-                 cache_multiple: int = 256, max_shapes: int = 4, check_every: int = 16) -> None:
+                 cache_multiple: int = 256, max_shapes: int = 8, check_every: int = 16) -> None:
         if cache_multiple < 1 or max_shapes < 1 or check_every < 1:
             raise ValueError("cache_multiple, max_shapes and check_every must be positive")
         self.model = model
@@ -261,7 +261,8 @@ class StaticGenerator:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: other threads (a server's UPN, another request's prefill) may use the GPU meanwhile
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             self._step_fn(s)
         s.graph = graph
 

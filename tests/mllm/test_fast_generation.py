@@ -146,3 +146,18 @@ def test_backend_names():
     assert resolve_backend("static", "cpu") == "static"
     with pytest.raises(ValueError, match="generation must be one of"):
         resolve_backend("fast", "cpu")
+
+
+def test_generation_benchmark_runs_on_the_tiny_shape():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "generation_speed.py"
+    spec = importlib.util.spec_from_file_location("generation_speed", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    head, *rows = bench.main(["--tiny", "--device", "cpu", "--dtype", "float32", "--batches", "2",
+                              "--variants", "default,static", "--new-tokens", "4", "--boxes", "3", "--repeats", "1"])
+    assert head["decode_weight_bytes"] > 0 and [r["variant"] for r in rows] == ["default", "static"]
+    assert all("error" not in r and r["tokens_per_s_batch"] > 0 for r in rows)
+    assert rows[1]["same_tokens_as_default"] == [4, 4]  # the static path repeats default generate's tokens
