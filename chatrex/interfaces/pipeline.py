@@ -339,6 +339,8 @@ class ChatRexPipeline:
         generation_config: Any = None,
         upn: Union[None, str, os.PathLike] = None,
         generation: str = "auto",
+        upn_precision: str = "fp32",
+        upn_compile: bool = False,
     ) -> "ChatRexPipeline":
         """Load ``path/upn`` and ``path/chatrex`` (see the module docstring), or an MLLM folder ``path`` on its
         own (an official checkpoint or one of our ``chatrex/`` folders) with the UPN ``upn``.
@@ -354,6 +356,8 @@ class ChatRexPipeline:
                 bound); default: the directory's ``pipeline_config.json``, else the size ``upn/``
                 records (its ``preprocessor_config.json``), else the official 800 / 1333.
             generation: the decoding backend (see the class).
+            upn_precision / upn_compile: ``UPNWrapper``'s ``precision`` (``"fp32"``, ``"bf16"``) and
+                ``compile``.
 
         Raises:
             FileNotFoundError: the directory or one of its parts is missing (the message names it).
@@ -407,7 +411,8 @@ class ChatRexPipeline:
         torch_dtype = _resolve_dtype(dtype)
         filter_settings = {k: settings.pop(k) for k in ("min_score", "nms") if k in settings}
         upn_model = None if upn_dir is None else UPNWrapper(
-            upn_dir, config=None, device=dev, **{k.removeprefix("upn_"): v for k, v in settings.items()})
+            upn_dir, config=None, device=dev, precision=upn_precision, compile=upn_compile,
+            **{k.removeprefix("upn_"): v for k, v in settings.items()})
         kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
         if official:  # streamed from the checkpoint straight onto the device (chatrex.mllm.official)
             model = ChatRexForConditionalGeneration.from_pretrained(
