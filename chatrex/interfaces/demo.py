@@ -563,9 +563,9 @@ def _image_input(gr: Any, use_annotator: bool) -> tuple[Any, Any]:
         from gradio_image_annotation import image_annotator
 
         image = image_annotator(label="Image: upload, then draw boxes for region tasks (optional otherwise)",
-                          image_type="pil", label_list=["region"], single_box=False)
+                                image_type="pil", label_list=["region"], single_box=False, elem_id="chatrex-image")
         return image, None
-    image = gr.Image(type="pil", label="Image")
+    image = gr.Image(type="pil", label="Image", elem_id="chatrex-image")
     boxes = gr.Textbox(label="Your boxes (optional; required for region tasks)", lines=3,
                        placeholder="one box per line in image pixels: x0,y0,x1,y1 (given boxes replace the proposals)")
     return image, boxes
@@ -649,11 +649,11 @@ def build_demo(
                 image_in, boxes_in = _image_input(gr, use_annotator)
                 if examples:
                     gr.Examples(_example_values(examples, use_annotator), inputs=[image_in])
-                task_in = gr.Dropdown([t.label for t in DEMO_TASKS], value=first.label, label="Task")
+                task_in = gr.Dropdown([t.label for t in DEMO_TASKS], value=first.label, label="Task", elem_id="chatrex-task")
                 text_in = gr.Textbox(label=f"{first.label}: what to ask about", placeholder=first.hint,
-                                     max_length=MAX_PROMPT_CHARS)
+                                     max_length=MAX_PROMPT_CHARS, elem_id="chatrex-text")
                 prompt_in = gr.Textbox(label="Prompt sent to the model (filled from the task's template; editable)",
-                                       lines=3, max_length=MAX_PROMPT_CHARS)
+                                       lines=3, max_length=MAX_PROMPT_CHARS, elem_id="chatrex-prompt")
                 granularity_in = gr.Radio(list(DEMO_GRANULARITIES), value="fine", label="Proposal granularity",
                                           info="UPN proposals when you give no boxes: fine = parts and small "
                                                "objects, coarse = whole objects")
@@ -663,13 +663,14 @@ def build_demo(
                     max_boxes_in = gr.Slider(1, MAX_BOXES, value=MAX_BOXES, step=1, label="Most boxes given to the model")
                     tokens_in = gr.Slider(16, MAX_NEW_TOKENS, value=DEFAULT_MAX_NEW_TOKENS, step=16,
                                           label="Longest answer (tokens)")
-                run = gr.Button("Answer", variant="primary")
+                run = gr.Button("Answer", variant="primary", elem_id="chatrex-run")
             with gr.Column():
                 raw_out = gr.Textbox(label="Model output (as it is generated)", lines=4, interactive=False)
                 answer_out = gr.HighlightedText(label="Answer: phrase → box indices", combine_adjacent=False)
-                image_out = gr.Image(type="pil", label="Grounded boxes", format="png", interactive=False)
-                summary_out = gr.Markdown()
-                json_out = gr.JSON(label="Result JSON")
+                image_out = gr.Image(type="pil", label="Grounded boxes", format="png", interactive=False,
+                                     elem_id="chatrex-output-image")
+                summary_out = gr.Markdown(elem_id="chatrex-summary")
+                json_out = gr.JSON(label="Result JSON", elem_id="chatrex-json")
 
         extra = [boxes_in] if boxes_in is not None else []
         watch = [task_in, text_in, image_in, *extra]
