@@ -300,8 +300,13 @@ class StaticGenerator:
         if reason is not None:
             raise ValueError(f"StaticGenerator does greedy decoding only; {reason} needs model.generate")
         settings = {}
+        model_defaults = getattr(self.model, "generation_config", None)
         for key in ("max_new_tokens", "max_length", "eos_token_id", "pad_token_id"):
-            value = kwargs.get(key, getattr(generation_config, key, None) if generation_config is not None else None)
+            # as generate reads them: the call's value, else the config's, else the model's own defaults
+            value = kwargs.get(key)
+            for source in (generation_config, model_defaults):
+                if value is None and source is not None:
+                    value = getattr(source, key, None)
             settings[key] = value
         batch, length = input_ids.shape
         max_new = settings["max_new_tokens"]
