@@ -119,8 +119,11 @@ def _toast(browser) -> str:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(browser, WAIT_S).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".toast-body"))
-    return _css(browser, ".toast-body").text
+    def text(d):  # the toast's text, once it is rendered
+        return " ".join(t.text for t in d.find_elements(By.CSS_SELECTOR, ".toast-body")).strip()
+
+    WebDriverWait(browser, WAIT_S).until(text)
+    return text(browser)
 
 
 def test_upload_detect_and_see_the_boxes_drawn(browser, page_url, files):
