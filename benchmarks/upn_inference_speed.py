@@ -135,10 +135,11 @@ def postprocessed(wrapper: UPNWrapper, pixels, mask, sizes) -> dict[str, np.ndar
 
 def parity_rows(args, device: torch.device, variants: list[str]) -> list[dict[str, Any]]:
     """fp32 against bf16 on the shipped trained UPN and a real image, per deformable-attention kernel."""
-    from chatrex.upn.checkpoint import from_pretrained
     from PIL import Image
 
-    model = from_pretrained(args.parity_model, device=device).eval()
+    from chatrex.upn.model import UPN
+
+    model = UPN.from_pretrained(args.parity_model, device=device).eval()
     image = Image.open(args.parity_image).convert("RGB")
     rows = []
     for kernel in sorted({parse_variant(v)[1] for v in variants}):

@@ -49,3 +49,18 @@ def test_unknown_precision_is_refused():
     cfg = resolve_config("upn_tiny")
     with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
         UPNWrapper.from_model(build_upn(cfg), cfg, precision="fp16")
+
+
+@pytest.mark.slow
+def test_upn_speed_benchmark_runs_on_the_tiny_shape():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("upn_inference_speed", ROOT / "benchmarks" / "upn_inference_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    head, *rows = bench.main(["--tiny", "--device", "cpu", "--variants", "fp32-pytorch,bf16-pytorch", "--batches", "1",
+                              "--iters", "1", "--warmup", "0"])
+    assert head["config"] == "upn_tiny" and [r.get("variant") for r in rows[:2]] == ["fp32-pytorch", "bf16-pytorch"]
+    assert all("error" not in r for r in rows) and rows[0]["ms"] > 0
+    parity = rows[2]
+    assert parity["score_0.3_count"] > 0 and parity["max_sorted_score_diff"] < 0.05
