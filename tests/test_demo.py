@@ -18,8 +18,12 @@ from chatrex.interfaces.cli import build_app
 from chatrex.interfaces.demo import (
     DEMO_TASKS,
     INSTALL_HINT,
+    MAX_NEW_TOKENS,
+    MAX_PROMPT_CHARS,
     DemoInputError,
     annotation_boxes,
+    error_message,
+    model_card_line,
     count_boxes,
     find_task,
     make_request,
@@ -281,7 +285,7 @@ def test_demo_without_gradio_says_how_to_install(tiny_pipeline_dir):
 
     with pytest.raises(ImportError, match=r"pip install 'chatrex\[demo\]'"):
         build_demo(None)
-    assert "pillow<13" in INSTALL_HINT
+    assert INSTALL_HINT == "the demo needs gradio: pip install 'chatrex[demo]'"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -322,3 +326,92 @@ def test_build_demo_and_answer(pipe, image, use_annotator, tmp_path):
     on_input = _handler(demo, "on_input")
     assert on_input(DETECTION, "fish", value, *extra) == build_prompt("detection", categories="fish")
     assert on_input(REGION, "", value, *extra) == build_prompt("region_category", regions=[0])
+
+
+# ------------------------------------------------------------------------------------------------
+# request bounds, cancellation, messages, the model card line
+# ------------------------------------------------------------------------------------------------
+def test_prompt_length_and_answer_length_are_bounded(image):
+    assert make_request(image, FREE, prompt="x" * MAX_PROMPT_CHARS, max_new_tokens=MAX_NEW_TOKENS).prompt
+    with pytest.raises(DemoInputError, match=f"at most {MAX_PROMPT_CHARS} are allowed"):
+        make_request(image, FREE, prompt="x" * (MAX_PROMPT_CHARS + 1))
+    with pytest.raises(DemoInputError, match="the task text has"):
+        make_request(image, DETECTION, text="fish;" * MAX_PROMPT_CHARS)
+    with pytest.raises(DemoInputError, match=f"1..{MAX_NEW_TOKENS} tokens"):
+        make_request(image, DETECTION, text="fish", max_new_tokens=MAX_NEW_TOKENS + 1)
+
+
+def test_region_message_names_the_typed_field_only_where_the_page_has_one(image):
+    with pytest.raises(DemoInputError, match=r"draw at least one box on the image \(or type"):
+        make_request(image, REGION)
+    with pytest.raises(DemoInputError) as err:
+        make_request(image, REGION, can_type_boxes=False)
+    assert "draw at least one box on the image" in str(err.value) and "type" not in str(err.value)
+
+
+def test_abandoning_the_answer_cancels_the_generation(pipe, image):
+    class Recording:  # the pipeline, keeping the answers it streams
+        def __init__(self):
+            self.answers = []
+
+        def stream(self, *args, **kwargs):
+            self.answers.append(pipe.stream(*args, **kwargs))
+            return self.answers[-1]
+
+    recording = Recording()
+    answers = stream_answer(recording, make_request(image, FREE, prompt="Describe the image.", max_new_tokens=400))
+    next(answers)
+    answers.close()  # what Gradio does when the page goes away
+    streaming = recording.answers[0]
+    streaming._thread.join(timeout=60)
+    assert streaming.cancelled and not streaming._thread.is_alive() and streaming.num_tokens < 400
+
+
+def test_error_message_escapes_markup():
+    assert error_message("refers to <obj7> & more") == "refers to &lt;obj7&gt; &amp; more"
+
+
+def test_model_card_line(tmp_path):
+    assert model_card_line(tmp_path) is None and model_card_line(None) is None
+    (tmp_path / "README.md").write_text("---\nlicense: apache-2.0\n---\n\n# Knows only the procedural world.\n\nMore.\n")
+    assert model_card_line(tmp_path) == "Knows only the procedural world."
+    (tmp_path / "model_card.json").write_text(json.dumps({"summary": "Trained on procedural scenes.\nmore"}))
+    assert model_card_line(tmp_path) == "Trained on procedural scenes."
+
+
+def test_a_new_task_clears_the_previous_tasks_text_and_boxes(pipe, image):
+    pytest.importorskip("gradio")
+    from chatrex.interfaces.demo import build_demo
+
+    for use_annotator in (False, True):
+        if use_annotator:
+            pytest.importorskip("gradio_image_annotation")
+        demo = build_demo(pipe, use_annotator=use_annotator)
+        on_task = _handler(demo, "on_task")
+        if use_annotator:
+            drawn = {"image": image, "boxes": [{"xmin": 1, "ymin": 2, "xmax": 30, "ymax": 40}], "orientation": 0}
+            field, prompt, image_value = on_task(QUESTION, "what is this?", drawn)
+            assert image_value["boxes"] == [] and image_value["image"] is image
+        else:
+            field, prompt, boxes_text = on_task(QUESTION, "what is this?", image, "1,2,30,40")
+            assert boxes_text == ""
+        assert field.value == "" and prompt == ""  # the question task waits for its own text
+
+
+def test_an_undecodable_upload_reaches_the_loader(pipe, tmp_path):
+    pytest.importorskip("gradio")
+    from chatrex.interfaces.demo import build_demo, decode_upload, split_image_input
+
+    bad = tmp_path / "photo.jpg"
+    bad.write_text("not a picture")
+    for use_annotator in (False, True):
+        if use_annotator:
+            pytest.importorskip("gradio_image_annotation")
+        demo = build_demo(pipe, use_annotator=use_annotator)
+        image_in = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "chatrex-image")
+        file = {"path": str(bad), "orig_name": "photo.jpg", "meta": {"_type": "gradio.FileData"}}
+        raw = {"image": file, "boxes": [], "orientation": 0} if use_annotator else file
+        picture, boxes = split_image_input(decode_upload(image_in, raw))
+        assert picture == str(bad) and boxes is None
+        with pytest.raises(DemoInputError, match="could not be decoded"):
+            make_request(picture, DETECTION, text="fish")

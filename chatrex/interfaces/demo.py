@@ -9,8 +9,8 @@
              with the grounded boxes labelled (chatrex.grounding.draw_grounded), and the JSON record
              that ``chatrex predict --json`` writes
 
-Only :func:`build_demo` imports gradio (the ``demo`` extra; gradio pins ``pillow<13``, so it gets an
-environment of its own). Everything else here is plain Python: UI inputs -> :class:`DemoRequest`
+Only :func:`build_demo` imports gradio (the ``demo`` extra, installed beside everything else: the
+project pins a Pillow that gradio accepts). Everything else here is plain Python: UI inputs -> :class:`DemoRequest`
 (:func:`make_request`), request -> pipeline answer (:func:`stream_answer`), answer -> what the page
 shows (:func:`render_result`). Bad input raises :class:`DemoInputError` (a ``ValueError``) with a
 message meant for the user; the app shows it as a ``gr.Error``.
@@ -23,10 +23,13 @@ Example::
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import json
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from PIL import Image
@@ -42,6 +45,10 @@ __all__ = [
     "DemoRequest",
     "DemoOutput",
     "INSTALL_HINT",
+    "MAX_PROMPT_CHARS",
+    "MAX_NEW_TOKENS",
+    "model_card_line",
+    "error_message",
     "find_task",
     "task_prompt",
     "suggest_prompt",
@@ -60,12 +67,15 @@ __all__ = [
 ]
 
 #: What to install for the demo (printed when gradio is missing).
-INSTALL_HINT = ("the demo needs gradio: pip install 'chatrex[demo]' (gradio requires pillow<13, so install it "
-                "in an environment of its own)")
+INSTALL_HINT = "the demo needs gradio: pip install 'chatrex[demo]'"
 #: UPN proposal granularities offered (see ``ChatRexPipeline.__call__``).
 DEMO_GRANULARITIES = ("fine", "coarse")
 #: Generation default of the demo (the pipeline's own default).
 DEFAULT_MAX_NEW_TOKENS = 512
+#: The longest answer a request may ask for (the page's slider goes this far).
+MAX_NEW_TOKENS = 1024
+#: The longest prompt (and task text) a request may send, in characters.
+MAX_PROMPT_CHARS = 2000
 
 
 class DemoInputError(ValueError):
@@ -134,9 +144,9 @@ def _split(text: str, separators: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-def _missing_boxes(task: DemoTask) -> DemoInputError:
-    return DemoInputError(f"{task.label} asks about your own boxes: draw at least one box on the image "
-                          "(or type x0,y0,x1,y1 lines)")
+def _missing_boxes(task: DemoTask, can_type: bool = True) -> DemoInputError:
+    how = "draw at least one box on the image" + (" (or type x0,y0,x1,y1 lines)" if can_type else "")
+    return DemoInputError(f"{task.label} asks about your own boxes: {how}")
 
 
 def task_prompt(task: DemoTask, text: Optional[str], num_boxes: int = 0) -> str:
@@ -302,6 +312,7 @@ def make_request(
     min_score: float = 0.3,
     max_boxes: int = MAX_BOXES,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    can_type_boxes: bool = True,
 ) -> DemoRequest:
     """Check the page's inputs and turn them into a :class:`DemoRequest`.
 
@@ -312,11 +323,14 @@ def make_request(
         prompt: the prompt box; blank → written from ``task`` and ``text`` (:func:`task_prompt`).
         boxes: the user's boxes ``[[x0, y0, x1, y1], ...]`` in image pixels, or ``None`` for proposals.
         granularity: ``"fine"`` or ``"coarse"`` UPN proposals (unused when boxes are given).
-        min_score / max_boxes / max_new_tokens: proposal score threshold, most boxes, longest answer.
+        min_score / max_boxes / max_new_tokens: proposal score threshold, most boxes, longest answer
+            (at most :data:`MAX_NEW_TOKENS`).
+        can_type_boxes: whether the page has a field for typed boxes (the message for a region task
+            without boxes mentions it only then).
 
     Raises:
         DemoInputError: no image, an unreadable image, bad boxes, a region task without boxes, an empty
-            prompt, a bad setting.
+            prompt or one longer than :data:`MAX_PROMPT_CHARS`, a bad setting.
     """
     if image is None:
         raise DemoInputError("upload an image first")
@@ -331,8 +345,11 @@ def make_request(
         raise DemoInputError(f"most boxes must be in 1..{MAX_BOXES}, got {max_boxes}")
     if not 0.0 <= float(min_score) <= 1.0:
         raise DemoInputError(f"min proposal score must be in [0, 1], got {min_score}")
-    if int(max_new_tokens) < 1:
-        raise DemoInputError(f"longest answer must be at least 1 token, got {max_new_tokens}")
+    if not 1 <= int(max_new_tokens) <= MAX_NEW_TOKENS:
+        raise DemoInputError(f"longest answer must be 1..{MAX_NEW_TOKENS} tokens, got {max_new_tokens}")
+    for name, value in (("the prompt", prompt), ("the task text", text)):
+        if value is not None and len(value) > MAX_PROMPT_CHARS:
+            raise DemoInputError(f"{name} has {len(value)} characters; at most {MAX_PROMPT_CHARS} are allowed")
     checked = None
     if boxes is not None and len(boxes) > 0:
         try:
@@ -340,7 +357,7 @@ def make_request(
         except ValueError as exc:
             raise DemoInputError(str(exc)) from None
     if menu.needs_boxes and checked is None:
-        raise _missing_boxes(menu)
+        raise _missing_boxes(menu, can_type_boxes)
     question = (prompt or "").strip() or task_prompt(menu, text, len(checked or []))
     return DemoRequest(picture, question, menu.label, checked, granularity, float(min_score), int(max_boxes),
                        int(max_new_tokens))
@@ -349,6 +366,9 @@ def make_request(
 def stream_answer(pipeline: Any, request: DemoRequest) -> Iterator[tuple[str, Optional[PipelineResult]]]:
     """Run ``request`` with ``pipeline.stream``: yields ``(text so far, None)`` while the answer is
     generated, then ``(whole text, PipelineResult)`` once.
+
+    When the caller stops iterating (e.g. Gradio closes the generator because the page was left), the
+    generation is cancelled (``StreamingAnswer.cancel``) instead of running on to ``max_new_tokens``.
 
     Raises:
         DemoInputError: the pipeline refused the input (e.g. the prompt names ``<obj7>`` but there are
@@ -359,10 +379,15 @@ def stream_answer(pipeline: Any, request: DemoRequest) -> Iterator[tuple[str, Op
     except ValueError as exc:  # the pipeline names the image of a batch: "image 0: ..."
         raise DemoInputError(str(exc).removeprefix("image 0: ")) from None
     text = ""
-    for piece in streaming:
-        text += piece
-        yield text, None
-    yield streaming.text, streaming.result()
+    try:
+        for piece in streaming:
+            text += piece
+            yield text, None
+        yield streaming.text, streaming.result()
+    finally:  # the page went away (the generator was closed) or failed: stop generating
+        cancel = getattr(streaming, "cancel", None)
+        if cancel is not None:
+            cancel()
 
 
 def _hex(color: Sequence[int]) -> str:
@@ -452,6 +477,48 @@ def render_result(request: DemoRequest, result: PipelineResult, model: Optional[
     )
 
 
+#: Files of a model directory whose first line says what the model is.
+MODEL_CARD_FILES = ("model_card.json", "README.md")
+
+
+def model_card_line(model_dir: Any) -> Optional[str]:
+    """The first line of a model directory's card: ``model_card.json`` (its ``"summary"`` or
+    ``"description"``) or ``README.md`` (the first line of text after any front matter, ``#`` removed);
+    ``None`` when the directory has neither or they say nothing."""
+    if model_dir is None:
+        return None
+    root = Path(os.fspath(model_dir))
+    card = root / MODEL_CARD_FILES[0]
+    if card.is_file():
+        try:
+            data = json.loads(card.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            data = None
+        if isinstance(data, dict):
+            for key in ("summary", "description"):
+                if isinstance(data.get(key), str) and data[key].strip():
+                    return data[key].strip().splitlines()[0].strip()
+    readme = root / MODEL_CARD_FILES[1]
+    if readme.is_file():
+        try:
+            lines = readme.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            return None
+        if lines and lines[0].strip() == "---":  # YAML front matter
+            end = next((i for i, line in enumerate(lines[1:], 1) if line.strip() == "---"), len(lines) - 1)
+            lines = lines[end + 1:]
+        for line in lines:
+            line = line.strip().lstrip("#").strip()
+            if line:
+                return line
+    return None
+
+
+def error_message(text: str) -> str:
+    """A message for the page's error toast, which renders HTML: ``<obj3>`` and the like escaped so they show."""
+    return html.escape(str(text), quote=False)
+
+
 # ------------------------------------------------------------------------------------------------
 # the Gradio app
 # ------------------------------------------------------------------------------------------------
@@ -469,15 +536,36 @@ def annotator_available() -> bool:
     return importlib.util.find_spec("gradio_image_annotation") is not None
 
 
+#: What decoding a picture that cannot be read raises in PIL (handed on to the demo's own loader instead).
+_UNDECODABLE = (OSError, ValueError, Image.DecompressionBombError, SyntaxError)
+
+
+def decode_upload(component: Any, raw: Any) -> Any:
+    """The value of the image input ``component`` from its raw payload (events run with ``preprocess=False``).
+
+    The component decodes the upload itself (``component.preprocess``); an upload it cannot decode (a text
+    file named .jpg, a picture over PIL's size limit) is handed on as its file path, so that the answer
+    shows :func:`load_image`'s message instead of red "Error" badges and a server traceback.
+    """
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("image", raw), Mapping):
+        return raw  # nothing, or a value already decoded (a direct call of a handler)
+    try:
+        return component.preprocess(component.data_model.model_validate(raw))
+    except _UNDECODABLE:
+        if isinstance(raw.get("image"), Mapping) or "boxes" in raw:  # the annotator: {"image": file, "boxes": [...]}
+            return {"image": (raw.get("image") or {}).get("path"), "boxes": [], "orientation": 0}
+        return raw.get("path")
+
+
 def _image_input(gr: Any, use_annotator: bool) -> tuple[Any, Any]:
     """The image input and, without the annotator, the text box for typed boxes (else ``None``)."""
     if use_annotator:
         from gradio_image_annotation import image_annotator
 
         image = image_annotator(label="Image: upload, then draw boxes for region tasks (optional otherwise)",
-                                image_type="pil", label_list=["region"], single_box=False)
+                                image_type="pil", label_list=["region"], single_box=False, elem_id="chatrex-image")
         return image, None
-    image = gr.Image(type="pil", label="Image")
+    image = gr.Image(type="pil", label="Image", elem_id="chatrex-image")
     boxes = gr.Textbox(label="Your boxes (optional; required for region tasks)", lines=3,
                        placeholder="one box per line in image pixels: x0,y0,x1,y1 (given boxes replace the proposals)")
     return image, boxes
@@ -493,6 +581,7 @@ def build_demo(
     examples: Sequence[Any] = (),
     use_annotator: Optional[bool] = None,
     title: str = "ChatRex",
+    model_card: Optional[str] = None,
 ) -> Any:
     """The Gradio ``Blocks`` app around ``pipeline`` (launch it with ``.launch()``).
 
@@ -503,6 +592,7 @@ def build_demo(
         use_annotator: draw boxes with ``gradio_image_annotation``; ``None``: when it is installed,
             ``False``: type boxes instead.
         title: page title.
+        model_card: one line on what the model is (:func:`model_card_line`), shown under the title.
 
     Raises:
         ImportError: gradio (or, with ``use_annotator=True``, gradio_image_annotation) is missing; the
@@ -514,18 +604,29 @@ def build_demo(
     elif use_annotator and not annotator_available():
         raise ImportError("drawing boxes needs gradio_image_annotation: pip install 'chatrex[demo]'")
 
-    def on_task(label: str, text: str, image_value: Any, boxes_text: Optional[str] = None) -> tuple[Any, str]:
+    # The image input's events run with preprocess=False and decode it with decode_upload (see there).
+    def on_task(label: str, text: str, raw_image: Any, boxes_text: Optional[str] = None) -> tuple[Any, ...]:
+        """A new task starts clean: the text typed and the boxes drawn (or typed) for the previous task are
+        cleared, so they neither reach the new task's prompt nor replace its proposals unseen."""
+        image_value = decode_upload(image_in, raw_image)
         task = find_task(label)
-        field = gr.Textbox(label=f"{task.label}: what to ask about", placeholder=task.hint, interactive=task.needs_text)
-        return field, suggest_prompt(label, text, count_boxes(image_value, boxes_text))
+        field = gr.Textbox(value="", label=f"{task.label}: what to ask about", placeholder=task.hint,
+                           interactive=task.needs_text, max_length=MAX_PROMPT_CHARS)
+        if isinstance(image_value, Mapping):
+            drawn = isinstance(image_value.get("image"), Image.Image) and image_value.get("boxes")
+            image = {**image_value, "boxes": []} if drawn else gr.skip()
+        else:
+            image = "" if boxes_text is not None else gr.skip()
+        return field, suggest_prompt(label, "", 0), image
 
-    def on_input(label: str, text: str, image_value: Any, boxes_text: Optional[str] = None) -> str:
-        return suggest_prompt(label, text, count_boxes(image_value, boxes_text))
+    def on_input(label: str, text: str, raw_image: Any, boxes_text: Optional[str] = None) -> str:
+        return suggest_prompt(label, text, count_boxes(decode_upload(image_in, raw_image), boxes_text))
 
-    def on_answer(image_value, label, text, prompt, granularity, min_score, max_boxes, max_new_tokens, boxes_text=None):
+    def on_answer(raw_image, label, text, prompt, granularity, min_score, max_boxes, max_new_tokens, boxes_text=None):
         try:
-            image, boxes = split_image_input(image_value, boxes_text)
-            request = make_request(image, label, text, prompt, boxes, granularity, min_score, max_boxes, max_new_tokens)
+            image, boxes = split_image_input(decode_upload(image_in, raw_image), boxes_text)
+            request = make_request(image, label, text, prompt, boxes, granularity, min_score, max_boxes, max_new_tokens,
+                                   can_type_boxes=not use_annotator)
             for raw, result in stream_answer(pipeline, request):
                 if result is None:
                     yield raw, gr.skip(), gr.skip(), gr.skip(), gr.skip()
@@ -534,23 +635,25 @@ def build_demo(
                 yield (raw, gr.HighlightedText(value=out.highlights, color_map=out.color_map), out.image,
                        out.summary, out.record)
         except DemoInputError as exc:
-            raise gr.Error(str(exc)) from None
+            raise gr.Error(error_message(exc)) from None
         except RuntimeError as exc:  # the generation thread failed
-            raise gr.Error(f"the model failed: {exc}") from None
+            raise gr.Error(error_message(f"the model failed: {exc}")) from None
 
     first = DEMO_TASKS[0]
     with gr.Blocks(title=title) as demo:
         gr.Markdown(f"# {title}\nEvery object the model names is grounded to one of the boxes it was given: "
-                    "UPN proposals, or the boxes you draw." + (f"\n\nModel: `{model_name}`" if model_name else ""))
+                    "UPN proposals, or the boxes you draw." + (f"\n\nModel: `{model_name}`" if model_name else "")
+                    + (f"\n\n**About this model:** {html.escape(model_card)}" if model_card else ""))
         with gr.Row():
             with gr.Column():
                 image_in, boxes_in = _image_input(gr, use_annotator)
                 if examples:
                     gr.Examples(_example_values(examples, use_annotator), inputs=[image_in])
-                task_in = gr.Dropdown([t.label for t in DEMO_TASKS], value=first.label, label="Task")
-                text_in = gr.Textbox(label=f"{first.label}: what to ask about", placeholder=first.hint)
+                task_in = gr.Dropdown([t.label for t in DEMO_TASKS], value=first.label, label="Task", elem_id="chatrex-task")
+                text_in = gr.Textbox(label=f"{first.label}: what to ask about", placeholder=first.hint,
+                                     max_length=MAX_PROMPT_CHARS, elem_id="chatrex-text")
                 prompt_in = gr.Textbox(label="Prompt sent to the model (filled from the task's template; editable)",
-                                       lines=3)
+                                       lines=3, max_length=MAX_PROMPT_CHARS, elem_id="chatrex-prompt")
                 granularity_in = gr.Radio(list(DEMO_GRANULARITIES), value="fine", label="Proposal granularity",
                                           info="UPN proposals when you give no boxes: fine = parts and small "
                                                "objects, coarse = whole objects")
@@ -558,25 +661,29 @@ def build_demo(
                     start = float(getattr(pipeline, "min_score", OFFICIAL_MIN_SCORE))  # the model's filter
                     min_score_in = gr.Slider(0.0, 1.0, value=start, step=0.05, label="Min proposal score")
                     max_boxes_in = gr.Slider(1, MAX_BOXES, value=MAX_BOXES, step=1, label="Most boxes given to the model")
-                    tokens_in = gr.Slider(16, 1024, value=DEFAULT_MAX_NEW_TOKENS, step=16, label="Longest answer (tokens)")
-                run = gr.Button("Answer", variant="primary")
+                    tokens_in = gr.Slider(16, MAX_NEW_TOKENS, value=DEFAULT_MAX_NEW_TOKENS, step=16,
+                                          label="Longest answer (tokens)")
+                run = gr.Button("Answer", variant="primary", elem_id="chatrex-run")
             with gr.Column():
                 raw_out = gr.Textbox(label="Model output (as it is generated)", lines=4, interactive=False)
                 answer_out = gr.HighlightedText(label="Answer: phrase → box indices", combine_adjacent=False)
-                image_out = gr.Image(type="pil", label="Grounded boxes", format="png", interactive=False)
-                summary_out = gr.Markdown()
-                json_out = gr.JSON(label="Result JSON")
+                image_out = gr.Image(type="pil", label="Grounded boxes", format="png", interactive=False,
+                                     elem_id="chatrex-output-image")
+                summary_out = gr.Markdown(elem_id="chatrex-summary")
+                json_out = gr.JSON(label="Result JSON", elem_id="chatrex-json")
 
         extra = [boxes_in] if boxes_in is not None else []
         watch = [task_in, text_in, image_in, *extra]
-        quiet = dict(api_visibility="private", show_progress="hidden")  # prompt filling: page only
-        task_in.change(on_task, watch, [text_in, prompt_in], **quiet)
+        raw = dict(preprocess=False)  # the handlers decode the image input themselves (decode_upload)
+        quiet = dict(api_visibility="private", show_progress="hidden", **raw)  # prompt filling: page only
+        task_in.change(on_task, watch, [text_in, prompt_in, boxes_in if boxes_in is not None else image_in], **quiet)
         for component in (text_in, image_in, *extra):
             component.change(on_input, watch, prompt_in, **quiet)
         demo.load(on_input, watch, prompt_in, **quiet)
         inputs = [image_in, task_in, text_in, prompt_in, granularity_in, min_score_in, max_boxes_in, tokens_in, *extra]
         outputs = [raw_out, answer_out, image_out, summary_out, json_out]
         # one model: one answer at a time; clients call it as api_name="/answer"
-        run.click(on_answer, inputs, outputs, api_name="answer", concurrency_limit=1, concurrency_id="answer")
-        text_in.submit(on_answer, inputs, outputs, api_visibility="private", concurrency_limit=1, concurrency_id="answer")
+        run.click(on_answer, inputs, outputs, api_name="answer", concurrency_limit=1, concurrency_id="answer", **raw)
+        text_in.submit(on_answer, inputs, outputs, api_visibility="private", concurrency_limit=1, concurrency_id="answer",
+                       **raw)
     return demo

@@ -35,7 +35,6 @@ import copy
 import json
 import math
 import os
-import queue
 import re
 import threading
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
+from transformers import TextIteratorStreamer
 
 from chatrex.grounding.parser import GroundedAnswer, boxes_for, parse_grounded
 from chatrex.interfaces.model_card import load_model_card
@@ -177,51 +177,49 @@ def _as_list(x: Any) -> list:
 # ------------------------------------------------------------------------------------------------
 # streaming
 # ------------------------------------------------------------------------------------------------
-class _QueueStreamer:
-    """A transformers streamer (``put`` / ``end``) that decodes new tokens and queues text pieces.
+class _AnswerStreamer(TextIteratorStreamer):
+    """A ``transformers.TextIteratorStreamer`` for one answer: the prompt is skipped, generation stops being
+    reported at the first EOS id, and the tokens the processor drops when decoding (bos/eos/pad/end of turn)
+    are dropped here too, so the streamed text is the answer as ``processor.decode`` writes it, ChatRex
+    tokens kept. Each token is decoded with the words since the last line break only
+    (``TextIteratorStreamer``'s own bookkeeping), not with the whole answer again.
 
-    The first ``put`` of ``generate`` is the prompt (skipped). Text is decoded from all tokens so far
-    and only the new suffix is queued, so multi-token characters come out whole. Generation stops being
-    reported at the first EOS id.
+    Iterating yields text pieces; ``ids`` holds the answer's token ids.
     """
 
-    def __init__(self, decode, prompt_len: int, eos_ids: set[int]) -> None:
-        self.decode = decode
-        self.prompt_len = prompt_len
+    def __init__(self, tokenizer: Any, drop_ids: set[int], eos_ids: set[int]) -> None:
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=False)
+        self.drop_ids = drop_ids
         self.eos_ids = eos_ids
         self.ids: list[int] = []
-        self.text = ""
-        self.seen_prompt = False
         self.stopped = False
-        self.queue: "queue.Queue[tuple[str, Any]]" = queue.Queue()
 
     def put(self, value: torch.Tensor) -> None:
-        ids = value.reshape(-1).tolist()
-        if not self.seen_prompt:
-            self.seen_prompt = True
-            if value.ndim == 2 and value.shape[-1] == self.prompt_len:
-                return
+        if self.next_tokens_are_prompt:
+            super().put(value)
+            return
         if self.stopped:
             return
-        for i in ids:
+        kept = []
+        for i in value.reshape(-1).tolist():
             if i in self.eos_ids:
                 self.stopped = True
                 break
-            self.ids.append(int(i))
-        text = self.decode(self.ids)
-        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the next token
-            return
-        piece, self.text = text[len(self.text) :], text
-        if piece:
-            self.queue.put(("text", piece))
+            if i not in self.drop_ids:
+                kept.append(int(i))
+        if kept:
+            self.ids.extend(kept)
+            super().put(torch.tensor(kept))
 
-    def end(self) -> None:
-        text = self.decode(self.ids)
-        piece = text[len(self.text) :] if text.startswith(self.text) else ""
-        self.text = text
-        if piece:
-            self.queue.put(("text", piece))
-        self.queue.put(("end", None))
+
+class _StopGeneration:
+    """A ``transformers`` stopping criterion that ends ``generate`` once ``event`` is set."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 class StreamingAnswer:
@@ -229,16 +227,21 @@ class StreamingAnswer:
 
     Attributes:
         boxes / scores: the boxes given to the model (original pixels) and their UPN scores (or None).
-        text: the text received so far (special tokens kept).
+        text: the text received so far (special tokens kept); once the answer has ended, the whole answer
+            decoded at once.
 
     Iterating yields text pieces as they are generated (and re-raises an error of the generation
-    thread); :meth:`result` waits for the end and returns the :class:`PipelineResult`.
+    thread); :meth:`result` waits for the end and returns the :class:`PipelineResult`; :meth:`cancel`
+    stops the generation (e.g. when the client has gone), after which iterating ends early.
     """
 
-    def __init__(self, streamer: _QueueStreamer, thread: threading.Thread, errors: list, boxes, scores) -> None:
+    def __init__(self, streamer: Any, thread: threading.Thread, errors: list, boxes, scores,
+                 stop: Optional[threading.Event] = None, decode: Any = None) -> None:
         self._streamer = streamer
         self._thread = thread
         self._errors = errors
+        self._stop = stop if stop is not None else threading.Event()
+        self._decode = decode
         self._done = False
         self.boxes: list[list[float]] = boxes
         self.scores: Optional[list[float]] = scores
@@ -246,15 +249,32 @@ class StreamingAnswer:
 
     def __iter__(self) -> Iterator[str]:
         while not self._done:
-            kind, piece = self._streamer.queue.get()
-            if kind == "end":
+            piece = self._streamer.text_queue.get()
+            if piece is self._streamer.stop_signal:
                 self._done = True
                 self._thread.join()
+                if self._decode is not None and not self._errors:
+                    self.text = self._decode(self._streamer.ids)
                 break
-            self.text += piece
-            yield piece
+            if piece:
+                self.text += piece
+                yield piece
         if self._errors:
             raise RuntimeError(f"generation failed: {type(self._errors[0]).__name__}: {self._errors[0]}") from self._errors[0]
+
+    def cancel(self) -> None:
+        """Ask the generation to stop after its current step (the text so far stays)."""
+        self._stop.set()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` was called."""
+        return self._stop.is_set()
+
+    @property
+    def num_tokens(self) -> int:
+        """Answer tokens generated so far (EOS and the tokens ``processor.decode`` drops not counted)."""
+        return len(self._streamer.ids)
 
     def result(self) -> PipelineResult:
         for _ in self:
@@ -279,10 +299,16 @@ class ChatRexPipeline:
         min_score / nms: the proposal filter calls use when they name none (score threshold, NMS IoU;
             ``nms <= 0`` turns NMS off); default the official 0.3 / 0.8. A model directory's
             ``pipeline_config.json`` may set them for its UPN.
+        generation: how greedy answers are decoded (:mod:`chatrex.mllm.fast_generation`): ``"default"``
+            (``model.generate``), ``"static"`` (a static KV cache, one prefill pass), ``"compiled"`` (that,
+            with the decode step compiled and, on CUDA, replayed as a CUDA graph; the first call per
+            batch size and cache length compiles), ``"auto"`` (``"compiled"`` on CUDA, else ``"default"``).
+            Settings other than greedy (sampling, beams, ...) always use ``model.generate``. The tokens
+            are the same either way.
     """
 
     def __init__(self, upn: Any, model: Any, processor: Any, generation_config: Any = None,
-                 min_score: float = OFFICIAL_MIN_SCORE, nms: float = OFFICIAL_NMS) -> None:
+                 min_score: float = OFFICIAL_MIN_SCORE, nms: float = OFFICIAL_NMS, generation: str = "auto") -> None:
         if model is None or processor is None:
             raise ValueError("ChatRexPipeline needs a model and a processor")
         if not 0.0 <= float(min_score) <= 1.0:
@@ -300,6 +326,10 @@ class ChatRexPipeline:
         self.generation_config = self._build_generation_config(generation_config)
         #: the model directory's card (chatrex.interfaces.model_card), set by from_pretrained; None otherwise
         self.model_card = None
+        from chatrex.mllm.fast_generation import resolve_backend
+
+        self.generation = resolve_backend(generation, self.device)
+        self._static_generator: Any = None
 
     # -------------------------------------------------------------------------------- loading
     @classmethod
@@ -312,6 +342,9 @@ class ChatRexPipeline:
         upn_max_size: Any = _FROM_DIR,
         generation_config: Any = None,
         upn: Union[None, str, os.PathLike] = None,
+        generation: str = "auto",
+        upn_precision: str = "fp32",
+        upn_compile: bool = False,
     ) -> "ChatRexPipeline":
         """Load ``path/upn`` and ``path/chatrex`` (see the module docstring), or an MLLM folder ``path`` on its
         own (an official checkpoint or one of our ``chatrex/`` folders) with the UPN ``upn``.
@@ -326,6 +359,9 @@ class ChatRexPipeline:
             upn_resize / upn_max_size: UPN input size (short side / long-side bound, ``None`` = no
                 bound); default: the directory's ``pipeline_config.json``, else the size ``upn/``
                 records (its ``preprocessor_config.json``), else the official 800 / 1333.
+            generation: the decoding backend (see the class).
+            upn_precision / upn_compile: ``UPNWrapper``'s ``precision`` (``"fp32"``, ``"bf16"``) and
+                ``compile``.
 
         Raises:
             FileNotFoundError: the directory or one of its parts is missing (the message names it).
@@ -379,7 +415,8 @@ class ChatRexPipeline:
         torch_dtype = _resolve_dtype(dtype)
         filter_settings = {k: settings.pop(k) for k in ("min_score", "nms") if k in settings}
         upn_model = None if upn_dir is None else UPNWrapper(
-            upn_dir, config=None, device=dev, **{k.removeprefix("upn_"): v for k, v in settings.items()})
+            upn_dir, config=None, device=dev, precision=upn_precision, compile=upn_compile,
+            **{k.removeprefix("upn_"): v for k, v in settings.items()})
         kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
         if official:  # streamed from the checkpoint straight onto the device (chatrex.mllm.official)
             model = ChatRexForConditionalGeneration.from_pretrained(
@@ -392,7 +429,8 @@ class ChatRexPipeline:
             model = ChatRexForConditionalGeneration.from_pretrained(mllm_dir, **kwargs).to(dev).eval()
         processor = ChatRexProcessor.from_pretrained(mllm_dir)
         try:
-            pipe = cls(upn_model, model, processor, generation_config=generation_config, **filter_settings)
+            pipe = cls(upn_model, model, processor, generation_config=generation_config, generation=generation,
+                       **filter_settings)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"'{cfg_path}': {exc}") from None
         pipe.model_card = load_model_card(root)
@@ -451,6 +489,34 @@ class ChatRexPipeline:
         cfg = copy.deepcopy(self.generation_config)
         extra = cfg.update(**gen_kwargs)
         return cfg, extra
+
+    def generate(self, inputs: dict[str, Any], generation_config: Any, streamer: Any = None,
+                 stop: Optional[threading.Event] = None, **extra: Any) -> torch.Tensor:
+        """Run the model on processor ``inputs`` with the pipeline's decoding backend (see the class).
+
+        Args:
+            inputs: the processor's output on the model's device.
+            generation_config: a ``transformers.GenerationConfig``; ``extra``: more ``generate`` arguments.
+            streamer: a transformers streamer. stop: set it to end the generation after the current step.
+        Returns:
+            (B, L + T) ids, as ``model.generate`` returns them.
+        """
+        from chatrex.mllm.fast_generation import StaticGenerator
+
+        if self.generation != "default" and StaticGenerator.unsupported(generation_config, **extra) is None:
+            if self._static_generator is None:
+                self._static_generator = StaticGenerator(self.model, compile=self.generation == "compiled")
+            return self._static_generator.generate(
+                **inputs, generation_config=generation_config, streamer=streamer,
+                should_stop=None if stop is None else stop.is_set, **extra)
+        if stop is not None:
+            from transformers import StoppingCriteriaList
+
+            criteria = StoppingCriteriaList(extra.pop("stopping_criteria", None) or [])
+            criteria.append(_StopGeneration(stop))
+            extra["stopping_criteria"] = criteria
+        with torch.inference_mode():
+            return self.model.generate(**inputs, generation_config=generation_config, streamer=streamer, **extra)
 
     def _eos_ids(self, gen_kwargs: dict) -> set[int]:
         eos = gen_kwargs.get("eos_token_id", self.generation_config.eos_token_id)
@@ -611,8 +677,7 @@ class ChatRexPipeline:
             gen_cfg, extra = self._generation_args(gen_kwargs)
             if on_answer is not None:
                 extra["streamer"] = _AnswerCounter(len(pils), eos_ids, on_answer)
-            with torch.inference_mode():
-                out = self.model.generate(**inputs, generation_config=gen_cfg, **extra)
+            out = self.generate(inputs, gen_cfg, **extra)
             new_tokens = _new_tokens(out, inputs["input_ids"])
             for row, bl, sl in zip(new_tokens, box_lists, score_lists):
                 raw = self._decode(row, eos_ids)
@@ -636,21 +701,22 @@ class ChatRexPipeline:
             [image], [question], None if boxes is None else [boxes], granularity, min_score, nms, max_boxes
         )
         inputs = self._inputs(pils, [question], box_lists)
-        streamer = _QueueStreamer(self._decode_ids, int(inputs["input_ids"].shape[-1]), self._eos_ids(gen_kwargs))
+        drop = set(getattr(self.processor, "special_ids", set()))
+        streamer = _AnswerStreamer(self.tokenizer, drop, self._eos_ids(gen_kwargs))
         errors: list[BaseException] = []
+        stop = threading.Event()
         gen_cfg, extra = self._generation_args(gen_kwargs)
 
         def run() -> None:
             try:
-                with torch.inference_mode():
-                    self.model.generate(**inputs, generation_config=gen_cfg, streamer=streamer, **extra)
+                self.generate(inputs, gen_cfg, streamer=streamer, stop=stop, **extra)
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
                 errors.append(exc)
                 streamer.end()
 
         thread = threading.Thread(target=run, name="chatrex-generate", daemon=True)
         thread.start()
-        return StreamingAnswer(streamer, thread, errors, box_lists[0], score_lists[0])
+        return StreamingAnswer(streamer, thread, errors, box_lists[0], score_lists[0], stop=stop, decode=self._decode_ids)
 
 
 class _AnswerCounter:

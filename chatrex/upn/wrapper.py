@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
@@ -36,6 +37,9 @@ DEFAULT_CONFIG = "upn_large"
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 #: The official input size: short side 800, long side at most 1333.
 OFFICIAL_INPUT_SIZE = (800, 1333)
+#: ``precision`` values: ``"fp32"``, or ``"bf16"`` (bfloat16 autocast on the backbone and encoder; query
+#: selection, decoder and heads in float32).
+PRECISIONS = ("fp32", "bf16")
 _FROM_CHECKPOINT = object()
 
 
@@ -124,6 +128,15 @@ class UPNWrapper:
         batch_size: images per forward pass when a list is given (None: the whole list is one padded
             batch, like the official wrapper). Padding changes the model input, so chunked results can
             differ slightly from one big batch.
+        precision: ``"fp32"`` (default; what the parity tests check) or ``"bf16"``: the Swin backbone and
+            the deformable encoder run under bfloat16 autocast (most of the time), while the two-stage query
+            selection, the decoder and the heads, which decide which boxes come out and where, run in
+            float32 on the float32 weights. The deformable sampling itself always computes in float32.
+            bf16 proposals differ from fp32 ones by rounding (``benchmarks/upn_inference_speed.py``
+            measures by how much).
+        compile: ``torch.compile`` the encoder and decoder passes (``True``, or a dict of ``torch.compile``
+            keyword arguments). The first call per input shape compiles; later shapes of the same rank
+            reuse a dynamic-shape graph.
     """
 
     def __init__(
@@ -134,6 +147,8 @@ class UPNWrapper:
         resize: Optional[int] = None,
         max_size: Any = _FROM_CHECKPOINT,
         batch_size: Optional[int] = None,
+        precision: str = "fp32",
+        compile: Union[bool, dict] = False,
     ) -> None:
         dev = resolve_device(device)
         if resize is None or max_size is _FROM_CHECKPOINT:  # read the record only for what is not given
@@ -141,7 +156,7 @@ class UPNWrapper:
             resize = recorded[0] if resize is None else resize
             max_size = recorded[1] if max_size is _FROM_CHECKPOINT else max_size
         model, cfg = _load_model(ckpt_path, config, dev)
-        self._setup(model, cfg, dev, resize, max_size, batch_size)
+        self._setup(model, cfg, dev, resize, max_size, batch_size, precision=precision, compile=compile)
 
     @classmethod
     def from_model(
@@ -152,6 +167,8 @@ class UPNWrapper:
         resize: int = 800,
         max_size: Optional[int] = 1333,
         batch_size: Optional[int] = None,
+        precision: str = "fp32",
+        compile: Union[bool, dict] = False,
     ) -> "UPNWrapper":
         """Wrap an in-memory UPN (training / evaluation). The model is not copied; with ``device=None``
         it stays where it is. Its train/eval mode is restored after every ``inference`` call."""
@@ -164,12 +181,22 @@ class UPNWrapper:
         else:
             dev = resolve_device(device)
             model = model.to(dev)
-        self._setup(model, cfg, dev, resize, max_size, batch_size, set_eval=False)
+        self._setup(model, cfg, dev, resize, max_size, batch_size, set_eval=False, precision=precision, compile=compile)
         return self
 
-    def _setup(self, model, cfg, device, resize, max_size, batch_size, set_eval: bool = True) -> None:
+    def _setup(self, model, cfg, device, resize, max_size, batch_size, set_eval: bool = True,
+               precision: str = "fp32", compile: Union[bool, dict] = False) -> None:
         if batch_size is not None and int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.precision = precision
+        self._encode = model.forward_encoder
+        self._decode = model.forward_decoder
+        if compile:
+            options = dict(compile) if isinstance(compile, dict) else {}
+            self._encode = torch.compile(model.forward_encoder, **options)
+            self._decode = torch.compile(model.forward_decoder, **options)
         self.model = model.eval() if set_eval else model
         self.cfg = cfg if cfg is not None else getattr(model, "config", None)
         self.prompt_types = tuple(getattr(self.cfg, "prompt_types", None) or PROMPT_TYPES)
@@ -199,8 +226,23 @@ class UPNWrapper:
         pixels = pixels.to(device=self.device, dtype=self._dtype())
         mask = mask.to(self.device)
         with torch.inference_mode():
-            outputs = self.model(pixels, mask, prompt_type)
+            outputs = self.run_model(pixels, mask, prompt_type)
         return postprocess({k: outputs[k].float() for k in ("pred_logits", "pred_boxes")}, sizes)
+
+    def run_model(self, pixels: torch.Tensor, mask: torch.Tensor, prompt_type: str) -> dict[str, torch.Tensor]:
+        """The UPN on a prepared batch, in the wrapper's precision (and compiled when asked).
+
+        Args:
+            pixels: (B, 3, H, W) normalised on the model's device; mask: (B, H, W) bool, True = padding;
+            prompt_type: a prompt name the model knows.
+        Returns:
+            ``{"pred_logits": (B, Q, 1), "pred_boxes": (B, Q, 4)}`` as ``UPN.forward`` returns them (float32).
+        """
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            state = self._encode(pixels, mask)
+        if state.memory.dtype != torch.float32 and self._dtype() == torch.float32:
+            state = replace(state, memory=state.memory.float())
+        return self._decode(state, prompt_type)
 
     def inference(
         self,
@@ -258,4 +300,4 @@ class UPNWrapper:
         return self.filter(self.inference(image, prompt_type), min_score=min_score, nms_value=nms_value)
 
 
-__all__ = ["UPNWrapper", "resolve_prompt_type", "resolve_device"]
+__all__ = ["UPNWrapper", "resolve_prompt_type", "resolve_device", "PRECISIONS"]

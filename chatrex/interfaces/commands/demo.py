@@ -40,6 +40,8 @@ def demo(
     port: Optional[int] = typer.Option(None, "--port", min=1, max=65535, help="Port (default: Gradio's, 7860 or the next free one)."),
     share: bool = typer.Option(False, "--share/--no-share", help="Also ask Gradio for a public share link."),
     examples: Optional[Path] = typer.Option(None, "--examples", help="Folder of example images shown under the image input."),
+    generation: str = typer.Option("auto", "--generation", help="Decoding: auto (compiled static cache on CUDA, "
+                                   "else transformers' generate), default, static, compiled."),
 ) -> None:
     """Serve a web page to ask ChatRex about your images: tasks, your own boxes, the grounded answer drawn."""
     from chatrex.interfaces.pipeline import DEFAULT_MODEL_DIR
@@ -54,7 +56,7 @@ def demo(
     if upn is None and (model_dir / "config.json").is_file():
         _fail(f"'{model_dir}' is an MLLM folder without a UPN: pass --upn (e.g. upn_large.pth)")
 
-    from chatrex.interfaces.demo import build_demo, import_gradio
+    from chatrex.interfaces.demo import build_demo, import_gradio, model_card_line
 
     try:
         import_gradio()
@@ -66,10 +68,10 @@ def demo(
 
     with Console(stderr=True).status(f"loading the model from {model_dir}"):
         try:
-            pipe = ChatRexPipeline.from_pretrained(model_dir, device=device, dtype=dtype, upn=upn)
+            pipe = ChatRexPipeline.from_pretrained(model_dir, device=device, dtype=dtype, upn=upn, generation=generation)
         except model_load_errors() as exc:  # a bad directory / device / dtype; anything else is a bug: traced
             _fail(f"could not load the model from '{model_dir}': {type(exc).__name__}: {exc}", exc)
-    app = build_demo(pipe, model_name=str(model_dir), examples=example_paths)
+    app = build_demo(pipe, model_name=str(model_dir), examples=example_paths, model_card=model_card_line(model_dir))
     app.launch(server_name=host, server_port=port, share=share)
 
 

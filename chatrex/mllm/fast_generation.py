@@ -1,0 +1,399 @@
+"""Greedy decoding with a static KV cache, a compiled decode step and CUDA graphs.
+
+``model.generate`` (transformers' default) runs Python for every token: input preparation, a dynamic
+cache that grows, logits processors, stopping criteria. On a GPU with a 7B model at batch 1 that
+overhead, not the memory bandwidth, sets the speed. :class:`StaticGenerator` does the same greedy
+decoding with:
+
+* one prefill pass over the whole multimodal prompt (image and object embeddings merged once, by the
+  model's own ``forward``) into a :class:`transformers.StaticCache` of fixed length;
+* a decode step of fixed shapes (token (B, 1), the cache, a (B, C) attention mask, the pointer's keys
+  padded to ``config.max_boxes``) that updates its own state on the device: the next token, the
+  position, the mask slot, the finished rows, the output buffer;
+* optionally that step compiled with ``torch.compile`` (inductor) and, on CUDA, captured once in a
+  CUDA graph per (batch, cache length) and replayed: one launch per token, no host work between
+  tokens except an occasional check whether every row has finished.
+
+The tokens are those of ``model.generate(..., do_sample=False)``: the same prompt positions, left
+padding, EOS handling (a finished row gets ``pad_token_id``), and the same output (B, L + T) with T the
+step at which every row had finished or ``max_new_tokens``. Models with the object pointer
+(``config.object_pointer_dim`` > 0) score every cached step against the keys the prefill returned.
+
+Only plain greedy decoding is done here; :meth:`StaticGenerator.unsupported` names what is not (sampling,
+beams, logits processors, ...), and callers fall back to ``model.generate`` for it.
+
+Example::
+
+    gen = StaticGenerator(model, compile=True)          # CUDA graphs by default on CUDA
+    out = gen.generate(**inputs, max_new_tokens=64)     # == model.generate(**inputs, max_new_tokens=64)
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from chatrex.mllm.object_pointer import point_logits
+
+__all__ = ["StaticGenerator", "GENERATION_BACKENDS", "resolve_backend"]
+
+#: ``generation`` settings the pipeline takes: ``"default"`` = ``model.generate``; ``"static"`` = static
+#: cache, eager step; ``"compiled"`` = static cache, ``torch.compile``d step and (on CUDA) CUDA graphs;
+#: ``"auto"`` = ``"compiled"`` on CUDA, ``"default"`` elsewhere.
+GENERATION_BACKENDS = ("auto", "default", "static", "compiled")
+
+#: Generation settings whose defaults leave greedy decoding unchanged; any other value is not supported here.
+_NEUTRAL: dict[str, Any] = {
+    "do_sample": False, "num_beams": 1, "num_beam_groups": 1, "num_return_sequences": 1,
+    "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "force_words_ids": None,
+    "min_length": 0, "min_new_tokens": None, "forced_bos_token_id": None, "forced_eos_token_id": None,
+    "suppress_tokens": None, "begin_suppress_tokens": None, "sequence_bias": None, "guidance_scale": None,
+    "stop_strings": None, "max_time": None, "exponential_decay_length_penalty": None,
+    "renormalize_logits": False, "return_dict_in_generate": False, "output_scores": False,
+    "output_logits": False, "output_attentions": False, "output_hidden_states": False,
+    "prompt_lookup_num_tokens": None, "assistant_model": None, "penalty_alpha": None, "dola_layers": None,
+    "watermarking_config": None, "token_healing": False,
+}
+#: ``generate`` keyword arguments this class accepts besides the generation settings.
+#: Most EOS ids a call may give.
+_MAX_EOS = 8
+_INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "pixel_values_aux", "boxes")
+
+
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """``"auto"`` → ``"compiled"`` on CUDA, else ``"default"``; other names are checked and returned."""
+    if backend not in GENERATION_BACKENDS:
+        raise ValueError(f"generation must be one of {', '.join(GENERATION_BACKENDS)}; got {backend!r}")
+    if backend == "auto":
+        return "compiled" if torch.device(device).type == "cuda" else "default"
+    return backend
+
+
+@dataclass
+class _Slot:
+    """Static buffers of one (batch, cache length) shape, reused across calls (CUDA graphs need fixed addresses).
+
+    Attributes:
+        cache: the StaticCache (B, heads, C, head_dim) per layer.
+        mask: (B, C) attention mask over the cache slots (1 = a real token).
+        token: (B, 1) the token fed to the next step. pos: (B, 1) its position id. slot: () its cache slot.
+        finished: (B,) bool. tokens: (B, C) the generated tokens (column t = step t).
+        step: () the next column of ``tokens``. eos: (_MAX_EOS,) the EOS ids, -1 padded. pad: () the pad id.
+        keys / key_mask: (B, K_pad, P) / (B, K_pad) pointer keys.
+        graph: the captured CUDA graph of one step, once captured.
+    """
+
+    cache: Any
+    mask: torch.Tensor
+    token: torch.Tensor
+    pos: torch.Tensor
+    slot: torch.Tensor
+    finished: torch.Tensor
+    tokens: torch.Tensor
+    step: torch.Tensor
+    eos: torch.Tensor
+    pad: torch.Tensor
+    keys: Optional[torch.Tensor]
+    key_mask: Optional[torch.Tensor]
+    graph: Any = None
+
+
+class StaticGenerator:
+    """Greedy generation for a ``ChatRexForConditionalGeneration`` with a static KV cache.
+
+    Args:
+        model: the ChatRex model (eval mode); its LLM must be a transformers decoder that accepts a
+            ``StaticCache`` (Llama, Qwen2, Mistral, ...).
+        compile: ``torch.compile`` the decode step (``True``: inductor; a dict: ``torch.compile``'s keyword
+            arguments, e.g. ``{"backend": "eager", "fullgraph": True}``). The first call per shape compiles
+            (tens of seconds at 7B on a GPU); later calls reuse it.
+        cuda_graphs: capture the decode step in a CUDA graph (default: on when the model is on CUDA).
+        cache_multiple: cache lengths are rounded up to a multiple of this, so prompts of similar length
+            share one cache (and one compiled graph).
+        max_shapes: most (batch, cache length) shapes whose caches and graphs are kept (least recently
+            used dropped first).
+        check_every: without a streamer or a stop signal, how many steps run between checks whether
+            every row has finished (each check waits for the device).
+
+    Calls are serialised with a lock (one cache per shape); run one generator per model.
+    """
+
+    def __init__(self, model: nn.Module, compile: bool | dict[str, Any] = False, cuda_graphs: Optional[bool] = None,
+                 cache_multiple: int = 256, max_shapes: int = 8, check_every: int = 16) -> None:
+        if cache_multiple < 1 or max_shapes < 1 or check_every < 1:
+            raise ValueError("cache_multiple, max_shapes and check_every must be positive")
+        self.model = model
+        self.config = model.config
+        device = next(model.parameters()).device
+        self.cuda_graphs = device.type == "cuda" if cuda_graphs is None else bool(cuda_graphs)
+        if self.cuda_graphs and device.type != "cuda":
+            raise ValueError(f"cuda_graphs needs the model on a CUDA device, not {device}")
+        self.compile = dict(compile) if isinstance(compile, dict) else ({} if compile else None)
+        self.cache_multiple = int(cache_multiple)
+        self.max_shapes = int(max_shapes)
+        self.check_every = int(check_every)
+        self._slots: "OrderedDict[tuple[int, int], _Slot]" = OrderedDict()
+        self._lock = threading.Lock()
+        self._pool = None
+        self._index_ids: Optional[torch.Tensor] = None
+        if self.config.object_pointer_dim:
+            ids = self.config.object_index_token_ids
+            if not ids:
+                raise ValueError("config.object_index_token_ids is not set; call "
+                                 "chatrex.mllm.tokens.add_chatrex_tokens(tokenizer, model)")
+            self._index_ids = torch.tensor(ids[: self.config.max_boxes], device=device)
+        self._step_fn: Callable[[_Slot], None] = self._step
+        if self.compile is not None:
+            self._step_fn = torch.compile(self._step, **self.compile)
+
+    # ------------------------------------------------------------------------------------ checks
+    @staticmethod
+    def unsupported(generation_config: Any = None, **kwargs: Any) -> Optional[str]:
+        """Why these settings need ``model.generate`` (a sentence), or ``None`` when greedy decoding here
+        gives the same tokens.
+
+        Args:
+            generation_config: a ``transformers.GenerationConfig`` (or ``None``).
+            **kwargs: the other keyword arguments a ``generate`` call would get (inputs included).
+        """
+        settings: dict[str, Any] = {}
+        if generation_config is not None:
+            settings.update({k: getattr(generation_config, k, _NEUTRAL[k]) for k in _NEUTRAL})
+        for key, value in kwargs.items():
+            if key in _INPUT_KEYS or key in ("max_new_tokens", "max_length", "eos_token_id", "pad_token_id",
+                                             "streamer", "use_cache", "temperature", "top_k", "top_p"):
+                continue
+            if key not in _NEUTRAL:
+                return f"the argument {key!r}"
+            settings[key] = value
+        for key, value in settings.items():
+            neutral = _NEUTRAL[key]
+            if value is not None and value != neutral and not (neutral is None and value in ((), [])):
+                return f"{key}={value!r}"
+        if settings.get("do_sample"):
+            return "do_sample=True"
+        if kwargs.get("use_cache") is False or (generation_config is not None
+                                                 and getattr(generation_config, "use_cache", True) is False):
+            return "use_cache=False"
+        return None
+
+    # ------------------------------------------------------------------------------------ the step
+    def _step(self, s: _Slot) -> None:
+        """One decode step on the slot's buffers (traceable: no host synchronisation, no data-dependent
+        Python)."""
+        model = self.model
+        s.mask.index_fill_(1, s.slot.view(1), 1)  # the input token's own slot becomes visible
+        embeds = model.get_input_embeddings()(s.token)
+        out = model.model(inputs_embeds=embeds, attention_mask=s.mask, position_ids=s.pos,
+                          past_key_values=s.cache, use_cache=True)
+        hidden = out.last_hidden_state  # (B, 1, H)
+        logits = model.lm_head(hidden)
+        if s.keys is not None:
+            scores = model.mm_object_pointer(hidden, s.keys)
+            logits = point_logits(logits, scores, s.key_mask, self._index_ids)
+        self._advance(s, logits[:, -1])
+
+    def _advance(self, s: _Slot, logits: torch.Tensor) -> None:
+        """Pick the next tokens from ``logits`` (B, V) and move every buffer one step on."""
+        nxt = logits.float().argmax(-1)
+        nxt = torch.where(s.finished, s.pad, nxt)
+        s.finished.logical_or_(torch.isin(nxt, s.eos))
+        s.tokens.index_copy_(1, s.step.view(1), nxt[:, None])
+        s.token.copy_(nxt[:, None])
+        s.pos.add_(1)
+        s.slot.add_(1)
+        s.step.add_(1)
+
+    # ------------------------------------------------------------------------------------ buffers
+    def _slot(self, batch: int, cache_len: int, device: torch.device) -> _Slot:
+        key = (batch, cache_len)
+        slot = self._slots.pop(key, None)
+        if slot is None:
+            from transformers import StaticCache
+
+            while len(self._slots) >= self.max_shapes:
+                self._slots.popitem(last=False)
+            k_pad = self.config.max_boxes
+            dim = self.config.object_pointer_dim
+            dtype = self.model.lm_head.weight.dtype
+            slot = _Slot(
+                cache=StaticCache(config=self.config.text_config, max_cache_len=cache_len),
+                mask=torch.zeros(batch, cache_len, dtype=torch.long, device=device),
+                token=torch.zeros(batch, 1, dtype=torch.long, device=device),
+                pos=torch.zeros(batch, 1, dtype=torch.long, device=device),
+                slot=torch.zeros((), dtype=torch.long, device=device),
+                finished=torch.zeros(batch, dtype=torch.bool, device=device),
+                tokens=torch.zeros(batch, cache_len, dtype=torch.long, device=device),
+                step=torch.zeros((), dtype=torch.long, device=device),
+                eos=torch.full((_MAX_EOS,), -1, dtype=torch.long, device=device),
+                pad=torch.zeros((), dtype=torch.long, device=device),
+                keys=torch.zeros(batch, k_pad, dim, dtype=dtype, device=device) if dim else None,
+                key_mask=torch.zeros(batch, k_pad, dtype=torch.bool, device=device) if dim else None,
+            )
+            text = self.config.text_config
+            heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+            head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+            slot.cache.early_initialization(batch, heads, head_dim, dtype, device)
+            for t in (slot.mask, slot.token, slot.pos, slot.slot, slot.finished, slot.tokens, slot.step,
+                      slot.eos, slot.pad, slot.keys, slot.key_mask):
+                if t is not None:
+                    torch._dynamo.mark_static_address(t)
+            if self.cuda_graphs:
+                self._capture(slot)
+        self._slots[key] = slot
+        return slot
+
+    def _capture(self, s: _Slot) -> None:
+        """Record one step of ``s`` in a CUDA graph, after warm-up runs on a side stream. Done on a fresh
+        slot: the steps it runs write junk into the buffers, which every call resets."""
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                self._step_fn(s)
+        torch.cuda.current_stream().wait_stream(stream)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: other threads (a server's UPN, another request's prefill) may use the GPU meanwhile
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+            self._step_fn(s)
+        s.graph = graph
+
+    # ------------------------------------------------------------------------------------ generate
+    @torch.inference_mode()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        pixel_values: Optional[torch.Tensor] = None,
+        pixel_values_aux: Optional[torch.Tensor] = None,
+        boxes: Optional[list[torch.Tensor]] = None,
+        generation_config: Any = None,
+        streamer: Any = None,
+        should_stop: Optional[Callable[[], bool]] = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Greedy generation; the arguments are those of ``model.generate``.
+
+        Args:
+            input_ids / attention_mask: (B, L), left padded (the processor's output).
+            pixel_values / pixel_values_aux / boxes: the image inputs (see the model's ``forward``).
+            generation_config: greedy settings (``max_new_tokens`` or ``max_length``, ``eos_token_id``,
+                ``pad_token_id``); keyword arguments override it.
+            streamer: a transformers streamer (``put`` / ``end``), given the prompt first and then each step's
+                tokens (B,), as ``generate`` does.
+            should_stop: called between steps; ``True`` ends the generation early (e.g. the client left).
+        Returns:
+            (B, L + T) prompt and generated ids, as ``model.generate`` returns them.
+        Raises:
+            ValueError: settings that need ``model.generate`` (see :meth:`unsupported`), or a prompt
+                longer than the LLM's positions allow.
+        """
+        reason = self.unsupported(generation_config, **kwargs)
+        if reason is not None:
+            raise ValueError(f"StaticGenerator does greedy decoding only; {reason} needs model.generate")
+        settings = {}
+        model_defaults = getattr(self.model, "generation_config", None)
+        for key in ("max_new_tokens", "max_length", "eos_token_id", "pad_token_id"):
+            # as generate reads them: the call's value, else the config's, else the model's own defaults
+            value = kwargs.get(key)
+            for source in (generation_config, model_defaults):
+                if value is None and source is not None:
+                    value = getattr(source, key, None)
+            settings[key] = value
+        batch, length = input_ids.shape
+        max_new = settings["max_new_tokens"]
+        if max_new is None:
+            max_new = (settings["max_length"] or 20) - length
+        max_new = int(max_new)
+        eos = settings["eos_token_id"]
+        eos_ids = [] if eos is None else [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+        if len(eos_ids) > _MAX_EOS:
+            raise ValueError(f"at most {_MAX_EOS} EOS ids are supported, got {len(eos_ids)}")
+        pad = settings["pad_token_id"]
+        if pad is None:
+            pad = eos_ids[0] if eos_ids else 0
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if max_new <= 0:
+            return input_ids
+        limit = getattr(self.config.text_config, "max_position_embeddings", None)
+        if limit is not None and length + max_new > limit:
+            raise ValueError(f"the prompt ({length} tokens) and max_new_tokens ({max_new}) exceed the LLM's "
+                             f"{limit} positions")
+        with self._lock:
+            return self._generate(input_ids, attention_mask, pixel_values, pixel_values_aux, boxes, max_new,
+                                  eos_ids, int(pad), streamer, should_stop)
+
+    def _generate(self, input_ids, attention_mask, pixel_values, pixel_values_aux, boxes, max_new, eos_ids, pad,
+                  streamer, should_stop) -> torch.Tensor:
+        device = input_ids.device
+        batch, length = input_ids.shape
+        need = length + max_new
+        cache_len = -(-need // self.cache_multiple) * self.cache_multiple
+        s = self._slot(batch, cache_len, device)
+        s.eos.fill_(-1)
+        if eos_ids:
+            s.eos[: len(eos_ids)] = torch.tensor(eos_ids)
+        s.pad.fill_(pad)
+        s.cache.reset()
+        s.mask.zero_()
+        s.mask[:, :length] = attention_mask
+        s.finished.zero_()
+        s.tokens.fill_(pad)
+        s.step.zero_()
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
+
+        # prefill: the whole prompt in one pass, images and boxes merged by the model's forward
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
+                         pixel_values_aux=pixel_values_aux, boxes=boxes, past_key_values=s.cache, use_cache=True,
+                         logits_to_keep=1)
+        if s.keys is not None:
+            k = out.object_keys.shape[1]
+            if k > s.keys.shape[1]:
+                raise ValueError(f"{k} boxes but the model names at most {s.keys.shape[1]}")
+            s.keys.zero_()
+            s.key_mask.zero_()
+            s.keys[:, :k] = out.object_keys
+            s.key_mask[:, :k] = out.object_key_mask
+        # the first new token comes from the prefill's logits; _advance moves position and slot one on, to
+        # the token's own place (position = the row's real tokens, slot = L)
+        s.pos.copy_(attention_mask.long().sum(-1, keepdim=True) - 1)
+        s.slot.fill_(length - 1)
+        self._advance(s, out.logits[:, -1])
+
+        steps = 1
+        if streamer is not None:
+            streamer.put(s.tokens[:, 0].cpu())
+        sync_each_step = streamer is not None or should_stop is not None
+        done = bool(s.finished.all())
+        while not done and steps < max_new:
+            if should_stop is not None and should_stop():
+                break
+            if s.graph is not None:
+                s.graph.replay()
+            else:
+                self._step_fn(s)
+            steps += 1
+            if streamer is not None:
+                streamer.put(s.tokens[:, steps - 1].cpu())
+            if sync_each_step or steps % self.check_every == 0:
+                done = bool(s.finished.all())
+        generated = s.tokens[:, :steps]
+        if eos_ids and steps > 1:
+            # the number of steps generate would have run: up to the step where the last row finished
+            hit = torch.isin(generated, s.eos)
+            first = torch.where(hit.any(1), hit.float().argmax(1), torch.full_like(hit[:, 0], steps, dtype=torch.long))
+            steps = int(min(steps, int(first.max()) + 1))
+            generated = generated[:, :steps]
+        if streamer is not None:
+            streamer.end()
+        return torch.cat([input_ids, generated], dim=1)
