@@ -23,7 +23,6 @@ from chatrex.interfaces.demo import (
     DemoInputError,
     annotation_boxes,
     error_message,
-    model_card_line,
     count_boxes,
     find_task,
     make_request,
@@ -369,14 +368,6 @@ def test_abandoning_the_answer_cancels_the_generation(pipe, image):
 
 def test_error_message_escapes_markup():
     assert error_message("refers to <obj7> & more") == "refers to &lt;obj7&gt; &amp; more"
-
-
-def test_model_card_line(tmp_path):
-    assert model_card_line(tmp_path) is None and model_card_line(None) is None
-    (tmp_path / "README.md").write_text("---\nlicense: apache-2.0\n---\n\n# Knows only the procedural world.\n\nMore.\n")
-    assert model_card_line(tmp_path) == "Knows only the procedural world."
-    (tmp_path / "model_card.json").write_text(json.dumps({"summary": "Trained on procedural scenes.\nmore"}))
-    assert model_card_line(tmp_path) == "Trained on procedural scenes."
 
 
 def test_a_new_task_clears_the_previous_tasks_text_and_boxes(pipe, image):

@@ -26,10 +26,8 @@ from __future__ import annotations
 import html
 import importlib.util
 import json
-import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from PIL import Image
@@ -47,7 +45,6 @@ __all__ = [
     "INSTALL_HINT",
     "MAX_PROMPT_CHARS",
     "MAX_NEW_TOKENS",
-    "model_card_line",
     "error_message",
     "find_task",
     "task_prompt",
@@ -477,43 +474,6 @@ def render_result(request: DemoRequest, result: PipelineResult, model: Optional[
     )
 
 
-#: Files of a model directory whose first line says what the model is.
-MODEL_CARD_FILES = ("model_card.json", "README.md")
-
-
-def model_card_line(model_dir: Any) -> Optional[str]:
-    """The first line of a model directory's card: ``model_card.json`` (its ``"summary"`` or
-    ``"description"``) or ``README.md`` (the first line of text after any front matter, ``#`` removed);
-    ``None`` when the directory has neither or they say nothing."""
-    if model_dir is None:
-        return None
-    root = Path(os.fspath(model_dir))
-    card = root / MODEL_CARD_FILES[0]
-    if card.is_file():
-        try:
-            data = json.loads(card.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            data = None
-        if isinstance(data, dict):
-            for key in ("summary", "description"):
-                if isinstance(data.get(key), str) and data[key].strip():
-                    return data[key].strip().splitlines()[0].strip()
-    readme = root / MODEL_CARD_FILES[1]
-    if readme.is_file():
-        try:
-            lines = readme.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError):
-            return None
-        if lines and lines[0].strip() == "---":  # YAML front matter
-            end = next((i for i, line in enumerate(lines[1:], 1) if line.strip() == "---"), len(lines) - 1)
-            lines = lines[end + 1:]
-        for line in lines:
-            line = line.strip().lstrip("#").strip()
-            if line:
-                return line
-    return None
-
-
 def error_message(text: str) -> str:
     """A message for the page's error toast, which renders HTML: ``<obj3>`` and the like escaped so they show."""
     return html.escape(str(text), quote=False)
@@ -592,7 +552,8 @@ def build_demo(
         use_annotator: draw boxes with ``gradio_image_annotation``; ``None``: when it is installed,
             ``False``: type boxes instead.
         title: page title.
-        model_card: one line on what the model is (:func:`model_card_line`), shown under the title.
+        model_card: one line on what the model is (:func:`chatrex.interfaces.model_card.model_card_line`),
+            shown under the title.
 
     Raises:
         ImportError: gradio (or, with ``use_annotator=True``, gradio_image_annotation) is missing; the

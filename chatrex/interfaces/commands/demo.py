@@ -56,7 +56,8 @@ def demo(
     if upn is None and (model_dir / "config.json").is_file():
         _fail(f"'{model_dir}' is an MLLM folder without a UPN: pass --upn (e.g. upn_large.pth)")
 
-    from chatrex.interfaces.demo import build_demo, import_gradio, model_card_line
+    from chatrex.interfaces.demo import build_demo, import_gradio
+    from chatrex.interfaces.model_card import model_card_line
 
     try:
         import_gradio()
@@ -71,7 +72,7 @@ def demo(
             pipe = ChatRexPipeline.from_pretrained(model_dir, device=device, dtype=dtype, upn=upn, generation=generation)
         except model_load_errors() as exc:  # a bad directory / device / dtype; anything else is a bug: traced
             _fail(f"could not load the model from '{model_dir}': {type(exc).__name__}: {exc}", exc)
-    app = build_demo(pipe, model_name=str(model_dir), examples=example_paths, model_card=model_card_line(model_dir))
+    app = build_demo(pipe, model_name=str(model_dir), examples=example_paths, model_card=model_card_line(pipe))
     app.launch(server_name=host, server_port=port, share=share)
 
 
