@@ -29,7 +29,7 @@ S0_BUDGET=${S0_BUDGET:-180}          # seconds of ChatRex stage 0 (vision towers
 S1_BUDGET=${S1_BUDGET:-210}          # seconds of ChatRex stage 1
 S2_BUDGET=${S2_BUDGET:-480}          # seconds of ChatRex stage 2
 S0_DIR=${S0_DIR:-}                   # a finished stage-0 export to use instead of training stage 0
-S0_INIT=${S0_INIT:-}                 # a stage-0 export that stage 0 continues from (e.g. an earlier session's)
+S0_INIT=${S0_INIT:-}                 # a stage-0 export that stage 0 continues from (e.g. an earlier run's)
 S2_INIT=${S2_INIT:-}                 # a stage-2 LoRA export that stage 2 continues (stages 0 and 1 skipped)
 UPN_DIR=${UPN_DIR:-}                 # an exported UPN to assemble with (default: the one trained here)
 FILTER_ARGS=${FILTER_ARGS:---min-score 0 --nms 0.8}  # proposal filter written into the model (the shipped one's;
@@ -37,7 +37,7 @@ FILTER_ARGS=${FILTER_ARGS:---min-score 0 --nms 0.8}  # proposal filter written i
 UPN_GPUS=${UPN_GPUS:-}               # e.g. 0,1,2 (several: torchrun DDP); empty: the default device
 CHATREX_GPU=${CHATREX_GPU:-}         # e.g. 3; empty: the default device
 UPN_ARGS=${UPN_ARGS:-}; S0_ARGS=${S0_ARGS:-}; S1_ARGS=${S1_ARGS:-}; S2_ARGS=${S2_ARGS:-}  # extra --set options
-WAIT_FOR=${WAIT_FOR:-}               # a file that must exist before stage 1 (the LLM arriving on a lent machine)
+WAIT_FOR=${WAIT_FOR:-}               # a file that must exist before stage 1 (e.g. the base LLM, copied in meanwhile)
 CHATREX=${CHATREX:-chatrex}
 STEP=${1:-all}
 
