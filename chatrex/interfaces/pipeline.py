@@ -584,13 +584,19 @@ class ChatRexPipeline:
             raise ValueError(f"max_boxes must be in 1..{MAX_BOXES}, got {max_boxes}")
         if not 0.0 <= float(min_score) <= 1.0:
             raise ValueError(f"min_score must be in [0, 1], got {min_score}")
-        pils = [load_image(im) for im in images]
-        if not pils:
+        if not images:
             return []
+        # one UPN pass per distinct image: evaluation asks several questions about one loaded image, and
+        # passes the same object for each (the pass is the same, so its proposals are too)
+        first: dict[int, int] = {}
+        slot = [first.setdefault(id(im), len(first)) for im in images]
+        distinct = list({id(im): im for im in images}.values())  # in the order of ``first``
+        pils = [load_image(im) for im in distinct]
         props = self.upn.inference(pils, prompt_type=gran)
         kept = self.upn.filter(props, min_score=float(min_score), nms_value=float(nms))
-        return [([[float(v) for v in b] for b in kept["original_xyxy_boxes"][j][:max_boxes]],
-                 [float(s) for s in kept["scores"][j][:max_boxes]]) for j in range(len(pils))]
+        per_image = [([[float(v) for v in b] for b in kept["original_xyxy_boxes"][j][:max_boxes]],
+                      [float(s) for s in kept["scores"][j][:max_boxes]]) for j in range(len(pils))]
+        return [(list(per_image[j][0]), list(per_image[j][1])) for j in slot]
 
     def _inputs(self, pils: list, questions: list[str], box_lists: list) -> dict[str, Any]:
         return batch_to(self.processor(images=pils, questions=questions, boxes=box_lists), self.device, self.dtype)

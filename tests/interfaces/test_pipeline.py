@@ -257,3 +257,31 @@ def test_corrupt_image(pipe, tmp_path):
     bad.write_bytes(b"not a jpeg at all")
     with pytest.raises(ImageLoadError):
         pipe(str(bad), "What is this?", **GEN)
+
+
+def test_one_upn_pass_per_distinct_image(parts, images):
+    """Questions about one loaded image (the same object, as evaluation passes it) share one UPN pass, and
+    get the proposals they would get alone."""
+    upn, model, processor = parts
+    seen = []
+
+    class CountingUPN:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def inference(self, pils, **kw):
+            seen.append(len(pils))
+            return self.inner.inference(pils, **kw)
+
+        def filter(self, *a, **kw):
+            return self.inner.filter(*a, **kw)
+
+    pipe = ChatRexPipeline(CountingUPN(upn), model, processor)
+    batch = [images[0], images[1], images[0], images[0]]
+    got = pipe.propose(batch, min_score=0.0, max_boxes=5)
+    assert seen == [2]
+    alone = pipe.propose([images[0], images[1]], min_score=0.0, max_boxes=5)  # the same padded pass
+    assert seen == [2, 2]
+    assert got == [alone[0], alone[1], alone[0], alone[0]]
+    got[0][0].append([0, 0, 1, 1])  # each query gets its own lists
+    assert got[2][0] == alone[0][0]
