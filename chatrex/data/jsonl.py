@@ -136,7 +136,9 @@ class JsonlRecords(Sequence):
     Building it reads every file once, line by line, and checks that each non-blank line is a JSON object
     (:class:`RecordError` with ``path:line`` otherwise); it keeps, per record, the file, the line's byte
     offset and its line number (numpy arrays: 14 bytes a record, shared by forked DataLoader workers
-    without copies). ``records[i]`` reads and parses line ``i``; iterating reads each file in order.
+    without copies). ``records[i]`` reads record ``i``'s bytes with ``os.pread`` from a descriptor each
+    process opens once (no shared file position, so forked workers may share it) and parses them;
+    iterating reads each file in order.
     """
 
     def __init__(self, files: Iterable[PathLike]) -> None:
@@ -144,6 +146,7 @@ class JsonlRecords(Sequence):
         if len(self.files) > np.iinfo(np.int16).max:
             raise ValueError(f"at most {np.iinfo(np.int16).max} JSONL files, got {len(self.files)}")
         offsets, lines, which = array("q"), array("i"), array("h")
+        self._sizes: list[int] = []
         for k, path in enumerate(self.files):
             if not path.is_file():
                 raise FileNotFoundError(f"no JSONL file at {path}")
@@ -156,9 +159,38 @@ class JsonlRecords(Sequence):
                         lines.append(lineno)
                         which.append(k)
                     offset += len(line)
+            self._sizes.append(offset)
         self._offsets = np.frombuffer(offsets, dtype=np.int64).copy()
         self._lines = np.frombuffer(lines, dtype=np.int32).copy()
         self._files = np.frombuffer(which, dtype=np.int16).copy()
+        self._fds: dict[int, int] = {}
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_fds"] = {}  # descriptors do not travel to another process
+        return state
+
+    def __del__(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the descriptors this object opened (they are opened again when needed)."""
+        for fd in getattr(self, "_fds", {}).values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds = {}
+
+    def _read(self, k: int, offset: int, size: int) -> bytes:
+        if not hasattr(os, "pread"):  # Windows
+            with open(self.files[k], "rb") as f:
+                f.seek(offset)
+                return f.read(size)
+        fd = self._fds.get(k)
+        if fd is None:
+            fd = self._fds[k] = os.open(self.files[k], os.O_RDONLY)
+        return os.pread(fd, size, offset)
 
     def __len__(self) -> int:
         return len(self._offsets)
@@ -170,10 +202,10 @@ class JsonlRecords(Sequence):
         i = int(index) + n if index < 0 else int(index)
         if not 0 <= i < n:
             raise IndexError(f"record {index} of {n}")
-        path = self.files[self._files[i]]
-        with open(path, "rb") as f:
-            f.seek(int(self._offsets[i]))
-            line = f.readline()
+        k, start = int(self._files[i]), int(self._offsets[i])
+        end = int(self._offsets[i + 1]) if i + 1 < n and self._files[i + 1] == k else self._sizes[k]
+        path = self.files[k]
+        line = self._read(k, start, end - start)  # the record's line (and any blank lines after it)
         record = _parse_object(line, path, int(self._lines[i]), "the file changed after it was indexed: ")
         return record, resolve_image_path(record, path)
 
