@@ -102,11 +102,12 @@ def first_sentence(text: str) -> str:
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+    """IoU of two xyxy boxes (``torchvision.ops.box_iou``); 0 for two zero-area boxes."""
+    import torch
+    from torchvision.ops import box_iou as torchvision_box_iou
+
+    iou = torchvision_box_iou(torch.tensor([a], dtype=torch.float64), torch.tensor([b], dtype=torch.float64))
+    return float(torch.nan_to_num(iou, nan=0.0)[0, 0])
 
 
 def _stage_name(steps: EngineSteps, attr: str) -> str:
