@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from chatrex.data.jsonl import load_training_records
+from chatrex.data.jsonl import JsonlRecords, load_training_records
 from chatrex.data.seeded_index import split_index
 from chatrex.grounding.prompts import MAX_OBJECTS, build_answer, build_prompt
 from chatrex.utils.image import load_image
@@ -150,7 +150,7 @@ class ChatRexDataset(torch.utils.data.Dataset):
             records = load_training_records(cfg.files, "the ChatRex dataset")
         elif not records:
             raise ValueError("the ChatRex dataset is empty: give at least one record")
-        self.records = list(records)
+        self.records = records if isinstance(records, JsonlRecords) else list(records)
         self.vocabulary = sorted({r["category"] for rec, _ in self.records for r in rec.get("regions", []) if r.get("category")})
 
     def __len__(self) -> int:

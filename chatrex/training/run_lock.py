@@ -1,9 +1,12 @@
 """One training run per output folder.
 
 Two runs writing to the same folder interleave their metrics, overwrite each other's checkpoints and
-export, and share the device's memory. :func:`acquire_run_lock` makes the second one stop at once. The
-lock file records who holds it; a lock left by a process that no longer exists on this host is taken
-over.
+export, and share the device's memory. :func:`acquire_run_lock` makes the second one stop at once.
+
+The lock is the operating system's lock on ``output_dir/run.lock`` (``filelock``, ``flock`` on Unix):
+it is held by an open file of the running process, so the system drops it when that process ends, in
+whatever way, and two processes can never both hold it (there is no stale lock to take over). Who holds
+it is written to ``run.lock.json`` beside it, for the message the second run prints.
 """
 
 from __future__ import annotations
@@ -12,64 +15,59 @@ import json
 import os
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
+from chatrex.utils.atomic import atomic_write_text
+
 LOCK_FILE = "run.lock"
+HOLDER_FILE = "run.lock.json"
 
 
 class RunLockedError(RuntimeError):
     """Another live run holds the output folder."""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+@dataclass
+class RunLock:
+    """A held lock (from :func:`acquire_run_lock`)."""
+
+    lock: FileLock
+    holder_path: Path
 
 
-def acquire_run_lock(output_dir: str | os.PathLike) -> Path:
-    """Create ``output_dir/run.lock`` for this process and return its path.
+def acquire_run_lock(output_dir: str | os.PathLike) -> RunLock:
+    """Take ``output_dir/run.lock`` for this process (without waiting).
 
     Raises:
-        RunLockedError: a live process (or one on another host, which cannot be checked) holds it.
+        RunLockedError: another process holds it; the message names it.
     """
-    path = Path(output_dir) / LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                holder = json.loads(path.read_text())
-                pid, host = int(holder["pid"]), str(holder["host"])
-            except (OSError, ValueError, KeyError, TypeError):
-                holder, pid, host = {}, -1, "?"
-            if host == me["host"] and (pid <= 0 or not _alive(pid)):
-                path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            raise RunLockedError(
-                f"another training run writes to '{path.parent}' (pid {pid} on {host}, since "
-                f"{holder.get('since', '?')}). Give this run another train.output_dir, or wait for that one; "
-                f"if it no longer runs, delete {path}."
-            ) from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        return path
-    raise RunLockedError(f"could not take {path}: another run keeps creating it")
-
-
-def release_run_lock(path: Path) -> None:
-    """Remove the lock taken by :func:`acquire_run_lock` if it is still this process's."""
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(os.fspath(folder / LOCK_FILE), timeout=0)
     try:
-        if int(json.loads(path.read_text())["pid"]) == os.getpid():
-            path.unlink()
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+        lock.acquire()
+    except Timeout:
+        try:
+            holder = json.loads((folder / HOLDER_FILE).read_text())
+        except (OSError, ValueError):
+            holder = {}
+        raise RunLockedError(
+            f"another training run writes to '{folder}' (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
+            f"since {holder.get('since', '?')}). Give this run another train.output_dir, or wait for that one."
+        ) from None
+    holder_path = folder / HOLDER_FILE
+    atomic_write_text(holder_path, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                               "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+    return RunLock(lock, holder_path)
 
 
-__all__ = ["LOCK_FILE", "RunLockedError", "acquire_run_lock", "release_run_lock"]
+def release_run_lock(held: RunLock) -> None:
+    """Release a lock taken by :func:`acquire_run_lock`."""
+    held.holder_path.unlink(missing_ok=True)
+    held.lock.release()
+
+
+__all__ = ["HOLDER_FILE", "LOCK_FILE", "RunLock", "RunLockedError", "acquire_run_lock", "release_run_lock"]

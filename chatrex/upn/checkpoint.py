@@ -7,8 +7,11 @@
   ours. Missing / unexpected / shape-mismatched keys raise ``CheckpointError`` naming them; with
   ``strict=False`` the matching part is loaded and what was skipped is returned and warned about.
 * ``save_pretrained(model, cfg, dir)`` writes ``config.json`` and ``model.safetensors`` (every shared
-  tensor stored once under its first name; sharded into ``model-0000i-of-0000n.safetensors`` files
-  plus ``model.safetensors.index.json`` when larger than ``max_shard_size``).
+  tensor stored once under its first name; sharded by ``huggingface_hub.save_torch_state_dict`` into
+  ``model-0000i-of-0000n.safetensors`` files plus ``model.safetensors.index.json`` when larger than
+  ``max_shard_size``). The folder is written beside the old one and then replaced
+  (:func:`chatrex.utils.atomic.staged_directory`): a save that fails midway leaves the old checkpoint
+  complete; files of the folder that are not the UPN's (a ``preprocessor_config.json``) are kept.
 * ``read_pretrained_config(dir)`` / ``load_pretrained_weights(dir)`` read such a directory back;
   ``chatrex.upn.model.from_pretrained(dir, device=...)`` builds the model from them.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from chatrex.utils.sharding import split_into_shards
 from chatrex.upn.config import ConfigError, UPNConfig, resolve_config
+from chatrex.utils.atomic import staged_directory
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -34,6 +38,8 @@ INDEX_NAME = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_SIZE = 16 * 1024 * 1024  # bytes
 FORMAT_NAME = "chatrex-upn"
 FORMAT_VERSION = 1
+#: the files a save writes (and replaces): the weights, single or sharded, their index and the config
+_OWN_FILES = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors|model\.safetensors\.index\.json|config\.json")
 
 
 class CheckpointError(RuntimeError):
@@ -191,9 +197,10 @@ def save_pretrained(model: nn.Module, cfg: UPNConfig | None, save_directory: str
 
     Weights larger than ``max_shard_size`` bytes in total are split into several files (a tensor is
     never split; one larger than the limit gets a file of its own) with an index
-    ``model.safetensors.index.json`` mapping every key to its file. Returns the directory.
+    ``model.safetensors.index.json`` mapping every key to its file. The folder is replaced only once
+    everything is written (see the module docstring). Returns the directory.
     """
-    from safetensors.torch import save_file
+    from huggingface_hub import save_torch_state_dict
 
     cfg = cfg if cfg is not None else getattr(model, "config", None)
     if not isinstance(cfg, UPNConfig):
@@ -201,27 +208,11 @@ def save_pretrained(model: nn.Module, cfg: UPNConfig | None, save_directory: str
     if max_shard_size < 1:
         raise ValueError("max_shard_size must be positive")
     out = Path(save_directory)
-    out.mkdir(parents=True, exist_ok=True)
-    for old in list(out.glob("model*.safetensors")) + [out / INDEX_NAME]:
-        if old.exists():
-            old.unlink()
-    tensors = _unique_state_dict(model)
-    shards = split_into_shards(tensors, max_shard_size)
-    meta = {"format": "pt", "producer": FORMAT_NAME}
-    if len(shards) == 1:
-        save_file(shards[0], str(out / WEIGHTS_NAME), metadata=meta)
-    else:
-        weight_map = {}
-        n = len(shards)
-        for i, shard in enumerate(shards, 1):
-            fname = f"model-{i:05d}-of-{n:05d}.safetensors"
-            save_file(shard, str(out / fname), metadata=meta)
-            weight_map.update({k: fname for k in shard})
-        total = sum(t.numel() * t.element_size() for t in tensors.values())
-        index = {"metadata": {"total_size": total, "format": FORMAT_NAME}, "weight_map": weight_map}
-        (out / INDEX_NAME).write_text(json.dumps(index, indent=2), encoding="utf-8")
     config = {"model_type": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": cfg.to_dict()}
-    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2), encoding="utf-8")
+    with staged_directory(out, keep=lambda name: not _OWN_FILES.fullmatch(name)) as staging:
+        save_torch_state_dict(_unique_state_dict(model), staging, filename_pattern="model{suffix}.safetensors",
+                              max_shard_size=max_shard_size, metadata={"producer": FORMAT_NAME})
+        (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2), encoding="utf-8")
     return out
 
 

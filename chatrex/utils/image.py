@@ -13,8 +13,10 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-#: Largest number of pixels accepted (about 16k x 16k). Larger inputs are refused before decoding.
-MAX_IMAGE_PIXELS = 268_435_456
+#: Largest number of pixels accepted (8192 x 8192, below PIL's own decompression-bomb limit of about
+#: 89 MP). Larger inputs are refused from their header, before decoding. The models see the image at
+#: most about 1333 px on its long side, so nothing is lost: downscale larger images first.
+MAX_IMAGE_PIXELS = 8192 * 8192
 #: Smallest side accepted, in pixels.
 MIN_IMAGE_SIDE = 2
 
@@ -56,11 +58,28 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        arr = np.asarray(image, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) / (hi - lo) * 255.0
-        return Image.fromarray(scaled.round().astype(np.uint8), "L").convert("RGB")
+        return Image.fromarray(_stretch_to_uint8(np.asarray(image)), "L").convert("RGB")
     return image.convert("RGB")
+
+
+_STRETCH_ROWS = 256  # rows per block when a 32-bit image is scaled in floating point
+
+
+def _stretch_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Map ``arr`` (H, W) linearly from [min, max] to [0, 255] (rounded), as uint8, without a float64 copy
+    of the whole image: 8- and 16-bit values go through a lookup table, 32-bit ones block by block."""
+    lo, hi = arr.min(), arr.max()
+    out = np.zeros(arr.shape, dtype=np.uint8)
+    if not hi > lo:  # flat (or NaN)
+        return out
+    lo, span = float(lo), float(hi) - float(lo)
+    if arr.dtype.kind == "u" and arr.dtype.itemsize <= 2:  # a table of at most 65,536 entries
+        levels = np.arange(int(hi) + 1, dtype=np.float64)
+        return np.clip((levels - lo) / span * 255.0, 0.0, 255.0).round().astype(np.uint8)[arr]
+    for start in range(0, arr.shape[0], _STRETCH_ROWS):
+        block = arr[start:start + _STRETCH_ROWS].astype(np.float64)
+        out[start:start + _STRETCH_ROWS] = ((block - lo) / span * 255.0).round()
+    return out
 
 
 def _array_to_pil(arr: np.ndarray, what: str) -> Image.Image:

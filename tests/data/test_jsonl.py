@@ -94,3 +94,76 @@ def test_write_validate_refuses_and_leaves_nothing(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="no JSONL file"):
         list(read_records(tmp_path / "nope.jsonl"))
+
+
+def _write_many(path, n, image="img.png"):
+    rec = _record(0, image)
+    with open(path, "w") as f:
+        for i in range(n):
+            rec["id"] = f"r{i}"
+            f.write(json.dumps(rec) + "\n")
+
+
+def test_jsonl_records_index_files_and_read_records_on_access(tmp_path):
+    from chatrex.data.jsonl import JsonlRecords, load_training_records
+
+    (tmp_path / "b").mkdir()
+    a, b = tmp_path / "a.jsonl", tmp_path / "b" / "b.jsonl"
+    a.write_text(json.dumps(_record(0)) + "\n\n  \n" + json.dumps(_record(1, "x/1.png")) + "\n")
+    b.write_text(json.dumps(_record(2)))  # no final newline
+    records = load_training_records([a, b], "the test set")
+    assert isinstance(records, JsonlRecords) and len(records) == 3
+    assert [r["id"] for r, _ in records] == ["r0", "r1", "r2"]
+    assert list(records) == [records[i] for i in range(3)]
+    assert records[1] == (_record(1, "x/1.png"), tmp_path / "x" / "1.png")
+    assert records[-1] == (_record(2), tmp_path / "b" / "img.png")
+    with pytest.raises(IndexError):
+        records[3]
+    import pickle
+
+    assert list(pickle.loads(pickle.dumps(records))) == list(records)  # what a spawned DataLoader worker gets
+    assert records.nbytes() == 3 * 14
+
+
+def test_jsonl_records_errors_name_file_and_line(tmp_path):
+    from chatrex.data.jsonl import JsonlRecords, load_training_records
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(_record(0)) + "\n[1, 2]\n")
+    with pytest.raises(RecordError, match=r"bad.jsonl:2: expected a JSON object, got list"):
+        JsonlRecords([bad])
+    bad.write_text(json.dumps(_record(0)) + "\n\n{not json\n")
+    with pytest.raises(RecordError, match=r"bad.jsonl:3: bad JSON"):
+        JsonlRecords([bad])
+    with pytest.raises(FileNotFoundError):
+        JsonlRecords([tmp_path / "missing.jsonl"])
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match="the UPN dataset is empty"):
+        load_training_records([empty], "the UPN dataset")
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps(_record(0)) + "\n" + json.dumps(_record(1)) + "\n")
+    records = JsonlRecords([good])
+    good.write_text("{}\n")  # rewritten under the dataset's feet
+    with pytest.raises(RecordError, match="good.jsonl:2: the file changed after it was indexed"):
+        records[1]
+
+
+def test_training_records_are_not_held_in_memory(tmp_path):
+    """5,000 records (5 MB of JSON, tens of MB as Python dicts): indexing them allocates some hundred kB
+    (14 bytes a record, and one line at a time)."""
+    import tracemalloc
+
+    from chatrex.data.jsonl import load_training_records
+
+    path = tmp_path / "many.jsonl"
+    _write_many(path, 5_000)
+    assert path.stat().st_size > 4_000_000
+    tracemalloc.start()
+    try:
+        records = load_training_records([path], "the test set")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(records) == 5_000 and records[1_234][0]["id"] == "r1234"
+    assert peak < 1_000_000, peak

@@ -135,3 +135,44 @@ def test_repair_jsonl(tmp_path):
     path.write_text(good[0] + "\n{broken\n" + good[1] + "\n")
     with pytest.raises(EngineStoreError, match=r"x.jsonl:2"):
         repair_jsonl(path)
+
+
+def test_repair_reads_back_past_a_long_last_line(tmp_path):
+    """The repair reads the end of the file backwards in growing blocks: a cut last line longer than the
+    first block is still dropped whole, and only it."""
+    path = tmp_path / "x.jsonl"
+    good = [json.dumps({"id": i, "text": "x" * 100_000}) for i in range(3)]
+    path.write_text("\n".join(good) + "\n" + good[0][:90_000])
+    seen = []
+    assert "partial last line of 90000 bytes" in repair_jsonl(path, seen.append)
+    assert path.read_text() == "\n".join(good) + "\n" and [d["id"] for d in seen] == [0, 1, 2]
+    path.write_bytes(("\n".join(good) + "\n").encode() + b"\x00" * 200_000 + b"\n")
+    assert "unreadable last line" in repair_jsonl(path)
+    assert path.read_text() == "\n".join(good) + "\n"
+
+
+def test_resume_keeps_the_keys_not_the_records(tmp_path):
+    """Opening an output folder of 5,000 records (7 MB) streams them: what stays is the set of finished
+    keys, and no copy of the file or of its records is held."""
+    import hashlib
+    import tracemalloc
+
+    from chatrex.data.engine.store import RECORDS_FILE, EngineStore
+
+    regions = [{"id": k, "box": [1, 2, 30, 40], "category": "thing", "phrase": "a thing " * 10} for k in range(8)]
+    with open(tmp_path / RECORDS_FILE, "w") as f:
+        for i in range(5_000):
+            sha = hashlib.sha256(str(i).encode()).hexdigest()
+            f.write(json.dumps({"id": f"img{i}", "image": f"images/{i}.jpg", "regions": regions,
+                                "engine": {"path": f"images/{i}.jpg", "sha256": sha}}) + "\n")
+    assert (tmp_path / RECORDS_FILE).stat().st_size > 6_000_000
+    store = EngineStore(tmp_path)
+    tracemalloc.start()
+    try:
+        done = store.open()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        store.close("finished")
+    assert len(done) == 5_000 and f"images/7.jpg#{hashlib.sha256(b'7').hexdigest()}" in done
+    assert peak < 2_000_000, peak

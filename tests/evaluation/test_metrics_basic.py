@@ -10,6 +10,25 @@ from chatrex.evaluation.referring import first_grounded_index, referring_accurac
 from chatrex.evaluation.text import SynonymTable, normalize_phrase, singular
 
 
+def test_box_iou_is_torchvisions_with_zero_for_empty_pairs():
+    import torch
+    from torchvision.ops import box_iou as tv_box_iou
+
+    from chatrex.data.engine.process import box_ious
+
+    rng = np.random.default_rng(0)
+    xy, wh = rng.random((7, 2)) * 50, rng.random((7, 2)) * 30
+    a = np.concatenate([xy, xy + wh], 1)
+    b = np.concatenate([a[:3] + 1.5, [[5.0, 5.0, 5.0, 5.0]]])  # the last one has no area
+    got = box_iou(a, b)
+    assert np.array_equal(got[:, :3], tv_box_iou(torch.from_numpy(a), torch.from_numpy(b[:3])).numpy())
+    assert np.all(got[:, 3] == 0.0)
+    assert box_iou([[5, 5, 5, 5]], [[5, 5, 5, 5]]).tolist() == [[0.0]]  # 0 / 0 is 0, not NaN
+    assert box_ious(a[0].tolist(), b.tolist()) == got[0].tolist()
+    assert box_ious([0, 0, 10, 10], [[5, 0, 15, 10], [5, 5, 5, 5]]) == [50 / 150, 0.0]
+    assert box_ious([5, 5, 5, 5], [[5, 5, 5, 5]]) == [0.0] and box_ious([0, 0, 1, 1], []) == []
+
+
 def test_box_iou_hand_values():
     a = [[0, 0, 10, 10]]
     b = [[5, 0, 15, 10], [0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 0, 0]]

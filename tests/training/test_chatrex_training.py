@@ -270,6 +270,38 @@ def test_untied_head_keeps_its_base_rows_and_the_delta_reloads_the_trained_model
                                rtol=2e-2, atol=2e-2)  # the delta stores bf16
 
 
+def test_a_delta_save_that_fails_midway_keeps_the_previous_delta(tmp_path, data_file, base_dir, monkeypatch):
+    import safetensors.torch
+
+    from chatrex.mllm.delta import load_delta, save_delta
+
+    task = ChatRexTask(ChatRexTaskConfig.from_dict({"stage": "stage1", "base": str(base_dir), "vision": TINY_VISION,
+                                                    "data": {"files": [str(data_file)]}}))
+    model = task.build_model().eval()
+    out = tmp_path / "delta"
+    task.export(model, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with torch.no_grad():
+        model.mm_projector[0].weight.add_(1.0)
+
+    def disk_full(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"half a shard")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_delta(model, out, base=str(base_dir), base_vocab_size=task.base_vocab_size)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    load_delta(out)
+    save_delta(model, out, base=str(base_dir), base_vocab_size=task.base_vocab_size)  # replaces the tensors only
+    assert "tokenizer.json" in {p.name for p in out.iterdir()}
+    loaded, _ = load_delta(out)
+    assert torch.equal(loaded.mm_projector[0].weight, model.mm_projector[0].weight.to(torch.bfloat16).float())
+
+
 def test_assembled_delta_model_runs_in_the_pipeline(tmp_path, data_file, base_dir):
     """stage 1 export (a delta) + a UPN, put together by `chatrex train assemble`, load in the pipeline."""
     from typer.testing import CliRunner

@@ -351,34 +351,40 @@ def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
     import subprocess
     import sys
 
-    from chatrex.training.run_lock import LOCK_FILE, RunLockedError
+    from chatrex.training.run_lock import LOCK_FILE, RunLockedError, acquire_run_lock, release_run_lock
 
     out = tmp_path / "busy"
-    out.mkdir()
-    lock = out / LOCK_FILE
-    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "now"}))
-    with pytest.raises(RunLockedError, match=f"pid {os.getpid()}"):
+    held = acquire_run_lock(out)
+    with pytest.raises(RunLockedError, match=f"pid {os.getpid()} on {socket.gethostname()}"):
         Trainer(ToyTask(), _cfg(tmp_path, "busy"), device="cpu", progress=False).fit()
-    assert lock.exists()  # the holder's lock is left alone
     assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()
-
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "since": "then"}))
-    Trainer(ToyTask(), _cfg(tmp_path, "busy"), device="cpu", progress=False).fit()  # stale: taken over
-    assert (out / "final" / "model.pt").exists()
-    assert not lock.exists()  # released at the end
-
-    lock.write_text(json.dumps({"pid": 1, "host": "another-host", "since": "then"}))
-    with pytest.raises(RunLockedError, match="another-host"):
+    # the lock is the holder's open file, not what its record says: a record naming a process this one
+    # cannot see (another PID namespace, a reused pid) does not free it
+    for name in (LOCK_FILE, LOCK_FILE + ".json"):
+        (out / name).write_text(json.dumps({"pid": 999_999_999, "host": socket.gethostname(), "since": "then"}))
+    with pytest.raises(RunLockedError):
         Trainer(ToyTask(), _cfg(tmp_path, "busy"), device="cpu", progress=False).fit()
+    release_run_lock(held)
+    Trainer(ToyTask(), _cfg(tmp_path, "busy"), device="cpu", progress=False).fit(stop_after=2)
+
+    # a run killed while it holds the lock frees it with its death
+    code = ("import os, sys; from chatrex.training.run_lock import acquire_run_lock; acquire_run_lock(sys.argv[1]); "
+            "os.kill(os.getpid(), 9)")
+    import chatrex
+
+    root = os.path.dirname(os.path.dirname(chatrex.__file__))
+    killed = subprocess.run([sys.executable, "-c", code, str(out)], env={**os.environ, "PYTHONPATH": root})
+    assert killed.returncode == -9
+    Trainer(ToyTask(), _cfg(tmp_path, "busy"), device="cpu", progress=False).fit()
+    assert (out / "final" / "model.pt").exists()
 
 
 def test_the_lock_is_released_when_training_fails(tmp_path):
-    from chatrex.training.run_lock import LOCK_FILE
+    from chatrex.training.run_lock import acquire_run_lock, release_run_lock
 
     with pytest.raises(RuntimeError):
         Trainer(_FailingToyTask(RuntimeError("boom"), at=2), _cfg(tmp_path, "f"), device="cpu", progress=False).fit()
-    assert not (tmp_path / "f" / LOCK_FILE).exists()
+    release_run_lock(acquire_run_lock(tmp_path / "f"))  # free: taken without waiting
     Trainer(ToyTask(), _cfg(tmp_path, "f"), device="cpu", progress=False).fit()  # the folder is free again
 
 

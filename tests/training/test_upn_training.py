@@ -158,12 +158,16 @@ def _random_boxes(g, *shape):
 
 def test_batched_generalized_box_iou_matches_torchvision():
     g = torch.Generator().manual_seed(0)
-    a = box_convert(_random_boxes(g, 3, 5), "cxcywh", "xyxy")
-    b = box_convert(_random_boxes(g, 3, 4), "cxcywh", "xyxy")
+    a = box_convert(_random_boxes(g, 2, 3, 5), "cxcywh", "xyxy")  # (layers, images, queries, 4)
+    b = box_convert(_random_boxes(g, 2, 3, 4), "cxcywh", "xyxy")
     got = batched_generalized_box_iou(a, b)
-    assert got.shape == (3, 5, 4)
-    for i in range(3):
-        assert torch.allclose(got[i], generalized_box_iou(a[i], b[i]), atol=1e-6)
+    assert got.shape == (2, 3, 5, 4)
+    for layer in range(2):
+        for i in range(3):
+            assert torch.equal(got[layer, i], generalized_box_iou(a[layer, i], b[layer, i]))
+    assert torch.equal(batched_generalized_box_iou(a[0, 0], b[0, 0]), generalized_box_iou(a[0, 0], b[0, 0]))
+    with pytest.raises(ValueError, match="leading dimensions"):
+        batched_generalized_box_iou(a, b[0])
 
 
 def test_matching_layers_together_equals_matching_each_layer():

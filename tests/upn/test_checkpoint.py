@@ -192,6 +192,39 @@ def test_sharded_save_round_trip(source, image, tmp_path):
         from_pretrained(out2)
 
 
+def test_a_save_that_fails_midway_keeps_the_old_checkpoint(source, image, tmp_path, monkeypatch):
+    """The shard writer fails on the second shard (disk full, or the process is killed): the folder still
+    holds the old checkpoint, whole, and no temporary folder is left."""
+    import safetensors.torch
+
+    out = save_pretrained(source, None, tmp_path / "ckpt", max_shard_size=200_000)
+    (out / "preprocessor_config.json").write_text('{"resize": 64}')
+    before = sorted(p.name for p in out.iterdir())
+    torch.manual_seed(1)
+    other = build_upn("upn_tiny").eval()
+    real_save_file, written = safetensors.torch.save_file, []
+
+    def fails_on_the_second_shard(tensors, filename, metadata=None):
+        written.append(filename)
+        if len(written) == 2:
+            with open(filename, "wb") as handle:
+                handle.write(b"half a shard")
+            raise OSError(28, "No space left on device")
+        real_save_file(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", fails_on_the_second_shard)
+    with pytest.raises(OSError, match="No space left"):
+        save_pretrained(other, None, out, max_shard_size=200_000)
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save_file)
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+    assert torch.equal(_outputs(from_pretrained(out), image)["pred_boxes"], _outputs(source, image)["pred_boxes"])
+    # the same save without the failure replaces the UPN's files and keeps the others
+    save_pretrained(other, None, out)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    assert torch.equal(_outputs(from_pretrained(out), image)["pred_boxes"], _outputs(other, image)["pred_boxes"])
+
+
 def test_bad_pretrained_directories(source, tmp_path):
     with pytest.raises(CheckpointError, match="not a directory"):
         from_pretrained(tmp_path / "missing")

@@ -101,12 +101,16 @@ def first_sentence(text: str) -> str:
     return text[: match.start()] if match else text
 
 
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
+def box_ious(box: Sequence[float], boxes: Sequence[Sequence[float]]) -> list[float]:
+    """IoU of the xyxy ``box`` with each of ``boxes``, in one ``torchvision.ops.box_iou`` call; 0 for two
+    zero-area boxes."""
+    if not boxes:
+        return []
+    import torch
+    from torchvision.ops import box_iou as torchvision_box_iou
+
+    iou = torchvision_box_iou(torch.tensor([box], dtype=torch.float64), torch.tensor(boxes, dtype=torch.float64))
+    return torch.nan_to_num(iou, nan=0.0)[0].tolist()
 
 
 def _stage_name(steps: EngineSteps, attr: str) -> str:
@@ -174,7 +178,7 @@ def select_regions(grounded: list[GroundedPhrase], phrases: list[Phrase], width:
         same = [k for k in kept if k.phrase == g.phrase]
         if len(same) >= config.max_boxes_per_phrase:
             continue
-        if any(box_iou(k.box, box) > config.dedupe_iou for k in same):
+        if any(iou > config.dedupe_iou for iou in box_ious(box, [k.box for k in same])):
             continue
         kept.append(GroundedPhrase(g.phrase, box, g.score))
     if len(kept) > config.max_regions:

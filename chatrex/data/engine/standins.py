@@ -32,7 +32,7 @@ from PIL import Image
 
 from chatrex.utils.image import load_image
 
-from .process import box_iou
+from .process import box_ious
 from .steps import EngineStepError, EngineSteps, Phrase
 
 _ARTICLES = ("a ", "an ", "the ")
@@ -128,8 +128,9 @@ class ScriptedRegionCaptioner:
 
     def caption(self, image: Image.Image, box: Sequence[float], phrase: Phrase) -> str:
         best, best_iou = None, self.min_iou
-        for region in self.script.regions(image, "ScriptedRegionCaptioner"):
-            iou = box_iou(list(map(float, region["box"])), list(map(float, box)))
+        regions = self.script.regions(image, "ScriptedRegionCaptioner")
+        ious = box_ious(list(map(float, box)), [list(map(float, region["box"])) for region in regions])
+        for region, iou in zip(regions, ious):
             if iou >= best_iou:
                 best, best_iou = region, iou
         return str(best.get("description", "")) if best is not None else ""

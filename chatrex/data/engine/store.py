@@ -13,6 +13,9 @@ last line (no newline, or not valid JSON) is detected and cut off; a complete JS
 lacks its newline is kept. An image is finished when its key (path relative to the image folder +
 SHA-256 of its bytes) appears in ``records.jsonl`` or ``rejected.jsonl``; a changed file gets a new key
 and is processed again.
+
+Resuming reads each file once, as a stream: only the end of a file is held for the repair, and only the
+finished keys are kept (not the records), so a folder of millions of records resumes in bounded memory.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from chatrex.data.jsonl import dumps_record
+from chatrex.utils.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +43,14 @@ class EngineStoreError(RuntimeError):
     """The output folder holds something the engine cannot resume from (a corrupt line mid-file)."""
 
 
-def repair_jsonl(path: str | os.PathLike) -> Optional[str]:
+def repair_jsonl(path: str | os.PathLike, on_line: Optional[Callable[[dict], None]] = None) -> Optional[str]:
     """Make ``path`` end with a complete JSON line. Returns a note of what was repaired, or ``None``.
 
     * a last line without its newline that parses as a JSON object gets the newline back;
     * a last line that does not parse (cut by a crash, zero-filled) is removed.
+
+    Only the end of the file is read for the repair; then the file is read once as a stream, every line
+    is checked and passed (parsed) to ``on_line``.
 
     Raises:
         EngineStoreError: a line before the last one is not valid JSON (damage a crash cannot cause).
@@ -51,9 +58,46 @@ def repair_jsonl(path: str | os.PathLike) -> Optional[str]:
     path = Path(path)
     if not path.exists():
         return None
-    data = path.read_bytes()
-    if not data:
+    note = _repair_tail(path)
+    with open(path, "rb") as handle:
+        for i, line in enumerate(handle):
+            if not line.strip():
+                continue
+            obj = _parse(line)
+            if obj is None:
+                raise EngineStoreError(
+                    f"{path}:{i + 1}: not a valid JSON line in the middle of the file; the run cannot be resumed "
+                    f"safely - fix or delete that line"
+                )
+            if on_line is not None:
+                on_line(obj)
+    return note
+
+
+def _tail(path: Path, size: int) -> tuple[int, bytes]:
+    """``(offset, data)``: the end of the file from the start of its last complete non-blank line (or the
+    whole file when it has none), read backwards in growing blocks."""
+    window = 1 << 16
+    with open(path, "rb") as handle:
+        while True:
+            start = max(0, size - window)
+            handle.seek(start)
+            data = handle.read(size - start)
+            if start == 0:
+                return 0, data
+            cut = data.find(b"\n")  # the block's first line may be cut: start after it
+            if cut >= 0:
+                body = data[cut + 1:]
+                if any(line.strip() for line in body.split(b"\n")[:-1]):
+                    return start + cut + 1, body
+            window *= 4
+
+
+def _repair_tail(path: Path) -> Optional[str]:
+    size = path.stat().st_size
+    if size == 0:
         return None
+    base, data = _tail(path, size)
     lines = data.split(b"\n")
     tail = lines[-1]  # b"" when the file ends with a newline
     body_end = len(data) - len(tail)
@@ -65,33 +109,29 @@ def repair_jsonl(path: str | os.PathLike) -> Optional[str]:
                 handle.flush()
                 os.fsync(handle.fileno())
             return f"{path.name}: the last line lacked its newline; kept it"
-        _truncate(path, body_end)
+        _truncate(path, base + body_end)
         note = f"{path.name}: dropped a partial last line of {len(tail)} bytes"
-        data = data[:body_end]
-        lines = data.split(b"\n")
+        lines = data[:body_end].split(b"\n")
     # the last complete line may itself be garbage (zero-filled blocks after a power cut)
     complete = [(i, line) for i, line in enumerate(lines[:-1]) if line.strip()]
     if complete:
         i_last, last = complete[-1]
         if not _parses(last):
-            start = sum(len(line) + 1 for line in lines[:i_last])
-            _truncate(path, start)
+            _truncate(path, base + sum(len(line) + 1 for line in lines[:i_last]))
             note = (note + "; " if note else "") + f"{path.name}: dropped an unreadable last line"
-            complete = complete[:-1]
-    for i, line in complete:
-        if not _parses(line):
-            raise EngineStoreError(
-                f"{path}:{i + 1}: not a valid JSON line in the middle of the file; the run cannot be resumed "
-                f"safely - fix or delete that line"
-            )
     return note
 
 
-def _parses(line: bytes) -> bool:
+def _parse(line: bytes) -> Optional[dict]:
     try:
-        return isinstance(json.loads(line.decode("utf-8")), dict)
+        obj = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        return False
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _parses(line: bytes) -> bool:
+    return _parse(line) is not None
 
 
 def _truncate(path: Path, size: int) -> None:
@@ -101,21 +141,8 @@ def _truncate(path: Path, size: int) -> None:
         os.fsync(handle.fileno())
 
 
-def _read_lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    with open(path, "r", encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
-
 def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, ensure_ascii=False)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 class EngineStore:
@@ -142,15 +169,12 @@ class EngineStore:
     def open(self, run_info: Optional[Mapping[str, Any]] = None) -> set[str]:
         """Create or resume the folder: repair partial lines, load finished keys, start the state.
 
-        Returns the set of finished keys (``path#sha256``).
+        Returns the set of finished keys (``path#sha256``): the store's own set, which grows as images
+        finish.
         """
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        for path in (self.records_path, self.rejected_path, self.errors_path):
-            note = repair_jsonl(path)
-            if note:
-                logger.warning("engine output repaired: %s", note)
-                self.repairs.append(note)
-        for rec in _read_lines(self.records_path):
+
+        def record_key(rec: dict) -> None:
             meta = rec.get("engine") or {}
             if "path" not in meta or "sha256" not in meta:
                 raise EngineStoreError(
@@ -158,8 +182,17 @@ class EngineStore:
                     "was not written by the engine"
                 )
             self.done_keys.add(f"{meta['path']}#{meta['sha256']}")
+
+        rejected: set[str] = set()
+        scans = ((self.records_path, record_key),
+                 (self.rejected_path, lambda line: rejected.add(line["key"]) if "key" in line else None),
+                 (self.errors_path, None))
+        for path, on_line in scans:  # each file is read once, as a stream; only the keys are kept
+            note = repair_jsonl(path, on_line)
+            if note:
+                logger.warning("engine output repaired: %s", note)
+                self.repairs.append(note)
         self.counts["done"] = len(self.done_keys)
-        rejected = {line["key"] for line in _read_lines(self.rejected_path) if "key" in line}
         self.counts["rejected"] = len(rejected - self.done_keys)
         self.done_keys |= rejected
         previous: dict[str, Any] = {}
@@ -179,7 +212,7 @@ class EngineStore:
         }
         self._files()
         self.write_state(force=True)
-        return set(self.done_keys)
+        return self.done_keys
 
     def _files(self) -> None:
         for name, path in (("done", self.records_path), ("rejected", self.rejected_path), ("failed", self.errors_path)):

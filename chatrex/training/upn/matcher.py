@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
-from torchvision.ops import box_convert
+from torchvision.ops import box_convert, generalized_box_iou
 
 
 @dataclass
@@ -45,22 +45,22 @@ def focal_class_cost(logits: torch.Tensor, alpha: float, gamma: float) -> torch.
 
 
 def batched_generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """Pairwise generalised IoU within each batch element (torchvision's ``generalized_box_iou``, batched).
+    """Pairwise generalised IoU within each batch element: torchvision's ``generalized_box_iou`` mapped over
+    the leading dimensions with ``torch.vmap`` (one batched computation, on any torchvision version).
 
     Args:
-        boxes1: (..., N, 4) and boxes2: (..., M, 4), xyxy with x2 >= x1 and y2 >= y1.
+        boxes1: (..., N, 4) and boxes2: (..., M, 4), xyxy with x2 >= x1 and y2 >= y1; the same leading
+            dimensions.
     Returns:
         (..., N, M).
     """
-    a, b = boxes1[..., :, None, :], boxes2[..., None, :, :]
-    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
-    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
-    wh = (torch.minimum(a[..., 2:], b[..., 2:]) - torch.maximum(a[..., :2], b[..., :2])).clamp_(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = area1[..., :, None] + area2[..., None, :] - inter
-    wh = torch.maximum(a[..., 2:], b[..., 2:]) - torch.minimum(a[..., :2], b[..., :2])
-    hull = wh[..., 0] * wh[..., 1]
-    return inter / union - (hull - union) / hull
+    lead = boxes1.shape[:-2]
+    if boxes2.shape[:-2] != lead:
+        raise ValueError(f"leading dimensions differ: {tuple(lead)} and {tuple(boxes2.shape[:-2])}")
+    if not lead:
+        return generalized_box_iou(boxes1, boxes2)
+    flat = torch.vmap(generalized_box_iou)(boxes1.reshape(-1, *boxes1.shape[-2:]), boxes2.reshape(-1, *boxes2.shape[-2:]))
+    return flat.reshape(*lead, boxes1.shape[-2], boxes2.shape[-2])
 
 
 def pad_targets(targets: list[torch.Tensor], device: torch.device) -> torch.Tensor:
