@@ -1,0 +1,354 @@
+"""Region masks: decoding (binary arrays, polygons, COCO RLE), encoding to COCO RLE, and resizing.
+
+A mask region can arrive in three forms, all in pixels of the image it belongs to:
+
+* a **binary array** (numpy, torch or a PIL image) of shape (H, W): bool, or numbers that are all 0 or 1
+  (integer arrays may also use 0 / 255, as mask images do);
+* **polygons**, COCO style: a list of polygons, each a flat list ``[x0, y0, x1, y1, ...]`` of at least
+  three points (``[[...], [...]]``); a single flat polygon is not accepted, since ``[x0, y0, x1, y1]``
+  is a box;
+* **COCO RLE**: ``{"size": [H, W], "counts": "..."}`` (compressed string, as pycocotools writes it, or
+  bytes) or ``{"size": [H, W], "counts": [n0, n1, ...]}`` (uncompressed run lengths, column-major,
+  starting with a run of zeros).
+
+:func:`decode_mask` turns any of them into an (H, W) bool array and raises :class:`MaskError` (a
+``ValueError``) naming the problem for an empty mask, a mask of the wrong size, values that are not
+binary, or a malformed RLE. RLE strings are parsed and checked here before pycocotools decodes them,
+since pycocotools' decoder writes past its buffer when the run lengths do not add up to H x W.
+
+:func:`encode_rle` writes compressed COCO RLE (JSON-ready: ``counts`` is a ``str``);
+:func:`rle_from_crop` does the same from a mask given only inside its box (how the procedural world
+holds its visible masks), without building the full-image array. :func:`area_weights` and
+:func:`mask_to_grid` resize a mask to a coarse grid by exact area averaging (each grid cell gets the
+fraction of its area the mask covers), which is how masks reach the feature maps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+__all__ = [
+    "MaskError",
+    "is_box",
+    "is_mask",
+    "decode_mask",
+    "decode_rle",
+    "rle_counts",
+    "encode_rle",
+    "rle_from_crop",
+    "rle_area",
+    "validate_rle",
+    "mask_bbox",
+    "area_weights",
+    "mask_to_grid",
+]
+
+
+class MaskError(ValueError):
+    """A mask region is malformed (empty, wrong size, not binary, bad polygon or RLE)."""
+
+
+# ------------------------------------------------------------------------------------------ kinds
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def is_box(region: Any) -> bool:
+    """Whether ``region`` is a box: a flat sequence (or 1-D array/tensor) of 4 numbers."""
+    if hasattr(region, "ndim") and hasattr(region, "shape"):
+        return int(region.ndim) == 1 and int(region.shape[0]) == 4
+    if isinstance(region, (list, tuple)) and len(region) == 4:
+        return all(_is_number(v) for v in region)
+    return False
+
+
+def is_mask(region: Any) -> bool:
+    """Whether ``region`` has the form of a mask: a 2-D array / tensor / PIL image, an RLE dict (with
+    ``counts``) or a list of polygons (a list of lists). Its contents are checked by :func:`decode_mask`."""
+    if isinstance(region, Mapping):
+        return "counts" in region
+    if hasattr(region, "ndim") and hasattr(region, "shape"):
+        return int(region.ndim) == 2
+    if _is_pil(region):
+        return True
+    if isinstance(region, (list, tuple)) and region:
+        return all(isinstance(p, (list, tuple)) for p in region)
+    return False
+
+
+def _is_pil(value: Any) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow is a core dependency
+        return False
+    return isinstance(value, Image.Image)
+
+
+# ------------------------------------------------------------------------------------------ RLE
+def rle_counts(counts: Any, where: str = "mask") -> list[int]:
+    """Run lengths of a COCO RLE ``counts`` field: a compressed string (or bytes) or a list of ints.
+
+    The string form is pycocotools' (``rleToString``): each count is written in 5-bit groups, low first,
+    as characters ``48 + group`` with bit 0x20 marking "more groups follow", the last group's bit 0x10
+    giving the sign; from the third count on, the difference to the count two places earlier is stored.
+    Raises :class:`MaskError` for characters outside that alphabet, a count cut off at the end, or a
+    negative run length.
+    """
+    if isinstance(counts, (list, tuple)):
+        out = []
+        for k, v in enumerate(counts):
+            if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool)) or v < 0:
+                raise MaskError(f"{where}: RLE counts must be non-negative integers; counts[{k}] is {v!r}")
+            out.append(int(v))
+        return out
+    if isinstance(counts, bytes):
+        try:
+            counts = counts.decode("ascii")
+        except UnicodeDecodeError:
+            raise MaskError(f"{where}: RLE counts bytes are not ASCII") from None
+    if not isinstance(counts, str):
+        raise MaskError(f"{where}: RLE counts must be a string or a list of integers, got {type(counts).__name__}")
+    out: list[int] = []
+    p, n = 0, len(counts)
+    while p < n:
+        x, k, more = 0, 0, True
+        while more:
+            if p >= n:
+                raise MaskError(f"{where}: RLE counts string ends in the middle of a count")
+            c = ord(counts[p]) - 48
+            if not 0 <= c < 64:
+                raise MaskError(f"{where}: RLE counts string has the character {counts[p]!r}, outside pycocotools' "
+                                "alphabet ('0' to 'o')")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and (c & 0x10):
+                x |= -1 << (5 * k)
+        if len(out) > 2:
+            x += out[-2]
+        if x < 0:
+            raise MaskError(f"{where}: RLE counts string decodes to a negative run length ({x}) at run {len(out)}")
+        out.append(x)
+    return out
+
+
+def _rle_size(rle: Any, where: str) -> tuple[int, int]:
+    if not isinstance(rle, Mapping):
+        raise MaskError(f"{where}: an RLE mask must be a dict with 'size' and 'counts', got {type(rle).__name__}")
+    for key in ("size", "counts"):
+        if key not in rle:
+            raise MaskError(f"{where}: RLE mask has no '{key}' (COCO RLE is {{'size': [H, W], 'counts': ...}})")
+    size = rle["size"]
+    if not (isinstance(size, (list, tuple)) and len(size) == 2
+            and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise MaskError(f"{where}: RLE 'size' must be [height, width] with positive integers, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def validate_rle(rle: Any, height: Optional[int] = None, width: Optional[int] = None, where: str = "mask",
+                 allow_empty: bool = False) -> list[int]:
+    """Check a COCO RLE dict; return its run lengths.
+
+    Raises :class:`MaskError` when it is not ``{"size": [H, W], "counts": ...}``, when its size is not
+    ``height`` x ``width`` (when given), when the run lengths do not add up to H x W, or (unless
+    ``allow_empty``) when it covers no pixel.
+    """
+    h, w = _rle_size(rle, where)
+    if height is not None and width is not None and (h, w) != (int(height), int(width)):
+        raise MaskError(f"{where}: the RLE mask is {h}x{w} (height x width) but the image is {height}x{width}")
+    counts = rle_counts(rle["counts"], where)
+    total = sum(counts)
+    if total != h * w:
+        raise MaskError(f"{where}: RLE run lengths add up to {total} pixels, not {h} x {w} = {h * w}")
+    if not allow_empty and not any(counts[1::2]):
+        raise MaskError(f"{where}: the mask is empty (no pixel set)")
+    return counts
+
+
+def rle_area(rle: Mapping[str, Any]) -> int:
+    """Pixels a (valid) RLE covers, from its run lengths (no decoding)."""
+    return int(sum(rle_counts(rle["counts"])[1::2]))
+
+
+def decode_rle(rle: Any, height: Optional[int] = None, width: Optional[int] = None, where: str = "mask") -> np.ndarray:
+    """(H, W) bool array of a COCO RLE, checked first (:func:`validate_rle`), decoded by pycocotools."""
+    import pycocotools.mask as mask_utils
+
+    counts = validate_rle(rle, height, width, where)
+    h, w = _rle_size(rle, where)
+    compressed = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+    return mask_utils.decode(compressed).astype(bool)
+
+
+def encode_rle(mask: np.ndarray) -> dict:
+    """Compressed COCO RLE of an (H, W) binary mask: ``{"size": [H, W], "counts": str}`` (JSON-ready)."""
+    import pycocotools.mask as mask_utils
+
+    arr = np.asarray(mask)
+    if arr.ndim != 2:
+        raise MaskError(f"encode_rle needs an (H, W) mask, got shape {arr.shape}")
+    rle = mask_utils.encode(np.asfortranarray(arr.astype(np.uint8)))
+    return {"size": [int(arr.shape[0]), int(arr.shape[1])], "counts": rle["counts"].decode("ascii")}
+
+
+def rle_from_crop(crop: np.ndarray, x0: int, y0: int, height: int, width: int) -> dict:
+    """Compressed COCO RLE of an ``height`` x ``width`` mask that is zero outside ``crop`` placed at
+    ``(x0, y0)`` (top-left, pixels). Equal to ``encode_rle`` of the full mask, without building it.
+
+    Args:
+        crop: (h, w) binary, lying inside the image.
+    """
+    import pycocotools.mask as mask_utils
+
+    crop = np.asarray(crop, dtype=bool)
+    if crop.ndim != 2:
+        raise MaskError(f"rle_from_crop needs an (h, w) crop, got shape {crop.shape}")
+    h, w = crop.shape
+    if x0 < 0 or y0 < 0 or x0 + w > width or y0 + h > height:
+        raise MaskError(f"the {h}x{w} crop at ({x0}, {y0}) does not lie inside the {height}x{width} image")
+    # runs of each column of the crop (column-major, as COCO), as [start, end) rows
+    padded = np.zeros((h + 2, w), dtype=np.int8)
+    padded[1:-1] = crop
+    diff = np.diff(padded, axis=0)  # (h + 1, w): +1 where a run starts, -1 one past where it ends
+    sc, sr = np.nonzero(diff.T == 1)  # column-major order: by column, then row
+    ec, er = np.nonzero(diff.T == -1)
+    starts = (x0 + sc).astype(np.int64) * height + y0 + sr
+    ends = (x0 + ec).astype(np.int64) * height + y0 + er
+    if starts.size:  # a run ending at the bottom edge continues at the top of the next column
+        join = ends[:-1] == starts[1:]
+        if join.any():
+            keep_start = np.concatenate([[True], ~join])
+            keep_end = np.concatenate([~join, [True]])
+            starts, ends = starts[keep_start], ends[keep_end]
+    edges = np.empty(2 * starts.size + 2, dtype=np.int64)
+    edges[0], edges[-1] = 0, height * width
+    edges[1:-1:2], edges[2:-1:2] = starts, ends
+    counts = np.diff(edges).tolist()
+    if len(counts) > 1 and counts[-1] == 0:  # pycocotools writes no empty run after a last run of ones
+        counts.pop()
+    rle = mask_utils.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    return {"size": [int(height), int(width)], "counts": rle["counts"].decode("ascii")}
+
+
+# ------------------------------------------------------------------------------------------ decoding
+def _decode_polygons(polygons: Sequence[Any], height: int, width: int, where: str) -> np.ndarray:
+    import pycocotools.mask as mask_utils
+
+    flat = []
+    for k, poly in enumerate(polygons):
+        if not isinstance(poly, (list, tuple)):
+            raise MaskError(f"{where}: polygon {k} must be a flat list [x0, y0, x1, y1, ...], got {type(poly).__name__}")
+        if not all(_is_number(v) for v in poly):
+            raise MaskError(f"{where}: polygon {k} must hold numbers only (a flat list [x0, y0, x1, y1, ...])")
+        vals = [float(v) for v in poly]
+        if not all(math.isfinite(v) for v in vals):
+            raise MaskError(f"{where}: polygon {k} has a non-finite coordinate")
+        if len(vals) % 2 or len(vals) < 6:
+            raise MaskError(f"{where}: polygon {k} has {len(vals)} numbers; a polygon needs an even number, at least "
+                            "6 (three points)")
+        flat.append(vals)
+    if not flat:
+        raise MaskError(f"{where}: no polygon given")
+    rles = mask_utils.frPyObjects(flat, int(height), int(width))
+    return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+
+
+def _binary_array(value: Any, where: str) -> np.ndarray:
+    if _is_pil(value):
+        value = np.asarray(value.convert("L") if value.mode not in ("1", "L", "I", "I;16", "F") else value)
+    elif hasattr(value, "detach") and hasattr(value, "cpu"):  # torch tensor
+        value = value.detach().cpu().numpy()
+    arr = np.asarray(value)
+    if arr.ndim != 2:
+        raise MaskError(f"{where}: a binary mask must be a 2-D (H, W) array, got shape {arr.shape}")
+    if arr.dtype == bool:
+        return arr
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise MaskError(f"{where}: a binary mask must hold bools or numbers, got dtype {arr.dtype}")
+    values = np.unique(arr)
+    if np.issubdtype(arr.dtype, np.integer) and set(values.tolist()) <= {0, 255}:
+        return arr == 255
+    if not set(values.tolist()) <= {0, 1}:
+        shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if values.size > 6 else "")
+        raise MaskError(f"{where}: the mask is not binary: it holds the values {shown} (use 0/1, booleans, or 0/255 "
+                        "for integer images)")
+    return arr == 1
+
+
+def decode_mask(region: Any, height: int, width: int, where: str = "mask") -> np.ndarray:
+    """The (height, width) bool array of a mask region (binary array, polygons or COCO RLE; see the module
+    docstring). Raises :class:`MaskError` for an empty mask, a wrong size, non-binary values, or a
+    malformed polygon or RLE."""
+    height, width = int(height), int(width)
+    if isinstance(region, Mapping):
+        arr = decode_rle(region, height, width, where)
+    elif isinstance(region, (list, tuple)):
+        if region and all(_is_number(v) for v in region):
+            raise MaskError(f"{where}: a flat list of numbers is not a mask; polygons are a list of flat lists "
+                            "[[x0, y0, x1, y1, x2, y2, ...]] (and [x0, y0, x1, y1] is a box)")
+        arr = _decode_polygons(region, height, width, where)
+    else:
+        arr = _binary_array(region, where)
+        if arr.shape != (height, width):
+            raise MaskError(f"{where}: the mask is {arr.shape[0]}x{arr.shape[1]} (height x width) but the image is "
+                            f"{height}x{width}")
+    if not arr.any():
+        raise MaskError(f"{where}: the mask is empty (no pixel set)"
+                        + (" inside the image" if isinstance(region, (list, tuple)) else ""))
+    return arr
+
+
+def mask_bbox(mask: np.ndarray) -> list[int]:
+    """Tight box ``[x0, y0, x1, y1]`` of a non-empty mask, ``x1`` / ``y1`` exclusive (pixels)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        raise MaskError("the mask is empty (no pixel set)")
+    return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
+
+
+# ------------------------------------------------------------------------------------------ resizing
+def area_weights(start: int, stop: int, offset: float, side: float, cells: int) -> tuple[int, np.ndarray]:
+    """Area-resizing weights of the pixel range ``[start, stop)`` onto ``cells`` grid cells.
+
+    Pixel ``p`` covers ``[p + offset, p + offset + 1)`` of a line of length ``side`` split into ``cells``
+    equal cells. Returns ``(first, A)``: ``A[j, i]`` is the fraction of cell ``first + j`` that pixel
+    ``start + i`` covers (rows cover only the cells the range touches).
+    """
+    scale = cells / float(side)  # cells per pixel
+    lo = (start + offset) * scale
+    hi = (stop + offset) * scale
+    first = max(int(math.floor(lo)), 0)
+    last = min(int(math.ceil(hi)), cells)  # exclusive
+    px0 = (np.arange(start, stop, dtype=np.float64) + offset) * scale  # pixel edges in cell units
+    px1 = px0 + scale
+    c0 = np.arange(first, last, dtype=np.float64)[:, None]
+    overlap = np.clip(np.minimum(px1[None, :], c0 + 1) - np.maximum(px0[None, :], c0), 0.0, None)
+    return first, overlap.astype(np.float32)
+
+
+def mask_to_grid(mask: np.ndarray, size: int, offset_x: float = 0.0, offset_y: float = 0.0,
+                 side: Optional[float] = None) -> np.ndarray:
+    """Exact area resize of an (H, W) mask placed at ``(offset_x, offset_y)`` in a square of ``side``
+    pixels (default: max(H, W)) onto a ``size`` x ``size`` grid.
+
+    Returns (size, size) float32: each cell's covered fraction, in [0, 1]. Only the mask's box is
+    touched, so a small mask in a large image costs little.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    side = float(max(mask.shape) if side is None else side)
+    out = np.zeros((size, size), dtype=np.float32)
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return out
+    cols = np.flatnonzero(mask.any(axis=0))
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    fy, ay = area_weights(y0, y1, offset_y, side, size)
+    fx, ax = area_weights(x0, x1, offset_x, side, size)
+    block = ay @ mask[y0:y1, x0:x1].astype(np.float32) @ ax.T
+    out[fy:fy + block.shape[0], fx:fx + block.shape[1]] = np.clip(block, 0.0, 1.0)
+    return out
