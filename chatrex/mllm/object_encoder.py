@@ -143,7 +143,8 @@ def mask_features(levels: Sequence[torch.Tensor], masks: Sequence[torch.Tensor])
     Args:
         levels: L tensors (B, C_l, H_l, W_l).
         masks: B tensors (M_i, G, G), each cell's covered fraction in [0, 1] (any G; the mask is resized
-            to each level with ``adaptive_avg_pool2d``, exact area averaging when G is a multiple).
+            to each level with ``adaptive_avg_pool2d``, exact area averaging when G is a multiple). The
+            weights are normalised, so any non-negative scale works (training ships uint8 0..255).
     Returns:
         (sum M_i, sum C_l) float32, masks of image 0 first, in order; the channels in the order of
         :func:`fuse_levels`.

@@ -21,7 +21,7 @@ import torch
 from chatrex.mllm.image_processing import SquareFrame, normalize_boxes
 from chatrex.utils.masks import MaskError, decode_mask, is_box, mask_bbox, mask_to_grid
 
-__all__ = ["PreparedRegions", "prepare_regions", "region_kind"]
+__all__ = ["PreparedRegions", "prepare_regions", "region_kind", "quantize_mask_grid"]
 
 
 @dataclass
@@ -82,3 +82,11 @@ def prepare_regions(regions: Sequence[Any] | None, frame: SquareFrame, grid: int
         raise ValueError(f"{where}: {err} (boxes are counted among all regions)") from None
     masks = torch.from_numpy(np.stack(grids)) if grids else torch.zeros((0, grid, grid), dtype=torch.float32)
     return PreparedRegions(boxes, masks, torch.tensor(mask_indices, dtype=torch.long), pixel_boxes)
+
+
+def quantize_mask_grid(masks: torch.Tensor) -> torch.Tensor:
+    """(M, G, G) covered fractions in [0, 1] → uint8 0..255, a quarter of the bytes to ship from the data
+    workers. Mask pooling normalises its weights, so the model reads them as they are (a cell covered at
+    all keeps a weight of at least 1)."""
+    q = (masks.clamp(0, 1) * 255).round()
+    return torch.where((masks > 0) & (q == 0), torch.ones_like(q), q).to(torch.uint8)

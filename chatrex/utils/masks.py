@@ -104,36 +104,41 @@ def rle_counts(counts: Any, where: str = "mask") -> list[int]:
                 raise MaskError(f"{where}: RLE counts must be non-negative integers; counts[{k}] is {v!r}")
             out.append(int(v))
         return out
-    if isinstance(counts, bytes):
+    if isinstance(counts, str):
         try:
-            counts = counts.decode("ascii")
-        except UnicodeDecodeError:
-            raise MaskError(f"{where}: RLE counts bytes are not ASCII") from None
-    if not isinstance(counts, str):
+            counts = counts.encode("ascii")
+        except UnicodeEncodeError:
+            raise MaskError(f"{where}: RLE counts string is not ASCII") from None
+    if not isinstance(counts, bytes):
         raise MaskError(f"{where}: RLE counts must be a string or a list of integers, got {type(counts).__name__}")
-    out: list[int] = []
-    p, n = 0, len(counts)
-    while p < n:
-        x, k, more = 0, 0, True
-        while more:
-            if p >= n:
-                raise MaskError(f"{where}: RLE counts string ends in the middle of a count")
-            c = ord(counts[p]) - 48
-            if not 0 <= c < 64:
-                raise MaskError(f"{where}: RLE counts string has the character {counts[p]!r}, outside pycocotools' "
-                                "alphabet ('0' to 'o')")
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(out) > 2:
-            x += out[-2]
-        if x < 0:
-            raise MaskError(f"{where}: RLE counts string decodes to a negative run length ({x}) at run {len(out)}")
-        out.append(x)
-    return out
+    if not counts:
+        return []
+    c = np.frombuffer(counts, dtype=np.uint8).astype(np.int64) - 48
+    bad = np.flatnonzero((c < 0) | (c >= 64))
+    if bad.size:
+        raise MaskError(f"{where}: RLE counts string has the character {chr(counts[bad[0]])!r}, outside pycocotools' "
+                        "alphabet ('0' to 'o')")
+    last = (c & 0x20) == 0  # the last 5-bit group of a count
+    if not last[-1]:
+        raise MaskError(f"{where}: RLE counts string ends in the middle of a count")
+    ends = np.flatnonzero(last)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    group = np.repeat(np.arange(ends.size), ends - starts + 1)
+    k = np.arange(c.size) - starts[group]  # position of each character within its count
+    if int(k.max()) > 11:
+        raise MaskError(f"{where}: RLE counts string holds a count of more than 12 characters")
+    values = np.add.reduceat((c & 0x1F) << (5 * k), starts)
+    negative = (c[ends] & 0x10) != 0
+    values = values - np.where(negative, np.left_shift(1, 5 * (k[ends] + 1)), 0)
+    # from the third count on, a count is stored as its difference to the count two places earlier
+    x = values.copy()
+    x[1::2] = np.cumsum(values[1::2])
+    if x.size > 2:
+        x[2::2] = np.cumsum(values[2::2])
+    if (x < 0).any():
+        run = int(np.flatnonzero(x < 0)[0])
+        raise MaskError(f"{where}: RLE counts string decodes to a negative run length ({int(x[run])}) at run {run}")
+    return x.tolist()
 
 
 def _rle_size(rle: Any, where: str) -> tuple[int, int]:
@@ -210,14 +215,17 @@ def rle_from_crop(crop: np.ndarray, x0: int, y0: int, height: int, width: int) -
     h, w = crop.shape
     if x0 < 0 or y0 < 0 or x0 + w > width or y0 + h > height:
         raise MaskError(f"the {h}x{w} crop at ({x0}, {y0}) does not lie inside the {height}x{width} image")
-    # runs of each column of the crop (column-major, as COCO), as [start, end) rows
-    padded = np.zeros((h + 2, w), dtype=np.int8)
-    padded[1:-1] = crop
-    diff = np.diff(padded, axis=0)  # (h + 1, w): +1 where a run starts, -1 one past where it ends
-    sc, sr = np.nonzero(diff.T == 1)  # column-major order: by column, then row
-    ec, er = np.nonzero(diff.T == -1)
-    starts = (x0 + sc).astype(np.int64) * height + y0 + sr
-    ends = (x0 + ec).astype(np.int64) * height + y0 + er
+    # runs of each column of the crop (column-major, as COCO): each column padded with a zero at both
+    # ends, so that a diff of the flat array marks run starts (+1) and run ends (-1) within columns only
+    padded = np.zeros((w, h + 2), dtype=np.int8)
+    padded[:, 1:-1] = crop.T
+    diff = np.diff(padded.ravel())
+    s_flat = np.flatnonzero(diff == 1) + 1  # flat padded index of a run's first pixel
+    e_flat = np.flatnonzero(diff == -1) + 1  # ... of the pixel after its last one
+    sc, sr = np.divmod(s_flat, h + 2)
+    ec, er = np.divmod(e_flat, h + 2)
+    starts = (x0 + sc).astype(np.int64) * height + y0 + sr - 1
+    ends = (x0 + ec).astype(np.int64) * height + y0 + er - 1
     if starts.size:  # a run ending at the bottom edge continues at the top of the next column
         join = ends[:-1] == starts[1:]
         if join.any():

@@ -31,6 +31,7 @@ ARGS = {
     "caption_detailed": {},
     "conversation": dict(question="What is the man holding?"),
     "region_classification": dict(regions=[7]),
+    "region_relation": dict(regions=[1, 4]),
 }
 
 
@@ -58,6 +59,8 @@ def test_every_template_fills_its_arguments(task):
             assert "dog" in prompt
         if task == "referring":
             assert "the man in a yellow shirt" in prompt
+        if task == "region_relation":
+            assert prompt.index("<obj1>") < prompt.index("<obj4>")
 
 
 def test_default_is_template_zero_and_rng_varies():
