@@ -108,7 +108,9 @@ def draw_grounded(
 
         if len(masks) != n:
             raise ValueError(f"got {n} boxes but {len(masks)} mask entries (None for a box region)")
-        drawn = [i for i, m in enumerate(masks) if m is not None and (i in labels or show_ungrounded)]
+        # ungrounded masks first (grey), grounded ones over them
+        drawn = [i for i, m in enumerate(masks) if m is not None and i not in labels and show_ungrounded]
+        drawn += [i for i, m in enumerate(masks) if m is not None and i in labels]
         if drawn:
             arrays = [decode_mask(masks[i], out.height, out.width, where=f"mask of region {i}") for i in drawn]
             out = overlay_masks(out, arrays, [box_color.get(i, UNGROUNDED_COLOR) for i in drawn])

@@ -299,6 +299,9 @@ def decode_mask(region: Any, height: int, width: int, where: str = "mask") -> np
             raise MaskError(f"{where}: a flat list of numbers is not a mask; polygons are a list of flat lists "
                             "[[x0, y0, x1, y1, x2, y2, ...]] (and [x0, y0, x1, y1] is a box)")
         arr = _decode_polygons(region, height, width, where)
+    elif not (_is_pil(region) or (hasattr(region, "shape") and hasattr(region, "ndim"))):
+        raise MaskError(f"{where}: a region must be a box [x0, y0, x1, y1] or a mask (a binary (H, W) array, COCO "
+                        f"polygons or COCO RLE), got {type(region).__name__}")
     else:
         arr = _binary_array(region, where)
         if arr.shape != (height, width):
