@@ -73,8 +73,9 @@ def prepare_regions(regions: Sequence[Any] | None, frame: SquareFrame, grid: int
             mask = decode_mask(region, frame.height, frame.width, where=f"region {k}")
         except MaskError as err:
             raise MaskError(f"{where}: {err}") from None
-        pixel_boxes.append([float(v) for v in mask_bbox(mask)])
-        grids.append(mask_to_grid(mask, grid, frame.offset_x, frame.offset_y, frame.side))
+        box = mask_bbox(mask)
+        pixel_boxes.append([float(v) for v in box])
+        grids.append(mask_to_grid(mask, grid, frame.offset_x, frame.offset_y, frame.side, box=box))
         mask_indices.append(k)
     try:
         boxes = normalize_boxes(pixel_boxes, frame) if pixel_boxes else torch.zeros((0, 4), dtype=torch.float32)

@@ -18,9 +18,9 @@ since pycocotools' decoder writes past its buffer when the run lengths do not ad
 
 :func:`encode_rle` writes compressed COCO RLE (JSON-ready: ``counts`` is a ``str``);
 :func:`rle_from_crop` does the same from a mask given only inside its box (how the procedural world
-holds its visible masks), without building the full-image array. :func:`area_weights` and
-:func:`mask_to_grid` resize a mask to a coarse grid by exact area averaging (each grid cell gets the
-fraction of its area the mask covers), which is how masks reach the feature maps.
+holds its visible masks), without building the full-image array. :func:`mask_to_grid` resizes a mask
+to a coarse grid by exact area averaging (each grid cell gets the fraction of its area the mask
+covers), which is how masks reach the feature maps.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ __all__ = [
     "rle_area",
     "validate_rle",
     "mask_bbox",
-    "area_weights",
     "mask_to_grid",
 ]
 
@@ -185,8 +184,12 @@ def decode_rle(rle: Any, height: Optional[int] = None, width: Optional[int] = No
 
     counts = validate_rle(rle, height, width, where)
     h, w = _rle_size(rle, where)
-    compressed = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
-    return mask_utils.decode(compressed).astype(bool)
+    raw = rle["counts"]
+    if isinstance(raw, (str, bytes)):  # checked above: pycocotools decodes the string itself
+        compressed = {"size": [h, w], "counts": raw.encode("ascii") if isinstance(raw, str) else raw}
+    else:
+        compressed = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+    return mask_utils.decode(compressed).view(bool)
 
 
 def encode_rle(mask: np.ndarray) -> dict:
@@ -316,50 +319,51 @@ def decode_mask(region: Any, height: int, width: int, where: str = "mask") -> np
 def mask_bbox(mask: np.ndarray) -> list[int]:
     """Tight box ``[x0, y0, x1, y1]`` of a non-empty mask, ``x1`` / ``y1`` exclusive (pixels)."""
     rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
         raise MaskError("the mask is empty (no pixel set)")
+    cols = np.flatnonzero(mask[rows[0]:rows[-1] + 1].any(axis=0))
     return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
 
 
 # ------------------------------------------------------------------------------------------ resizing
-def area_weights(start: int, stop: int, offset: float, side: float, cells: int) -> tuple[int, np.ndarray]:
-    """Area-resizing weights of the pixel range ``[start, stop)`` onto ``cells`` grid cells.
-
-    Pixel ``p`` covers ``[p + offset, p + offset + 1)`` of a line of length ``side`` split into ``cells``
-    equal cells. Returns ``(first, A)``: ``A[j, i]`` is the fraction of cell ``first + j`` that pixel
-    ``start + i`` covers (rows cover only the cells the range touches).
-    """
+def _integrate(values: np.ndarray, start: int, offset: float, side: float, cells: int, axis: int) -> tuple[int, np.ndarray]:
+    """Area-resize ``values`` along ``axis`` (pixels ``start ..``) onto ``cells`` cells of a ``side``-pixel
+    line: ``(first cell, per-cell sums divided by the cell length)``, from the cumulative sum read at the
+    (fractional) cell edges; exact for pixels that are constant over their width."""
     scale = cells / float(side)  # cells per pixel
-    lo = (start + offset) * scale
-    hi = (stop + offset) * scale
-    first = max(int(math.floor(lo)), 0)
-    last = min(int(math.ceil(hi)), cells)  # exclusive
-    px0 = (np.arange(start, stop, dtype=np.float64) + offset) * scale  # pixel edges in cell units
-    px1 = px0 + scale
-    c0 = np.arange(first, last, dtype=np.float64)[:, None]
-    overlap = np.clip(np.minimum(px1[None, :], c0 + 1) - np.maximum(px0[None, :], c0), 0.0, None)
-    return first, overlap.astype(np.float32)
+    n = values.shape[axis]
+    first = max(int(math.floor((start + offset) * scale)), 0)
+    last = min(int(math.ceil((start + n + offset) * scale)), cells)  # exclusive
+    edges = np.clip(np.arange(first, last + 1, dtype=np.float64) / scale - offset - start, 0.0, n)
+    moved = np.moveaxis(values, axis, 0)
+    cum = np.zeros((n + 1,) + moved.shape[1:], dtype=np.float64)
+    np.cumsum(moved, axis=0, out=cum[1:])
+    low = np.minimum(np.floor(edges).astype(np.int64), n - 1)
+    frac = (edges - low).reshape((-1,) + (1,) * (moved.ndim - 1))
+    at_edges = cum[low] + frac * (cum[low + 1] - cum[low])
+    return first, np.moveaxis(np.diff(at_edges, axis=0) * scale, 0, axis)
 
 
 def mask_to_grid(mask: np.ndarray, size: int, offset_x: float = 0.0, offset_y: float = 0.0,
-                 side: Optional[float] = None) -> np.ndarray:
+                 side: Optional[float] = None, box: Optional[Sequence[int]] = None) -> np.ndarray:
     """Exact area resize of an (H, W) mask placed at ``(offset_x, offset_y)`` in a square of ``side``
     pixels (default: max(H, W)) onto a ``size`` x ``size`` grid.
 
     Returns (size, size) float32: each cell's covered fraction, in [0, 1]. Only the mask's box is
-    touched, so a small mask in a large image costs little.
+    touched (two cumulative sums over it), so a small mask in a large image costs little. ``box``: the
+    mask's tight box (:func:`mask_bbox`) when known.
     """
     mask = np.asarray(mask, dtype=bool)
     side = float(max(mask.shape) if side is None else side)
     out = np.zeros((size, size), dtype=np.float32)
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return out
-    cols = np.flatnonzero(mask.any(axis=0))
-    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    fy, ay = area_weights(y0, y1, offset_y, side, size)
-    fx, ax = area_weights(x0, x1, offset_x, side, size)
-    block = ay @ mask[y0:y1, x0:x1].astype(np.float32) @ ax.T
+    if box is None:
+        rows = np.flatnonzero(mask.any(axis=1))
+        if rows.size == 0:
+            return out
+        cols = np.flatnonzero(mask[rows[0]:rows[-1] + 1].any(axis=0))
+        box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+    x0, y0, x1, y1 = (int(v) for v in box)
+    fy, by_rows = _integrate(mask[y0:y1, x0:x1], y0, offset_y, side, size, axis=0)
+    fx, block = _integrate(by_rows, x0, offset_x, side, size, axis=1)
     out[fy:fy + block.shape[0], fx:fx + block.shape[1]] = np.clip(block, 0.0, 1.0)
     return out
