@@ -165,6 +165,8 @@ class ChatRexDataset(torch.utils.data.Dataset):
             raise ValueError("the ChatRex dataset is empty: give at least one record")
         self.records = list(records)
         self.vocabulary = sorted({r["category"] for rec, _ in self.records for r in rec.get("regions", []) if r.get("category")})
+        if cfg.mask_region_rate > 0:
+            warn_without_masks(self.records, cfg.mask_region_rate, "the ChatRex dataset")
 
     def __len__(self) -> int:
         return len(self.records)
@@ -201,6 +203,19 @@ def user_box_list(record: dict, index_of: dict[int, int], rng: random.Random,
     ids = rng.sample(sorted(index_of), min(len(index_of), rng.randint(1, max_boxes)))
     by_id = {r["id"]: r for r in record.get("regions", [])}
     return [[float(v) for v in by_id[i]["box"]] for i in ids], {i: k for k, i in enumerate(ids)}
+
+
+def warn_without_masks(records: Sequence[tuple[dict, Path]], rate: float, what: str) -> bool:
+    """Warn (and return True) when ``mask_region_rate`` asks for masks but no record has any: regions
+    then stay boxes, silently, e.g. on world data written before records carried masks."""
+    if any(r.get("mask") for rec, _ in records for r in rec.get("regions", [])):
+        return False
+    import warnings
+
+    warnings.warn(f"{what}: mask_region_rate is {rate:g} but none of its {len(records)} records has region masks "
+                  "(regions[*].mask); every region stays a box. Regenerate world data with this version "
+                  "(chatrex world generate ... --overwrite) to train on masks", stacklevel=3)
+    return True
 
 
 def mask_regions(record: dict, index_of: dict[int, int], indices, rate: float, rng: random.Random) -> dict[int, dict]:

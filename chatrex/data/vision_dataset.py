@@ -28,7 +28,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from chatrex.data.chatrex_dataset import box_iou, synthesize_proposals
+from chatrex.data.chatrex_dataset import box_iou, synthesize_proposals, warn_without_masks
 from chatrex.data.jsonl import load_training_records
 from chatrex.data.seeded_index import split_index
 from chatrex.utils.image import load_image
@@ -131,6 +131,8 @@ class VisionPretrainDataset(torch.utils.data.Dataset):
         self.vocabulary = vocabulary or VisionVocabulary.from_records([r for r, _ in self.records], cfg.attributes)
         self._cat_index = {c: i for i, c in enumerate(self.vocabulary.categories)}
         self._attr_index = {a: {v: i for i, v in enumerate(vals)} for a, vals in self.vocabulary.attributes.items()}
+        if cfg.mask_region_rate > 0 and cfg.max_mask_regions > 0:
+            warn_without_masks(self.records, cfg.mask_region_rate, "the vision pretraining dataset")
 
     def __len__(self) -> int:
         return len(self.records)

@@ -88,6 +88,20 @@ def test_region_tasks_give_the_asked_regions_as_masks_at_the_rate(mask_data):
         ChatRexDataset(ChatRexDataConfig(files=[str(mask_data)], mask_region_rate=2.0))
 
 
+def test_a_rate_without_any_masks_in_the_data_warns(tmp_path):
+    path = tmp_path / "old.jsonl"
+    path.write_text(json.dumps(_record(0, masks=False)) + "\n")
+    with pytest.warns(UserWarning, match="none of its 1 records has region masks"):
+        ChatRexDataset(ChatRexDataConfig(files=[str(path)], mask_region_rate=0.5))
+    with pytest.warns(UserWarning, match="none of its 1 records"):
+        VisionPretrainDataset(VisionDataConfig(files=[str(path)], mask_region_rate=0.5))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ChatRexDataset(ChatRexDataConfig(files=[str(path)], mask_region_rate=0.0))
+
+
 def test_region_relation_task_renders_and_reads_back():
     rec = _record(0)
     boxes, index_of = build_box_list(rec, random.Random(0), ChatRexDataConfig())
