@@ -40,6 +40,8 @@ for split in $SPLITS; do
   run referring --model "$MODEL" --data "$DATA/$split.jsonl" "${ask[@]}" --out "$EVAL_OUT/$split-referring.json"
   run region --model "$MODEL" --data "$DATA/$split.jsonl" "${ask[@]}" --out "$EVAL_OUT/$split-region.json"
 done
+# the same regions given as their masks (docs/regions.md); records written before masks have none and fail
+run region --model "$MODEL" --data "$DATA/test.jsonl" "${ask[@]}" --regions masks --out "$EVAL_OUT/test-region-masks.json"
 run counting --model "$MODEL" --data "$DATA/test.jsonl" "${ask[@]}" --out "$EVAL_OUT/test-counting.json"
 run grounded-caption --model "$MODEL" --data "$DATA/test.jsonl" --limit "$CAPTION_LIMIT" --batch-size 16 --max-new-tokens 256 \
   --out "$EVAL_OUT/test-grounded-caption.json"

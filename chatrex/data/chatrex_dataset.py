@@ -7,11 +7,17 @@ information). Proposals come from the record's optional ``proposals`` field (wri
 when absent, are synthesised around and between the ground-truth boxes.
 
 Stage 1 (alignment) uses grounded image captions and region categories; stage 2 uses every task.
+
+**Mask regions.** A region task (``region_*``) gives each region it asks about as the region's mask
+instead of its box with probability ``mask_region_rate``, when the record has the mask (``regions[*].mask``,
+COCO RLE; the world writes them). The item then carries ``masks`` (box index → RLE), which the collate
+hands to the processor's ``regions=`` input; the RLE is decoded there, in the data workers.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -29,9 +35,10 @@ STAGE_TASKS: dict[str, dict[str, float]] = {
     "stage2": {
         "detection": 4.0, "referring": 3.0, "region_category": 1.5, "region_phrase": 1.0, "region_brief": 1.0,
         "region_sentence": 1.0, "region_classification": 1.0, "counting": 1.5, "caption_brief": 1.0,
-        "caption_detailed": 1.0, "conversation": 2.0,
+        "caption_detailed": 1.0, "conversation": 2.0, "region_relation": 0.5,
     },
 }
+_OBJ_RE = re.compile(r"<obj(\d+)>")
 
 
 @dataclass
@@ -49,6 +56,8 @@ class ChatRexDataConfig:
             about (half the prompts ask about one, the rest about 2..max_targets, uniformly).
         region_boxes_only_prob: probability that a region task gets only a few ground-truth boxes
             (1-3, including the asked ones) instead of the full mixed list, as when a user draws them.
+        mask_region_rate: probability that a region task gives a region it asks about (with the short
+            list: each drawn region) as its mask rather than its box, where the record has the mask.
     """
 
     files: list[str] = field(default_factory=list)
@@ -61,6 +70,7 @@ class ChatRexDataConfig:
     region_levels: list[str] = field(default_factory=lambda: ["instance", "part"])
     max_targets: int = 3
     region_boxes_only_prob: float = 0.3
+    mask_region_rate: float = 0.5
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -132,7 +142,8 @@ def build_box_list(record: dict, rng: random.Random, cfg: ChatRexDataConfig) -> 
 
 
 class ChatRexDataset(torch.utils.data.Dataset):
-    """Items: ``{"image": PIL, "boxes": [[x0,y0,x1,y1]], "question": str, "answer": str, "task": str}``."""
+    """Items: ``{"image": PIL, "boxes": [[x0,y0,x1,y1]], "question": str, "answer": str, "task": str,
+    "masks": {box index: COCO RLE}}`` (``masks`` empty unless a region task gave regions as masks)."""
 
     def __init__(self, cfg: ChatRexDataConfig, records: Optional[Sequence[tuple[dict, Path]]] = None) -> None:
         if cfg.stage not in STAGE_TASKS:
@@ -141,6 +152,8 @@ class ChatRexDataset(torch.utils.data.Dataset):
             raise ValueError(f"max_targets must be >= 1, got {cfg.max_targets}")
         if not 0.0 <= cfg.region_boxes_only_prob <= 1.0:
             raise ValueError(f"region_boxes_only_prob must be in [0, 1], got {cfg.region_boxes_only_prob}")
+        if not 0.0 <= cfg.mask_region_rate <= 1.0:
+            raise ValueError(f"mask_region_rate must be in [0, 1], got {cfg.mask_region_rate}")
         self.cfg = cfg
         self.weights = dict(cfg.task_weights or STAGE_TASKS[cfg.stage])
         unknown = set(self.weights) - set(STAGE_TASKS["stage2"])
@@ -152,6 +165,8 @@ class ChatRexDataset(torch.utils.data.Dataset):
             raise ValueError("the ChatRex dataset is empty: give at least one record")
         self.records = records if isinstance(records, JsonlRecords) else list(records)
         self.vocabulary = sorted({r["category"] for rec, _ in self.records for r in rec.get("regions", []) if r.get("category")})
+        if cfg.mask_region_rate > 0:
+            warn_without_masks(self.records, cfg.mask_region_rate, "the ChatRex dataset")
 
     def __len__(self) -> int:
         return len(self.records)
@@ -164,15 +179,20 @@ class ChatRexDataset(torch.utils.data.Dataset):
         tasks = list(self.weights)
         order = rng.choices(tasks, weights=[self.weights[t] for t in tasks], k=len(tasks) * 2) + tasks
         for task in order:
-            task_boxes, task_index = boxes, index_of
+            task_boxes, task_index, drawn = boxes, index_of, False
             if task.startswith("region_") and index_of and rng.random() < self.cfg.region_boxes_only_prob:
                 task_boxes, task_index = user_box_list(record, index_of, rng)
+                drawn = True
             sample = render_task(task, record, task_index, self.vocabulary, rng, self.cfg.absent_prob,
                                  self.cfg.max_targets)
             if sample is not None:
                 question, answer = sample
+                masks = {}
+                if task.startswith("region_") and self.cfg.mask_region_rate > 0:
+                    asked = range(len(task_boxes)) if drawn else sorted({int(k) for k in _OBJ_RE.findall(question)})
+                    masks = mask_regions(record, task_index, asked, self.cfg.mask_region_rate, rng)
                 return {"image": load_image(path), "boxes": task_boxes, "question": question, "answer": answer,
-                        "task": task}
+                        "task": task, "masks": masks}
         raise ValueError(f"record {record.get('id')!r} ({path}) serves none of the tasks {tasks}")
 
 
@@ -183,6 +203,37 @@ def user_box_list(record: dict, index_of: dict[int, int], rng: random.Random,
     ids = rng.sample(sorted(index_of), min(len(index_of), rng.randint(1, max_boxes)))
     by_id = {r["id"]: r for r in record.get("regions", [])}
     return [[float(v) for v in by_id[i]["box"]] for i in ids], {i: k for k, i in enumerate(ids)}
+
+
+def warn_without_masks(records: Sequence[tuple[dict, Path]], rate: float, what: str) -> bool:
+    """Warn (and return True) when ``mask_region_rate`` asks for masks but no record has any: regions
+    then stay boxes, silently, e.g. on world data written before records carried masks."""
+    if any(r.get("mask") for rec, _ in records for r in rec.get("regions", [])):
+        return False
+    import warnings
+
+    warnings.warn(f"{what}: mask_region_rate is {rate:g} but none of its {len(records)} records has region masks "
+                  "(regions[*].mask); every region stays a box. Regenerate world data with this version "
+                  "(chatrex world generate ... --overwrite) to train on masks", stacklevel=3)
+    return True
+
+
+def mask_regions(record: dict, index_of: dict[int, int], indices, rate: float, rng: random.Random) -> dict[int, dict]:
+    """Box index → the region's mask (COCO RLE) for each of ``indices`` that is a ground-truth region with a
+    mask, each with probability ``rate``."""
+    region_at = {k: rid for rid, k in index_of.items()}
+    by_id = {r["id"]: r for r in record.get("regions", [])}
+    out = {}
+    for k in indices:
+        region = by_id.get(region_at.get(k))
+        if region is not None and region.get("mask") and rng.random() < rate:
+            out[k] = region["mask"]
+    return out
+
+
+def with_masks(boxes: Sequence[Sequence[float]], masks: dict[int, Any]) -> list:
+    """The region list of an item: its boxes, with the mask (RLE) in place of each box that has one."""
+    return [masks.get(k, box) for k, box in enumerate(boxes)]
 
 
 def _num_targets(rng: random.Random, available: int, max_targets: int) -> int:
@@ -239,6 +290,15 @@ def render_task(task: str, record: dict, index_of: dict[int, int], vocabulary: S
         r = rng.choice(cands)
         expr = r["referring"]
         return build_prompt("referring", expression=expr, rng=rng), build_answer("referring", detections={expr: [index_of[r["id"]]]})
+    if task == "region_relation":
+        cands = [rel for rel in record.get("relations", [])
+                 if rel.get("subject") in index_of and rel.get("object") in index_of and rel.get("predicate")]
+        if not cands:
+            return None
+        rel = rng.choice(cands)
+        s, o = index_of[rel["subject"]], index_of[rel["object"]]
+        return (build_prompt(task, regions=[s, o], rng=rng),
+                build_answer(task, subject=s, predicate=rel["predicate"], object=o))
     if task.startswith("region_"):
         key = {"region_category": "category", "region_classification": "category", "region_phrase": "phrase",
                "region_brief": "referring", "region_sentence": "description"}[task]

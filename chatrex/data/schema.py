@@ -14,6 +14,10 @@ conversations::
      "conversations": [{"question": "...", "answer": "The car is red.",
                         "groundings": [{"span": [4, 7], "phrase": "car", "regions": [0]}]}]}
 
+A region may carry a ``mask``: its visible pixels as COCO RLE, ``{"size": [height, width], "counts":
+"..."}`` (compressed, as pycocotools writes it), in pixels of the whole image. Records without masks
+stay valid.
+
 Only ``id``, ``image``, ``width``, ``height`` and ``regions[*].{id, box}`` are required. Boxes are
 ``xyxy`` in pixels of the image, with ``x1``/``y1`` the exclusive pixel edge (a one-pixel object at
 column 5 has ``x0=5, x1=6``). Grounding spans are ``[start, end)`` character offsets into the text
@@ -152,8 +156,9 @@ class Relation:
 @dataclass
 class Region:
     """A box with optional labels. ``level`` is "instance" or "part"; ``parent`` links a part to its
-    instance. ``visible`` (fraction of the object's pixels that can be seen) and ``area`` (visible
-    pixels) are filled by the procedural world; real data may leave them out."""
+    instance. ``visible`` (fraction of the object's pixels that can be seen), ``area`` (visible
+    pixels) and ``mask`` (the visible pixels as COCO RLE, ``{"size": [H, W], "counts": str}``) are
+    filled by the procedural world; real data may leave them out."""
 
     id: int
     box: list[float]
@@ -166,10 +171,11 @@ class Region:
     referring: Optional[str] = None
     visible: Optional[float] = None
     area: Optional[int] = None
+    mask: Optional[dict] = None
     extra: dict = field(default_factory=dict)
 
     _KEYS = ("id", "box", "category", "level", "parent", "attributes", "phrase", "description",
-             "referring", "visible", "area")
+             "referring", "visible", "area", "mask")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Region":
@@ -177,7 +183,8 @@ class Region:
             id=int(d["id"]), box=[float(v) for v in d["box"]], category=d.get("category"),
             level=d.get("level"), parent=d.get("parent"), attributes=dict(d.get("attributes") or {}),
             phrase=d.get("phrase"), description=d.get("description"), referring=d.get("referring"),
-            visible=d.get("visible"), area=d.get("area"), extra=_known(d, cls._KEYS),
+            visible=d.get("visible"), area=d.get("area"),
+            mask=dict(d["mask"]) if isinstance(d.get("mask"), Mapping) else None, extra=_known(d, cls._KEYS),
         )
 
     def to_dict(self) -> dict:
@@ -188,7 +195,8 @@ class Region:
         if self.attributes:
             out["attributes"] = dict(self.attributes)
         out.update(_drop_none({"phrase": self.phrase, "description": self.description,
-                               "referring": self.referring, "visible": self.visible, "area": self.area}))
+                               "referring": self.referring, "visible": self.visible, "area": self.area,
+                               "mask": None if self.mask is None else dict(self.mask)}))
         return {**out, **self.extra}
 
 
@@ -309,6 +317,27 @@ def validate_box(box: Any, width: Optional[int], height: Optional[int], where: s
     return errors
 
 
+def validate_mask_field(mask: Any, width: Optional[int], height: Optional[int], where: str = "mask") -> list[str]:
+    """Errors of a region's ``mask``: COCO RLE ``{"size": [H, W], "counts": str or [int]}`` of the image's
+    size. Only the form is checked here (cheap enough for every record); the run lengths are checked
+    where a mask is decoded (:func:`chatrex.utils.masks.decode_rle`)."""
+    if not isinstance(mask, Mapping):
+        return [f"{where}: must be COCO RLE {{'size': [height, width], 'counts': ...}}, got {type(mask).__name__}"]
+    errors = []
+    size = mask.get("size")
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) and v > 0 for v in size)):
+        errors.append(f"{where}.size: must be [height, width] (positive integers), got {size!r}")
+    elif width is not None and height is not None and list(size) != [height, width]:
+        errors.append(f"{where}.size: {list(size)} is not the image's [height, width] = [{height}, {width}]")
+    counts = mask.get("counts")
+    if isinstance(counts, list):
+        if not all(_is_int(v) and v >= 0 for v in counts):
+            errors.append(f"{where}.counts: a list of run lengths must hold non-negative integers")
+    elif not isinstance(counts, str) or not counts:
+        errors.append(f"{where}.counts: must be a compressed RLE string or a list of run lengths, got {counts!r:.40}")
+    return errors
+
+
 def _check_groundings(owner: Mapping, text_key: str, where: str, region_ids: set, errors: list[str]) -> None:
     text = owner.get(text_key)
     for j, g in enumerate(_check_list(owner, "groundings", where, errors)):
@@ -406,6 +435,8 @@ def validate_record(d: Any) -> list[str]:
         area = r.get("area")
         if area is not None and not (_is_num(area) and area >= 0):
             errors.append(f"{w}.area: must be a non-negative number, got {area!r}")
+        if r.get("mask") is not None:
+            errors.extend(validate_mask_field(r["mask"], width, height, f"{w}.mask"))
 
     for i, r in enumerate(regions):  # parents need every id first
         if not isinstance(r, Mapping) or r.get("parent") is None:

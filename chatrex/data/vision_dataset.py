@@ -12,6 +12,11 @@ records' annotations:
 
 Labels are indices into a :class:`VisionVocabulary` built from the records; index 0 of the
 categories is ``background``.
+
+With ``mask_region_rate`` > 0, each region (up to ``max_mask_regions`` per image) is given as its mask
+(``regions[*].mask``, COCO RLE) with that probability, where the record has one: the object feature is
+then mask-pooled (``chatrex.mllm.object_encoder.mask_features``), so the towers and the object trunk
+learn to read both kinds of region.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import torch
 
-from chatrex.data.chatrex_dataset import box_iou, synthesize_proposals
+from chatrex.data.chatrex_dataset import box_iou, synthesize_proposals, warn_without_masks
 from chatrex.data.jsonl import JsonlRecords, load_training_records
 from chatrex.data.seeded_index import split_index
 from chatrex.utils.image import load_image
@@ -42,6 +47,8 @@ class VisionDataConfig:
             ``negative_iou`` or more are dropped, the rest are ``background``.
         negative_iou: see ``negatives``.
         attributes: region attributes with a classification head (values absent from a region are ignored).
+        mask_region_rate: probability that a region is given as its mask (where the record has one).
+        max_mask_regions: most mask regions per image (each costs a G x G grid in the batch).
     """
 
     files: list[str] = field(default_factory=list)
@@ -49,6 +56,8 @@ class VisionDataConfig:
     negatives: tuple[int, int] = (4, 16)
     negative_iou: float = 0.4
     attributes: list[str] = field(default_factory=lambda: list(DEFAULT_ATTRIBUTES))
+    mask_region_rate: float = 0.5
+    max_mask_regions: int = 16
 
     def __post_init__(self) -> None:
         self.negatives = tuple(int(v) for v in self.negatives)
@@ -58,6 +67,10 @@ class VisionDataConfig:
             raise ValueError(f"max_regions must be >= 1, got {self.max_regions}")
         if not 0.0 < self.negative_iou <= 1.0:
             raise ValueError(f"negative_iou must be in (0, 1], got {self.negative_iou}")
+        if not 0.0 <= self.mask_region_rate <= 1.0:
+            raise ValueError(f"mask_region_rate must be in [0, 1], got {self.mask_region_rate}")
+        if self.max_mask_regions < 0:
+            raise ValueError(f"max_mask_regions must be >= 0, got {self.max_mask_regions}")
 
 
 @dataclass
@@ -112,7 +125,8 @@ def dense_labels(boxes: torch.Tensor, labels: torch.Tensor, grid: int) -> torch.
 
 class VisionPretrainDataset(torch.utils.data.Dataset):
     """Items: ``{"image": PIL, "boxes": (K, 4) xyxy px, "category": (K,), "<attribute>": (K,),
-    "regions": (R,) how many of the K boxes are regions (the rest are background)}``."""
+    "regions": (R,) how many of the K boxes are regions (the rest are background),
+    "masks": {box index: COCO RLE} (the regions given as masks)}``."""
 
     def __init__(self, cfg: VisionDataConfig, records: Optional[Sequence[tuple[dict, Path]]] = None,
                  vocabulary: Optional[VisionVocabulary] = None) -> None:
@@ -125,6 +139,8 @@ class VisionPretrainDataset(torch.utils.data.Dataset):
         self.vocabulary = vocabulary or VisionVocabulary.from_records((r for r, _ in self.records), cfg.attributes)
         self._cat_index = {c: i for i, c in enumerate(self.vocabulary.categories)}
         self._attr_index = {a: {v: i for i, v in enumerate(vals)} for a, vals in self.vocabulary.attributes.items()}
+        if cfg.mask_region_rate > 0 and cfg.max_mask_regions > 0:
+            warn_without_masks(self.records, cfg.mask_region_rate, "the vision pretraining dataset")
 
     def __len__(self) -> int:
         return len(self.records)
@@ -147,7 +163,15 @@ class VisionPretrainDataset(torch.utils.data.Dataset):
             "category": torch.tensor([self._cat_index[r["category"]] for r in regions] + [0] * len(neg),
                                      dtype=torch.long),
             "regions": len(regions),
+            "masks": {},
         }
+        rate, cap = self.cfg.mask_region_rate, self.cfg.max_mask_regions
+        if rate > 0 and cap > 0:
+            for k, r in enumerate(regions):
+                if len(out["masks"]) >= cap:
+                    break
+                if r.get("mask") and rng.random() < rate:
+                    out["masks"][k] = r["mask"]
         for name, index_of in self._attr_index.items():
             values = [index_of.get(str((r.get("attributes") or {}).get(name)), IGNORE) for r in regions]
             out[name] = torch.tensor(values + [IGNORE] * len(neg), dtype=torch.long)
@@ -158,16 +182,32 @@ def collate_vision(samples: list[dict[str, Any]], image_processor: Any, grid: in
                    attributes: Sequence[str]) -> dict[str, Any]:
     """A batch of :class:`VisionPretrainDataset` items: un-normalised ``pixel_values`` / ``pixel_values_aux``
     from ``image_processor`` (a ``ChatRexImageProcessor``), ``boxes`` (B x (K_i, 4) normalised to the padded
-    square), ``dense`` (B, grid²) labels, ``is_region`` (sum K,) and one (sum K,) tensor per label name."""
+    square), ``dense`` (B, grid²) labels, ``is_region`` (sum K,) and one (sum K,) tensor per label name.
+
+    Items with ``masks`` (box index → COCO RLE) add ``region_masks`` (B uint8 tensors (M_i, G, G), G =
+    ``image_size_aux // 4``) and ``region_mask_indices`` (B tensors (M_i,)): the RLE is decoded and resized
+    here, in the data workers."""
+    from chatrex.data.chatrex_dataset import with_masks
     from chatrex.mllm.image_processing import normalize_boxes
+    from chatrex.mllm.regions import prepare_regions, quantize_mask_grid
 
     pixels = image_processor([s["image"] for s in samples], normalize=False)
-    boxes = [normalize_boxes(s["boxes"], frame) for s, frame in zip(samples, pixels["frames"])]
+    masks = None
+    if any(s.get("masks") for s in samples):
+        side = max(1, image_processor.image_size_aux // 4)
+        prepared = [prepare_regions(with_masks(s["boxes"].tolist(), s.get("masks") or {}), frame, side, f"sample {i}")
+                    for i, (s, frame) in enumerate(zip(samples, pixels["frames"]))]
+        boxes = [p.boxes for p in prepared]
+        masks = ([quantize_mask_grid(p.masks) for p in prepared], [p.mask_indices for p in prepared])
+    else:
+        boxes = [normalize_boxes(s["boxes"], frame) for s, frame in zip(samples, pixels["frames"])]
     dense = torch.stack([dense_labels(b[: s["regions"]], s["category"][: s["regions"]], grid)
                          for s, b in zip(samples, boxes)])
     batch = {"pixel_values": pixels["pixel_values"], "pixel_values_aux": pixels["pixel_values_aux"],
              "boxes": boxes, "dense": dense,
              "is_region": torch.cat([torch.arange(len(s["category"])) < s["regions"] for s in samples])}
+    if masks is not None:
+        batch["region_masks"], batch["region_mask_indices"] = masks
     for name in ["category", *attributes]:
         batch[name] = torch.cat([s[name] for s in samples])
     return batch

@@ -33,6 +33,13 @@ Rules (the parser never raises, whatever the string):
 * Text right after ``</objects>`` is kept verbatim (``<ground>sneaker</ground><objects><obj0></objects>s``
   reads "sneakers"); no spaces are inserted.
 
+**Region answers as data.** :func:`read_region_captions` (region caption and category answers:
+region index → text), :func:`read_classification` (the candidate a region-classification answer
+picks) and :func:`read_relation` (a region-relation answer as :class:`RegionRelation`) read the fixed
+answer forms of ``chatrex.grounding.prompts`` (RegionGPT's task-guided region tasks). Like
+:func:`parse_grounded` they never raise on a malformed answer; they return what they could read
+(``{}`` / ``None``).
+
 The module imports nothing heavy (no torch).
 """
 
@@ -48,6 +55,10 @@ __all__ = [
     "parse_grounded",
     "render_grounded",
     "boxes_for",
+    "RegionRelation",
+    "read_region_captions",
+    "read_classification",
+    "read_relation",
     "EOS_TOKENS",
     "PHRASE_TRAILING_PUNCTUATION",
 ]
@@ -460,3 +471,97 @@ def boxes_for(grounding_or_answer: Union[Grounding, GroundedAnswer], boxes: Sequ
             )
         out.append(boxes[i])
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Region answers as data
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class RegionRelation:
+    """A region-relation answer: ``<obj{subject}>`` is ``predicate`` ``<obj{object}>``."""
+
+    subject: int
+    predicate: str
+    object: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"subject": self.subject, "predicate": self.predicate, "object": self.object}
+
+
+_ARTICLE_RE = re.compile(r"^(?:a|an|the)\s+")
+_WORD_EDGE = r"(?<![\w-]){}(?![\w-])"
+
+
+def _as_answer(answer: Union[str, GroundedAnswer, Any], num_boxes: Optional[int] = None) -> GroundedAnswer:
+    return answer if isinstance(answer, GroundedAnswer) else parse_grounded(answer, num_boxes=num_boxes)
+
+
+def _normalise_name(text: str) -> str:
+    """Lower case, single spaces, no surrounding punctuation or quotes, no leading article."""
+    s = " ".join(str(text).lower().split()).strip(" \t\"'`" + PHRASE_TRAILING_PUNCTUATION)
+    return _ARTICLE_RE.sub("", s)
+
+
+def read_region_captions(answer: Union[str, GroundedAnswer], num_boxes: Optional[int] = None) -> dict[int, str]:
+    """Region index → caption of a region answer (``<ground>caption</ground><objects><objK></objects>`` per
+    region: region category, phrase, brief and detailed captions, classification). Groundings that name
+    exactly one region count; the first caption of a region wins. ``{}`` when none is readable."""
+    out: dict[int, str] = {}
+    for g in _as_answer(answer, num_boxes).groundings:
+        if len(g.indices) == 1 and g.phrase.strip():
+            out.setdefault(g.indices[0], g.phrase.strip())
+    return out
+
+
+def read_classification(answer: Union[str, GroundedAnswer], candidates: Sequence[str]) -> Optional[str]:
+    """The candidate category a region-classification answer picks, spelled as in ``candidates``.
+
+    The answer's first grounded phrase (else its whole text) is compared with every candidate after
+    normalisation (case, spacing, surrounding punctuation, a leading article, a plural ending); if none is
+    equal, the candidates named in the text as whole words are taken, the longest first ("traffic light"
+    over "light"). None when the answer names no candidate.
+    """
+    from chatrex.grounding.prompts import pluralize
+
+    parsed = _as_answer(answer)
+    names = [c for c in candidates if isinstance(c, str) and c.strip()]
+    if not names:
+        return None
+    text = next((g.phrase for g in parsed.groundings if g.phrase.strip()), parsed.text)
+    said = _normalise_name(text)
+    for c in names:
+        norm = _normalise_name(c)
+        if said in (norm, _normalise_name(pluralize(norm))):
+            return c
+    for source in (said, _normalise_name(parsed.text)):
+        found = [c for c in names if re.search(_WORD_EDGE.format(re.escape(_normalise_name(c))), source)
+                 or re.search(_WORD_EDGE.format(re.escape(_normalise_name(pluralize(_normalise_name(c))))), source)]
+        if found:
+            return max(found, key=lambda c: len(_normalise_name(c)))
+    return None
+
+
+def read_relation(answer: Union[str, GroundedAnswer], predicates: Optional[Sequence[str]] = None,
+                  num_boxes: Optional[int] = None) -> Optional[RegionRelation]:
+    """A region-relation answer (``<ground>left of</ground><objects><obj1><obj3></objects>``) as a
+    :class:`RegionRelation`: the first grounding with two regions gives (subject, predicate, object).
+
+    With ``predicates``, the phrase is read as the predicate it equals after normalisation, else the
+    longest one it contains as words ("is to the left of" → "left of"); None when it names none. None
+    when no grounding names two regions.
+    """
+    parsed = _as_answer(answer, num_boxes)
+    for g in parsed.groundings:
+        if len(g.indices) != 2:
+            continue
+        phrase = _normalise_name(g.phrase)
+        if predicates is not None:
+            options = [p for p in predicates if isinstance(p, str) and p.strip()]
+            exact = [p for p in options if _normalise_name(p) == phrase]
+            inside = [p for p in options if re.search(_WORD_EDGE.format(re.escape(_normalise_name(p))), phrase)]
+            chosen = exact or sorted(inside, key=lambda p: -len(p))
+            if not chosen:
+                return None
+            phrase = chosen[0]
+        return RegionRelation(g.indices[0], phrase, g.indices[1])
+    return None

@@ -16,6 +16,8 @@ reads every one of them back:
   ``<ground>cat</ground><objects></objects>``, which parses to a grounding with ``indices == []``.
 * region caption / region classification: ``<ground>caption</ground><objects><objK></objects>`` per
   region (trailing punctuation of the caption is dropped, as in the official outputs).
+* region relation: ``<ground>left of</ground><objects><obj1><obj3></objects>``: the predicate, grounded to
+  the subject and the object in that order (:func:`relation_answer`).
 * counting: ``There are 3 <ground>dogs</ground><objects><obj1><obj4><obj6></objects>.``, ``There is 1
   <ground>dog</ground>…`` and, for none, ``There are no <ground>dogs</ground><objects></objects>.``
   (the number is written in digits; the category's last word is pluralised by :func:`pluralize`).
@@ -37,7 +39,22 @@ caption_brief          -                                        Describe this pi
 caption_detailed       -                                        Describe this picture in detail ...
 conversation           question (prefix form)                   Reply in grounded form. {question}
 region_classification  regions, candidates (optional)           Which category does <obj2> ...
+region_relation        regions (two: subject, object)           What is the relation between <obj1> ...
 ====================== ======================================== ======================================
+
+**RegionGPT's task-guided region prompts.** RegionGPT asks about regions with instructions that fix
+the answer's scope; here the regions are ChatRex's ``<objK>`` (a box or a mask: see
+``chatrex.mllm.regions``). :data:`REGIONGPT_TASKS` maps its tasks to ours:
+
+* region classification from a given category list → ``region_classification`` with ``candidates``;
+* brief region caption → ``region_brief`` (a short description that singles the region out);
+* detailed region caption → ``region_sentence`` (a full-sentence description);
+* reasoning across two regions ("What is the relation between <region1> and <region2>?") →
+  ``region_relation``.
+
+``chatrex.grounding.parser`` reads the answers back into data: :func:`~chatrex.grounding.parser.read_region_captions`
+(region index → caption), :func:`~chatrex.grounding.parser.read_classification` (the chosen candidate)
+and :func:`~chatrex.grounding.parser.read_relation` (subject, predicate, object).
 """
 
 from __future__ import annotations
@@ -57,6 +74,8 @@ __all__ = [
     "build_answer",
     "detection_answer",
     "region_answer",
+    "relation_answer",
+    "REGIONGPT_TASKS",
     "counting_answer",
     "grounded_answer",
     "format_regions",
@@ -224,6 +243,20 @@ _REGION_CLASSIFICATION_CANDIDATES = (
     "Categorise {regions} using only these choices: {candidates}.",
 )
 
+_REGION_RELATION = (
+    "What is the relation between {region1} and {region2}? Answer with the relation, grounded to both regions.",
+    "How is {region1} related to {region2}? Reply with the spatial relation of the first to the second.",
+    "Describe the relation of {region1} to {region2} in a few words, grounded to the two regions.",
+    "Where is {region1} with respect to {region2}? Answer with the relation only.",
+    "Tell me how {region1} and {region2} are placed relative to each other, the first relative to the second.",
+    "What relation holds between {region1} and {region2}? Give the relation and ground it to both regions.",
+    "State the relation from {region1} to {region2}, e.g. left of, above or inside.",
+    "In what relation does {region1} stand to {region2}? Reply with the relation.",
+    "Explain the position of {region1} relative to {region2} with a short relation phrase.",
+    "Which relation links {region1} to {region2}? Answer with the relation, grounded to the two regions.",
+    "Give the relationship between {region1} and {region2}, seen from the first region.",
+)
+
 _FAMILIES: dict[str, tuple[str, ...]] = {
     "detection": _DETECTION,
     "referring": _REFERRING,
@@ -236,6 +269,14 @@ _FAMILIES: dict[str, tuple[str, ...]] = {
     "caption_detailed": _CAPTION_DETAILED,
     "conversation": _CONVERSATION,
     "region_classification": _REGION_CLASSIFICATION,
+    "region_relation": _REGION_RELATION,
+}
+#: RegionGPT's task-guided region tasks → the task names of :func:`build_prompt`.
+REGIONGPT_TASKS: dict[str, str] = {
+    "classification": "region_classification",
+    "brief_caption": "region_brief",
+    "detailed_caption": "region_sentence",
+    "relation": "region_relation",
 }
 #: Task names :func:`build_prompt` accepts.
 TASKS: tuple[str, ...] = tuple(_FAMILIES)
@@ -253,6 +294,7 @@ _ARGS: dict[str, tuple[frozenset, frozenset]] = {
     "caption_detailed": (frozenset(), frozenset()),
     "conversation": (frozenset({"question"}), frozenset()),
     "region_classification": (frozenset({"regions"}), frozenset({"candidates"})),
+    "region_relation": (frozenset({"regions"}), frozenset()),
 }
 
 _TAG_RE = re.compile(r"</?(ground|objects|obj\d+|objfeat|image)>")
@@ -349,7 +391,8 @@ def build_prompt(
         task: one of :data:`TASKS`.
         categories: detection: one or several category names (joined with ``"; "``); counting: one name.
         expression: referring: one or several referring expressions (joined with ``"; "``).
-        regions: region tasks: box indices, rendered ``"<obj2>; <obj5>"``.
+        regions: region tasks: box indices, rendered ``"<obj2>; <obj5>"``; region_relation: exactly two
+            distinct indices, (subject, object).
         question: conversation: the user's question (the prompt is ``prefix + " " + question``).
         candidates: region_classification: optional candidate category names (RegionGPT's
             task-guided form); without them the open-vocabulary family is used.
@@ -390,7 +433,13 @@ def build_prompt(
     if expression is not None:
         fields["expression"] = "; ".join(_names(expression, "expression"))
     if regions is not None:
-        fields["regions"] = format_regions(regions)
+        if task == "region_relation":
+            pair = [regions] if isinstance(regions, int) or hasattr(regions, "__index__") else list(regions)
+            if len(pair) != 2 or _index(pair[0], "regions") == _index(pair[1], "regions"):
+                raise ValueError(f"region_relation takes two different regions (subject, object), got {regions!r}")
+            fields["region1"], fields["region2"] = format_regions(pair[0]), format_regions(pair[1])
+        else:
+            fields["regions"] = format_regions(regions)
     if question is not None:
         if not isinstance(question, str) or not question.strip():
             raise ValueError("question is empty")
@@ -496,6 +545,15 @@ def region_answer(captions: Union[Mapping[int, str], Sequence[tuple[int, str]]])
     return "\n".join(f"<ground>{_phrase(text, 'caption')}</ground>{_block([idx])}" for idx, text in items)
 
 
+def relation_answer(subject: int, predicate: str, object: int) -> str:
+    """``(1, "left of", 3)`` → ``<ground>left of</ground><objects><obj1><obj3></objects>``: the predicate,
+    grounded to the subject and the object in that order (read back by
+    :func:`chatrex.grounding.parser.read_relation`)."""
+    if _index(subject, "subject") == _index(object, "object"):
+        raise ValueError(f"a relation needs two different regions, got <obj{subject}> twice")
+    return f"<ground>{_phrase(predicate, 'predicate')}</ground>{_block([subject, object])}"
+
+
 def counting_answer(category: str, indices: Sequence[int]) -> str:
     """``("dog", [1, 4, 6])`` → ``There are 3 <ground>dogs</ground><objects><obj1><obj4><obj6></objects>.``;
     one → ``There is 1 <ground>dog</ground>…``; none → ``There are no <ground>dogs</ground><objects></objects>.``"""
@@ -524,12 +582,15 @@ def build_answer(task: str, **kwargs: Any) -> str:
     * detection / referring: ``detections={name: [indices]}``
     * region_category / region_phrase / region_brief / region_sentence / region_classification:
       ``captions={index: text}``
+    * region_relation: ``subject=int, predicate=str, object=int``
     * counting: ``category=str, indices=[...]``
     * caption_brief / caption_detailed / conversation: ``text=str, groundings=[Grounding or dict]``
     """
     _check_task(task)
     if task in ("detection", "referring"):
         return detection_answer(_kw(kwargs, task, "detections"))
+    if task == "region_relation":
+        return relation_answer(*_kw(kwargs, task, "subject", "predicate", "object"))
     if task.startswith("region_"):
         return region_answer(_kw(kwargs, task, "captions"))
     if task == "counting":

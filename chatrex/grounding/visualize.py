@@ -1,15 +1,15 @@
 """Drawing a grounded answer on its image: each grounded box labelled with its phrase, one colour per
-phrase; the other input boxes optionally thin and grey."""
+phrase; the other input boxes optionally thin and grey. Mask regions are filled in their colour."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from PIL import Image
 
 from chatrex.grounding.parser import GroundedAnswer
-from chatrex.utils.visualize import Color, draw_boxes, palette
+from chatrex.utils.visualize import Color, draw_boxes, overlay_masks, palette
 
 __all__ = ["draw_grounded", "phrase_colors", "UNGROUNDED_COLOR"]
 
@@ -64,6 +64,7 @@ def draw_grounded(
     show_ungrounded: bool = True,
     width: Optional[int] = None,
     font_size: Optional[int] = None,
+    masks: Optional[Sequence[Any]] = None,
 ) -> Image.Image:
     """Return a copy of ``image`` with the answer's grounded boxes drawn.
 
@@ -74,6 +75,9 @@ def draw_grounded(
         show_ungrounded: also draw boxes no phrase refers to, thin and grey, unlabelled.
         width: line width of grounded boxes (default scales with the image size).
         font_size: label size in px (default scales with the image size).
+        masks: optional, one entry per box: None for a box region, or its mask (a binary array of the
+            image's size, COCO RLE or polygons), filled in the box's colour (grey when ungrounded and
+            ``show_ungrounded``).
 
     A box grounded by several different phrases is drawn once, labelled ``"phrase A / phrase B"`` in
     the first phrase's colour.
@@ -99,6 +103,17 @@ def draw_grounded(
                 names.append(g.phrase)
             box_color.setdefault(i, colors[g.phrase])
     out = image.convert("RGB")
+    if masks is not None:
+        from chatrex.utils.masks import decode_mask
+
+        if len(masks) != n:
+            raise ValueError(f"got {n} boxes but {len(masks)} mask entries (None for a box region)")
+        # ungrounded masks first (grey), grounded ones over them
+        drawn = [i for i, m in enumerate(masks) if m is not None and i not in labels and show_ungrounded]
+        drawn += [i for i, m in enumerate(masks) if m is not None and i in labels]
+        if drawn:
+            arrays = [decode_mask(masks[i], out.height, out.width, where=f"mask of region {i}") for i in drawn]
+            out = overlay_masks(out, arrays, [box_color.get(i, UNGROUNDED_COLOR) for i in drawn])
     if show_ungrounded:
         rest = [i for i in range(n) if i not in labels]
         if rest:

@@ -27,6 +27,10 @@ An MLLM folder on its own also loads, with the UPN named separately: an official
 Unlike the official release, several images run per call (``batch_size`` per forward pass, left
 padding), the device is a choice, user boxes skip the UPN, and every malformed answer is parsed
 without raising (what was dropped is listed in ``result.answer.dropped``).
+
+User regions may be masks as well as boxes (``regions=``: binary arrays, COCO polygons or COCO RLE,
+mixed with boxes; RegionGPT-style mask pooling, :mod:`chatrex.mllm.regions`). A mask region's box in
+the result is its bounding box, and ``result.masks`` holds its mask as COCO RLE.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ __all__ = [
     "CHATREX_SUBDIR",
     "GRANULARITIES",
     "validate_boxes",
+    "validate_regions",
 ]
 
 #: The shipped model directory (``chatrex/assets/chatrex-small``); ``chatrex predict`` uses it by default.
@@ -94,24 +99,30 @@ class PipelineResult:
         raw_text: the generated text, special tokens kept, EOS/padding removed.
         boxes: the K boxes the model was given, ``[x0, y0, x1, y1]`` in original-image pixels.
         scores: UPN scores of those boxes, or ``None`` when the user gave the boxes.
+        masks: with user regions that include masks: per region its mask as COCO RLE
+            (``{"size": [H, W], "counts": str}``), None for a box region; else None.
     """
 
     answer: GroundedAnswer
     raw_text: str
     boxes: list[list[float]]
     scores: Optional[list[float]]
+    masks: Optional[list[Optional[dict]]] = None
 
     def grounded_boxes(self) -> list[list[list[float]]]:
         """For each grounding of the answer, its boxes."""
         return boxes_for(self.answer, self.boxes)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly: ``{"answer": {...}, "raw_text", "boxes", "scores"}``; each grounding also lists
-        its ``boxes``."""
+        """JSON-friendly: ``{"answer": {...}, "raw_text", "boxes", "scores"}`` (and ``"masks"`` when regions
+        were masks); each grounding also lists its ``boxes``."""
         answer = self.answer.to_dict()
         for g, gb in zip(answer["groundings"], self.grounded_boxes()):
             g["boxes"] = [list(b) for b in gb]
-        return {"answer": answer, "raw_text": self.raw_text, "boxes": self.boxes, "scores": self.scores}
+        out = {"answer": answer, "raw_text": self.raw_text, "boxes": self.boxes, "scores": self.scores}
+        if self.masks is not None:
+            out["masks"] = self.masks
+        return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -146,6 +157,41 @@ def validate_boxes(boxes: Any, width: int, height: int, max_boxes: int = 100, wh
             raise ValueError(f"{where}: box {k} {vals} lies outside the {width}x{height} image")
         out.append([cx0, cy0, cx1, cy1])
     return out
+
+
+def validate_regions(regions: Any, width: int, height: int, max_boxes: int = 100,
+                     where: str = "regions") -> tuple[list[Any], list[list[float]], list[Optional[dict]]]:
+    """User regions (boxes ``[x0, y0, x1, y1]`` and masks, mixed; see :mod:`chatrex.mllm.regions`) of a
+    ``width`` x ``height`` image → ``(entries, boxes, masks)``: the regions with every mask decoded to an
+    (H, W) bool array (boxes clipped), each region's box in pixels (a mask's bounding box), and each
+    region's mask as COCO RLE (None for a box). A ``ValueError`` names the problem: a malformed box, a mask
+    that is empty, of the wrong size, not binary, a bad polygon or RLE, more than ``max_boxes`` regions."""
+    from chatrex.utils.masks import MaskError, decode_mask, encode_rle, is_box, mask_bbox
+
+    if hasattr(regions, "tolist") and getattr(regions, "ndim", 0) == 2 and regions.shape[-1] == 4:
+        regions = regions.tolist()  # an (N, 4) array of boxes
+    if isinstance(regions, (str, bytes)) or not isinstance(regions, (list, tuple)):
+        raise ValueError(f"{where}: regions must be a list of boxes [x0, y0, x1, y1] and masks, got {type(regions).__name__}")
+    if len(regions) > max_boxes:
+        raise ValueError(f"{where}: {len(regions)} regions given but at most {max_boxes} are allowed (ChatRex takes ≤ {MAX_BOXES})")
+    entries: list[Any] = []
+    boxes: list[list[float]] = []
+    masks: list[Optional[dict]] = []
+    for k, region in enumerate(regions):
+        if is_box(region):
+            box = validate_boxes([region], width, height, max_boxes, where)[0]
+            entries.append(box)
+            boxes.append(box)
+            masks.append(None)
+            continue
+        try:
+            mask = decode_mask(region, height, width, where=f"{where}: region {k}")
+        except MaskError as exc:
+            raise ValueError(str(exc)) from None
+        entries.append(mask)
+        boxes.append([float(v) for v in mask_bbox(mask)])
+        masks.append(encode_rle(mask))
+    return entries, boxes, masks
 
 
 def _check_question(question: Any, where: str, num_boxes: int) -> str:
@@ -236,7 +282,7 @@ class StreamingAnswer:
     """
 
     def __init__(self, streamer: Any, thread: threading.Thread, errors: list, boxes, scores,
-                 stop: Optional[threading.Event] = None, decode: Any = None) -> None:
+                 stop: Optional[threading.Event] = None, decode: Any = None, masks: Optional[list] = None) -> None:
         self._streamer = streamer
         self._thread = thread
         self._errors = errors
@@ -245,6 +291,7 @@ class StreamingAnswer:
         self._done = False
         self.boxes: list[list[float]] = boxes
         self.scores: Optional[list[float]] = scores
+        self.masks: Optional[list] = masks
         self.text = ""
 
     def __iter__(self) -> Iterator[str]:
@@ -279,7 +326,8 @@ class StreamingAnswer:
     def result(self) -> PipelineResult:
         for _ in self:
             pass
-        return PipelineResult(parse_grounded(self.text, num_boxes=len(self.boxes)), self.text, self.boxes, self.scores)
+        return PipelineResult(parse_grounded(self.text, num_boxes=len(self.boxes)), self.text, self.boxes, self.scores,
+                              self.masks)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -534,8 +582,12 @@ class ChatRexPipeline:
         min_score: Optional[float],
         nms: Optional[float],
         max_boxes: int,
-    ) -> tuple[list, list[list[list[float]]], list[Optional[list[float]]]]:
-        """Load images, get boxes (user or UPN), check questions."""
+        regions: Optional[Sequence[Any]] = None,
+    ) -> tuple[list, list[list[list[float]]], list[Optional[list[float]]], list[Optional[list]], list[Optional[list]]]:
+        """Load images, get boxes (user regions, user boxes or UPN), check questions.
+
+        Returns images, per image its boxes (pixels), UPN scores (or None), region entries with masks
+        decoded (None: boxes only) and masks as RLE (None: boxes only)."""
         gran = _canonical_granularity(granularity)
         min_score = self.min_score if min_score is None else min_score
         nms = self.nms if nms is None else nms
@@ -546,6 +598,17 @@ class ChatRexPipeline:
         pils = [load_image(im) for im in images]
         box_lists: list[Optional[list[list[float]]]] = [None] * len(pils)
         score_lists: list[Optional[list[float]]] = [None] * len(pils)
+        region_lists: list[Optional[list]] = [None] * len(pils)
+        mask_lists: list[Optional[list]] = [None] * len(pils)
+        if regions is not None:
+            if boxes is not None:
+                raise ValueError("pass boxes or regions, not both (regions may hold boxes and masks)")
+            for i, r in enumerate(regions):
+                if r is not None:
+                    entries, box_lists[i], rles = validate_regions(r, pils[i].width, pils[i].height, max_boxes,
+                                                                   f"image {i}")
+                    if any(m is not None for m in rles):
+                        region_lists[i], mask_lists[i] = entries, rles
         if boxes is not None:
             for i, b in enumerate(boxes):
                 if b is not None:
@@ -559,7 +622,7 @@ class ChatRexPipeline:
                 box_lists[i], score_lists[i] = bl, sl
         for i, q in enumerate(questions):
             _check_question(q, f"image {i}", len(box_lists[i]))
-        return pils, box_lists, score_lists  # type: ignore[return-value]
+        return pils, box_lists, score_lists, region_lists, mask_lists  # type: ignore[return-value]
 
     def propose(
         self,
@@ -598,8 +661,14 @@ class ChatRexPipeline:
                       [float(s) for s in kept["scores"][j][:max_boxes]]) for j in range(len(pils))]
         return [(list(per_image[j][0]), list(per_image[j][1])) for j in slot]
 
-    def _inputs(self, pils: list, questions: list[str], box_lists: list) -> dict[str, Any]:
-        return batch_to(self.processor(images=pils, questions=questions, boxes=box_lists), self.device, self.dtype)
+    def _inputs(self, pils: list, questions: list[str], box_lists: list,
+                region_lists: Optional[list] = None) -> dict[str, Any]:
+        if region_lists is not None and any(r is not None for r in region_lists):
+            regions = [r if r is not None else b for r, b in zip(region_lists, box_lists)]
+            inputs = self.processor(images=pils, questions=questions, regions=regions)
+        else:
+            inputs = self.processor(images=pils, questions=questions, boxes=box_lists)
+        return batch_to(inputs, self.device, self.dtype)
 
     def _decode(self, new_ids: torch.Tensor, eos_ids: set[int]) -> str:
         ids = new_ids.tolist()
@@ -631,6 +700,7 @@ class ChatRexPipeline:
         max_boxes: int = MAX_BOXES,
         batch_size: int = 4,
         on_answer: Optional[Callable[[], None]] = None,
+        regions: Optional[Sequence[Any]] = None,
         **gen_kwargs: Any,
     ) -> list[PipelineResult]:
         """Answer ``questions`` about ``images``.
@@ -641,6 +711,11 @@ class ChatRexPipeline:
             boxes: user boxes in original pixels: for one image a list of ``[x0, y0, x1, y1]``; for a
                 list of images a list (per image) of such lists, where ``None`` means "use the UPN".
                 Images with boxes skip the UPN. At most ``max_boxes`` each.
+            regions: instead of ``boxes``: user regions, each a box or a mask (an (H, W) binary array, COCO
+                polygons ``[[x0, y0, x1, y1, x2, y2, ...]]`` or COCO RLE ``{"size": [H, W], "counts": ...}``),
+                mixed; for a list of images one list (or None) per image. A mask is pooled inside its
+                outline (mask pooling); its box in the result is its bounding box and ``result.masks``
+                holds it as RLE.
             granularity: UPN prompt, ``"fine"`` (parts, small objects) or ``"coarse"`` (whole objects).
             min_score / nms: UPN filtering (score threshold, NMS IoU); default the pipeline's
                 (``pipeline_config.json``, else the official 0.3 / 0.8).
@@ -655,8 +730,9 @@ class ChatRexPipeline:
             one :class:`PipelineResult` per image, in order.
 
         Raises:
-            ImageLoadError: an unreadable image. ValueError: mismatched counts, bad boxes, a bad
-                granularity, a question referring to a box index that does not exist.
+            ImageLoadError: an unreadable image. ValueError: mismatched counts, bad boxes, bad masks
+                (empty, wrong size, not binary, malformed RLE), a bad granularity, a question referring to
+                a box index that does not exist.
         """
         single = not isinstance(images, (list, tuple))
         image_list = [images] if single else list(images)
@@ -669,6 +745,12 @@ class ChatRexPipeline:
             boxes = [boxes] if single else list(boxes)
             if len(boxes) != len(image_list):
                 raise ValueError(f"got {len(image_list)} images but boxes for {len(boxes)}")
+        if regions is not None:
+            if boxes is not None:
+                raise ValueError("pass boxes or regions, not both (regions may hold boxes and masks)")
+            regions = [regions] if single else list(regions)
+            if len(regions) != len(image_list):
+                raise ValueError(f"got {len(image_list)} images but regions for {len(regions)}")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         results: list[PipelineResult] = []
@@ -676,18 +758,20 @@ class ChatRexPipeline:
         for start in range(0, len(image_list), int(batch_size)):
             stop = start + int(batch_size)
             chunk_boxes = None if boxes is None else boxes[start:stop]
-            pils, box_lists, score_lists = self._prepare(
-                image_list[start:stop], question_list[start:stop], chunk_boxes, granularity, min_score, nms, max_boxes
+            chunk_regions = None if regions is None else regions[start:stop]
+            pils, box_lists, score_lists, region_lists, mask_lists = self._prepare(
+                image_list[start:stop], question_list[start:stop], chunk_boxes, granularity, min_score, nms, max_boxes,
+                chunk_regions,
             )
-            inputs = self._inputs(pils, question_list[start:stop], box_lists)
+            inputs = self._inputs(pils, question_list[start:stop], box_lists, region_lists)
             gen_cfg, extra = self._generation_args(gen_kwargs)
             if on_answer is not None:
                 extra["streamer"] = _AnswerCounter(len(pils), eos_ids, on_answer)
             out = self.generate(inputs, gen_cfg, **extra)
             new_tokens = _new_tokens(out, inputs["input_ids"])
-            for row, bl, sl in zip(new_tokens, box_lists, score_lists):
+            for row, bl, sl, ml in zip(new_tokens, box_lists, score_lists, mask_lists):
                 raw = self._decode(row, eos_ids)
-                results.append(PipelineResult(parse_grounded(raw, num_boxes=len(bl)), raw, bl, sl))
+                results.append(PipelineResult(parse_grounded(raw, num_boxes=len(bl)), raw, bl, sl, ml))
         return results
 
     def stream(
@@ -699,14 +783,16 @@ class ChatRexPipeline:
         min_score: Optional[float] = None,
         nms: Optional[float] = None,
         max_boxes: int = MAX_BOXES,
+        regions: Optional[Sequence[Any]] = None,
         **gen_kwargs: Any,
     ) -> StreamingAnswer:
         """Like ``__call__`` for one image, but returns at once: iterate the :class:`StreamingAnswer` for
         text pieces as they are generated, then call ``.result()`` for the parsed answer."""
-        pils, box_lists, score_lists = self._prepare(
-            [image], [question], None if boxes is None else [boxes], granularity, min_score, nms, max_boxes
+        pils, box_lists, score_lists, region_lists, mask_lists = self._prepare(
+            [image], [question], None if boxes is None else [boxes], granularity, min_score, nms, max_boxes,
+            None if regions is None else [regions],
         )
-        inputs = self._inputs(pils, [question], box_lists)
+        inputs = self._inputs(pils, [question], box_lists, region_lists)
         drop = set(getattr(self.processor, "special_ids", set()))
         streamer = _AnswerStreamer(self.tokenizer, drop, self._eos_ids(gen_kwargs))
         errors: list[BaseException] = []
@@ -722,7 +808,8 @@ class ChatRexPipeline:
 
         thread = threading.Thread(target=run, name="chatrex-generate", daemon=True)
         thread.start()
-        return StreamingAnswer(streamer, thread, errors, box_lists[0], score_lists[0], stop=stop, decode=self._decode_ids)
+        return StreamingAnswer(streamer, thread, errors, box_lists[0], score_lists[0], stop=stop, decode=self._decode_ids,
+                               masks=mask_lists[0])
 
 
 class _AnswerCounter:

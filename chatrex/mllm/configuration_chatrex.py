@@ -44,6 +44,10 @@ class ChatRexConfig(PretrainedConfig):
             (set by :func:`chatrex.mllm.tokens.add_chatrex_tokens`).
         max_boxes: most boxes per image (the vocabulary has ``<obj0>`` … ``<obj{max_boxes-1}>``).
         roi_output_size: RoIAlign output size of the object encoder (7 in the paper).
+        roi_aligned: RoIAlign's ``aligned`` flag. False (the official layout) reads each box half a stride-4
+            cell up and to the left; True (ours) reads it where it lies, so that a box and its filled
+            rectangle mask (mask pooling, :func:`chatrex.mllm.object_encoder.mask_features`) give close
+            object tokens.
         object_trunk_dim: 0 (the paper's layout): the pooled object features enter ``mm_object_projector``
             directly. D > 0 (ours): they first pass ``mm_object_trunk`` = Linear(C_total → D), GELU,
             LayerNorm(D), the layout of the stage-0 object head's trunk, which it can be loaded from
@@ -73,6 +77,7 @@ class ChatRexConfig(PretrainedConfig):
     objfeat_token_id: int | None = None
     max_boxes: int = 100
     roi_output_size: int = 7
+    roi_aligned: bool = False
     object_trunk_dim: int = 0
     object_pointer_dim: int = 0
     object_index_token_ids: list[int] | None = None

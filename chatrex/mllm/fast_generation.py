@@ -63,7 +63,8 @@ _NEUTRAL: dict[str, Any] = {
 #: ``generate`` keyword arguments this class accepts besides the generation settings.
 #: Most EOS ids a call may give.
 _MAX_EOS = 8
-_INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "pixel_values_aux", "boxes")
+_INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "pixel_values_aux", "boxes", "region_masks",
+               "region_mask_indices")
 
 
 def resolve_backend(backend: str, device: torch.device | str) -> str:
@@ -278,6 +279,8 @@ class StaticGenerator:
         generation_config: Any = None,
         streamer: Any = None,
         should_stop: Optional[Callable[[], bool]] = None,
+        region_masks: Optional[list[torch.Tensor]] = None,
+        region_mask_indices: Optional[list[torch.Tensor]] = None,
         **kwargs: Any,
     ) -> torch.Tensor:
         """Greedy generation; the arguments are those of ``model.generate``.
@@ -285,6 +288,8 @@ class StaticGenerator:
         Args:
             input_ids / attention_mask: (B, L), left padded (the processor's output).
             pixel_values / pixel_values_aux / boxes: the image inputs (see the model's ``forward``).
+            region_masks / region_mask_indices: mask regions (the processor's ``regions=`` input), read by
+                the prefill like the boxes.
             generation_config: greedy settings (``max_new_tokens`` or ``max_length``, ``eos_token_id``,
                 ``pad_token_id``); keyword arguments override it.
             streamer: a transformers streamer (``put`` / ``end``), given the prompt first and then each step's
@@ -330,10 +335,10 @@ class StaticGenerator:
                              f"{limit} positions")
         with self._lock:
             return self._generate(input_ids, attention_mask, pixel_values, pixel_values_aux, boxes, max_new,
-                                  eos_ids, int(pad), streamer, should_stop)
+                                  eos_ids, int(pad), streamer, should_stop, region_masks, region_mask_indices)
 
     def _generate(self, input_ids, attention_mask, pixel_values, pixel_values_aux, boxes, max_new, eos_ids, pad,
-                  streamer, should_stop) -> torch.Tensor:
+                  streamer, should_stop, region_masks=None, region_mask_indices=None) -> torch.Tensor:
         device = input_ids.device
         batch, length = input_ids.shape
         need = length + max_new
@@ -354,7 +359,8 @@ class StaticGenerator:
 
         # prefill: the whole prompt in one pass, images and boxes merged by the model's forward
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
-                         pixel_values_aux=pixel_values_aux, boxes=boxes, past_key_values=s.cache, use_cache=True,
+                         pixel_values_aux=pixel_values_aux, boxes=boxes, region_masks=region_masks,
+                         region_mask_indices=region_mask_indices, past_key_values=s.cache, use_cache=True,
                          logits_to_keep=1)
         if s.keys is not None:
             k = out.object_keys.shape[1]

@@ -363,9 +363,17 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
         proj_dtype = self.mm_projector[0].weight.dtype
         return self.mm_projector(feats.to(proj_dtype)), levels
 
-    def get_object_features(self, levels: list[torch.Tensor], boxes: list[torch.Tensor]) -> torch.Tensor:
-        """Object tokens (sum K_i, H) for ``boxes`` (B tensors (K_i, 4), xyxy normalised to the padded square)."""
-        feats = encode_objects(levels, boxes, self.config.image_size_aux, self.config.roi_output_size)
+    def get_object_features(self, levels: list[torch.Tensor], boxes: list[torch.Tensor],
+                            region_masks: list[torch.Tensor] | None = None,
+                            region_mask_indices: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Object tokens (sum K_i, H) for ``boxes`` (B tensors (K_i, 4), xyxy normalised to the padded square).
+
+        ``region_masks`` / ``region_mask_indices`` (optional, from the processor's ``regions`` input): B
+        tensors (M_i, G, G) and (M_i,); the boxes they name are mask regions, pooled inside the mask
+        (:func:`chatrex.mllm.object_encoder.mask_features`) instead of RoIAligned."""
+        feats = encode_objects(levels, boxes, self.config.image_size_aux, self.config.roi_output_size,
+                               masks=region_masks, mask_indices=region_mask_indices,
+                               aligned=bool(getattr(self.config, "roi_aligned", False)))
         return self.project_objects(feats)
 
     def project_objects(self, feats: torch.Tensor) -> torch.Tensor:
@@ -382,11 +390,14 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
         pixel_values: torch.Tensor | None,
         pixel_values_aux: torch.Tensor | None,
         boxes: list[torch.Tensor] | None,
+        region_masks: list[torch.Tensor] | None = None,
+        region_mask_indices: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Put image tokens on the ``<image>`` placeholders and object tokens on the ``<objfeat>`` ones.
 
         Args:
             input_ids: (B, L); inputs_embeds: (B, L, H) text embeddings of ``input_ids``.
+            region_masks / region_mask_indices: optional mask regions (see :meth:`get_object_features`).
         Returns:
             (B, L, H). The k-th ``<objfeat>`` of sample i receives the object token of ``boxes[i][k]``.
         """
@@ -403,10 +414,10 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
         n_obj = obj_mask.sum(dim=1).tolist()
 
         if pixel_values is None or pixel_values_aux is None:
-            if any(n_image) or any(n_obj) or boxes is not None:
+            if any(n_image) or any(n_obj) or boxes is not None or region_masks is not None:
                 raise ValueError(
-                    "the input has <image>/<objfeat> placeholders or boxes but pixel_values and pixel_values_aux "
-                    "were not both given"
+                    "the input has <image>/<objfeat> placeholders, boxes or region masks but pixel_values and "
+                    "pixel_values_aux were not both given"
                 )
             return inputs_embeds
         if pixel_values.shape[0] != batch:
@@ -428,8 +439,12 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
         image_embeds, levels = self.get_image_features(pixel_values, pixel_values_aux)
         image_embeds = image_embeds.to(inputs_embeds.dtype).reshape(-1, inputs_embeds.shape[-1])
         inputs_embeds = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), image_embeds)
+        if (region_masks is None) != (region_mask_indices is None):
+            raise ValueError("region_masks and region_mask_indices go together: pass both or neither")
         if sum(n_obj):
-            object_embeds = self.get_object_features(levels, list(boxes)).to(inputs_embeds.dtype)
+            object_embeds = self.get_object_features(
+                levels, list(boxes), None if region_masks is None else list(region_masks),
+                None if region_mask_indices is None else list(region_mask_indices)).to(inputs_embeds.dtype)
             inputs_embeds = inputs_embeds.masked_scatter(obj_mask.unsqueeze(-1), object_embeds)
         return inputs_embeds
 
@@ -450,6 +465,8 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
         object_keys: torch.Tensor | None = None,
         object_key_mask: torch.Tensor | None = None,
         logits_at_labels: bool = False,
+        region_masks: list[torch.Tensor] | None = None,
+        region_mask_indices: list[torch.Tensor] | None = None,
         **kwargs: Any,
     ) -> "ChatRexCausalLMOutput":
         """Run ChatRex.
@@ -459,6 +476,9 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
             attention_mask: (B, L), 1 for tokens, 0 for padding (left or right).
             pixel_values: (B, 3, 336, 336) CLIP input; pixel_values_aux: (B, 3, 768, 768) ConvNeXt input.
             boxes: B tensors (K_i, 4), xyxy normalised to [0, 1] of the padded square; K_i may be 0.
+            region_masks / region_mask_indices: optional mask regions (the processor's ``regions`` input):
+                B tensors (M_i, G, G) (each cell's covered fraction of the padded square) and (M_i,) (which
+                of the image's boxes each mask is; its box is the mask's bounding box).
             labels: (B, L), -100 where no loss is wanted; shifted inside (next-token prediction).
                 Placeholder positions (``<image>``, ``<objfeat>``) are always ignored.
             object_keys, object_key_mask: (B, K, P) and (B, K), the pointer's keys from an earlier call's
@@ -478,8 +498,10 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
             inputs_embeds = self.embed_input_ids(input_ids)
             if pixel_values is not None or pixel_values_aux is not None or boxes is not None:
                 inputs_embeds = self.merge_multimodal_embeddings(
-                    input_ids, inputs_embeds, pixel_values, pixel_values_aux, boxes
+                    input_ids, inputs_embeds, pixel_values, pixel_values_aux, boxes, region_masks, region_mask_indices
                 )
+            elif region_masks is not None:
+                raise ValueError("region_masks were given without pixel_values, pixel_values_aux and boxes")
             elif past_key_values is None or past_key_values.get_seq_length() == 0:
                 # prefill without images: placeholders would silently stay text embeddings
                 self.merge_multimodal_embeddings(input_ids, inputs_embeds, None, None, None)
@@ -556,25 +578,30 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
         boxes: list[torch.Tensor] | None = None,
         pixel_values_aux: torch.Tensor | None = None,
         is_first_iteration: bool | None = False,
+        region_masks: list[torch.Tensor] | None = None,
+        region_mask_indices: list[torch.Tensor] | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        """Standard preparation; ``pixel_values``, ``pixel_values_aux`` and ``boxes`` go to the prefill step
-        only (the merged embeddings then live in the KV cache). Boxes are repeated per beam / sample when
-        ``generate`` expanded the batch (``num_beams`` / ``num_return_sequences``)."""
+        """Standard preparation; ``pixel_values``, ``pixel_values_aux``, ``boxes`` and region masks go to the
+        prefill step only (the merged embeddings then live in the KV cache). Boxes and masks are repeated
+        per beam / sample when ``generate`` expanded the batch (``num_beams`` / ``num_return_sequences``)."""
         model_inputs = super().prepare_inputs_for_generation(
             input_ids, *args, is_first_iteration=is_first_iteration, **kwargs
         )
+        per_image = {"boxes": boxes, "region_masks": region_masks, "region_mask_indices": region_mask_indices}
         if is_first_iteration or not kwargs.get("use_cache", True):
-            if boxes is not None:
-                batch = input_ids.shape[0]
-                if len(boxes) != batch and len(boxes) and batch % len(boxes) == 0:
-                    repeat = batch // len(boxes)
-                    boxes = [b for b in boxes for _ in range(repeat)]
-                model_inputs["boxes"] = boxes
+            batch = input_ids.shape[0]
+            for key, value in per_image.items():
+                if value is None:
+                    continue
+                if len(value) != batch and len(value) and batch % len(value) == 0:
+                    repeat = batch // len(value)
+                    value = [v for v in value for _ in range(repeat)]
+                model_inputs[key] = value
             model_inputs["pixel_values_aux"] = pixel_values_aux
         else:
-            model_inputs.pop("boxes", None)
-            model_inputs.pop("pixel_values_aux", None)
+            for key in (*per_image, "pixel_values_aux"):
+                model_inputs.pop(key, None)
         return model_inputs
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args: Any, **kwargs: Any) -> dict[str, Any]:

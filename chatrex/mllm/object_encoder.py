@@ -11,6 +11,22 @@ For each box (xyxy, normalised to the padded square):
 
 The result (before ``mm_object_projector``) is what ``object_features`` in
 ``shared/fixtures/object_encoder`` holds. All boxes of all images go through one ``roi_align`` call.
+
+**Mask regions** (RegionGPT's mask pooling; :func:`mask_features`): a region given as a mask reaches
+the encoder as its bounding box plus the mask on a fixed grid (each cell's covered fraction, made by
+the processor). The mask is area-resized to every ConvNeXt level and each level's features are
+averaged inside it (weights = covered fractions); the level averages are concatenated in the fused
+order, so the result has the C_total channels of a RoI feature, and the sine embedding of the mask's
+bounding box is added. A mask token thus has the width of a box token and goes through the same
+trunk and projector. Every mask of the batch goes through one batched matrix product per level.
+
+Where a box and its filled-rectangle mask differ: RoIAlign samples the *bilinearly upsampled* fused map
+at ``output_size``² x (sampling ratio)² points inside the box, while mask pooling averages the cells of
+each level weighted by exact area coverage. With ``aligned=False`` (the official layout) RoIAlign also
+reads the box half a stride-4 cell up and to the left of where the mask lies (cell centres at integer
+coordinates); ``aligned=True`` removes that shift. On features that vary linearly in space the two then
+agree exactly for boxes on the coarsest level's cell grid; elsewhere they differ at the box's edges
+(bilinear sampling blends in the neighbouring cells, area pooling does not), most for small boxes.
 """
 
 from __future__ import annotations
@@ -85,27 +101,110 @@ def validate_boxes(boxes: Sequence[torch.Tensor], batch_size: int) -> None:
             raise ValueError(f"boxes[{i}] contains NaN or infinite values")
 
 
+def validate_masks(masks: Sequence[torch.Tensor], mask_indices: Sequence[torch.Tensor],
+                   boxes: Sequence[torch.Tensor]) -> None:
+    """Check region masks against the boxes: B tensors (M_i, G, G) and B index tensors (M_i,) of distinct
+    box indices in ``[0, K_i)``; raise ``ValueError`` naming the problem."""
+    batch = len(boxes)
+    for name, value in (("region_masks", masks), ("region_mask_indices", mask_indices)):
+        if not isinstance(value, (list, tuple)) or len(value) != batch:
+            raise ValueError(f"{name} must be a list of {batch} tensors (one per image)")
+    side = None
+    for i, (m, ix) in enumerate(zip(masks, mask_indices)):
+        if not isinstance(m, torch.Tensor) or m.ndim != 3 or m.shape[1] != m.shape[2]:
+            raise ValueError(f"region_masks[{i}] must be a tensor (M, G, G); got "
+                             f"{tuple(m.shape) if isinstance(m, torch.Tensor) else type(m).__name__}")
+        if m.shape[0] and side is not None and m.shape[1] != side:
+            raise ValueError(f"region_masks[{i}] has a {m.shape[1]}-cell grid but earlier masks have {side}")
+        if m.shape[0]:
+            side = m.shape[1]
+        if not isinstance(ix, torch.Tensor) or ix.ndim != 1 or ix.shape[0] != m.shape[0] or ix.is_floating_point():
+            raise ValueError(f"region_mask_indices[{i}] must be an integer tensor of the {m.shape[0]} mask(s)' box indices")
+    counts = [int(ix.shape[0]) for ix in mask_indices]
+    if not sum(counts):
+        return
+    # one check for the whole batch (one host sync): every index inside its image's boxes, none twice
+    ix = torch.cat([t.long() for t in mask_indices])
+    image = torch.repeat_interleave(torch.arange(batch, device=ix.device), torch.tensor(counts, device=ix.device))
+    num = torch.tensor([int(b.shape[0]) for b in boxes], device=ix.device)[image]
+    key = image * (max(int(b.shape[0]) for b in boxes) + 1) + ix
+    outside = (ix < 0) | (ix >= num)
+    if bool(outside.any()) or torch.unique(key).numel() != key.numel():
+        for i, (t, b) in enumerate(zip(mask_indices, boxes)):
+            if t.numel() and (int(t.min()) < 0 or int(t.max()) >= b.shape[0]):
+                raise ValueError(f"region_mask_indices[{i}] = {t.tolist()} points outside the image's {b.shape[0]} boxes")
+            if torch.unique(t).numel() != t.numel():
+                raise ValueError(f"region_mask_indices[{i}] = {t.tolist()} names a box twice")
+
+
+def mask_features(levels: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mask-pooled features: for each level, the level's average inside the mask area-resized to it.
+
+    Args:
+        levels: L tensors (B, C_l, H_l, W_l).
+        masks: B tensors (M_i, G, G), each cell's covered fraction in [0, 1] (any G; the mask is resized
+            to each level with ``adaptive_avg_pool2d``, exact area averaging when G is a multiple). The
+            weights are normalised, so any non-negative scale works (training ships uint8 0..255).
+    Returns:
+        (sum M_i, sum C_l) float32, masks of image 0 first, in order; the channels in the order of
+        :func:`fuse_levels`.
+    """
+    counts = [int(m.shape[0]) for m in masks]
+    c_total = sum(int(level.shape[1]) for level in levels)
+    ref = levels[0]
+    if not sum(counts):
+        return ref.new_zeros((0, c_total))
+    side = next(m.shape[-1] for m in masks if m.shape[0])
+    # the masks of all images in one padded batch (B, M_max, G, G): zero masks past M_i, never read back
+    padded = torch.nn.utils.rnn.pad_sequence(
+        [m.to(device=ref.device, dtype=torch.float32) if m.shape[0] else ref.new_zeros((0, side, side), dtype=torch.float32)
+         for m in masks], batch_first=True)
+    pooled = []
+    for level in levels:  # the weights in the level's own dtype: no float copy of a (B, C_l, H_l, W_l) map
+        h, w = level.shape[-2:]
+        weights = F.adaptive_avg_pool2d(padded, (h, w)).flatten(2)  # (B, M_max, h*w)
+        weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-12)
+        feats = level.flatten(2).transpose(1, 2)  # (B, h*w, C_l)
+        pooled.append(torch.bmm(weights.to(level.dtype), feats).float())  # (B, M_max, C_l)
+    out = torch.cat(pooled, dim=-1)
+    m_max = out.shape[1]
+    rows = torch.cat([torch.arange(c) + i * m_max for i, c in enumerate(counts)]).to(out.device)
+    return out.flatten(0, 1).index_select(0, rows)
+
+
 def encode_objects(
     levels: Sequence[torch.Tensor],
     boxes: Sequence[torch.Tensor],
     input_size: int,
     output_size: int = 7,
     box_embedding: bool = True,
+    masks: Sequence[torch.Tensor] | None = None,
+    mask_indices: Sequence[torch.Tensor] | None = None,
+    aligned: bool = False,
 ) -> torch.Tensor:
-    """Object features of every box of every image, before the projector.
+    """Object features of every box (or mask region) of every image, before the projector.
 
     Args:
         levels: ConvNeXt stage outputs, finest (stride 4) first, each (B, C_l, H_l, W_l).
-        boxes: B tensors (K_i, 4), xyxy normalised to [0, 1] of the (square) input image.
+        boxes: B tensors (K_i, 4), xyxy normalised to [0, 1] of the (square) input image; for a mask
+            region, its mask's bounding box.
         input_size: side of the input image in pixels (768 at full size).
         output_size: RoIAlign grid (7).
-        box_embedding: add the sine box embedding (the model always does; False gives the pooled RoI
+        box_embedding: add the sine box embedding (the model always does; False gives the pooled
             features alone, for diagnostics).
+        masks / mask_indices: optional mask regions: B tensors (M_i, G, G) (covered fraction per cell of
+            the padded square) and B integer tensors (M_i,), which box each mask stands for. Those
+            boxes' RoI features are replaced by the masks' pooled features (:func:`mask_features`).
+        aligned: RoIAlign's ``aligned`` (False: the official layout; True: no half-cell shift).
     Returns:
         (sum K_i, C_total), boxes of image 0 first, then image 1, … in the given order.
     """
     batch = levels[0].shape[0]
     validate_boxes(boxes, batch)
+    if (masks is None) != (mask_indices is None):
+        raise ValueError("region masks need their box indices: pass both masks and mask_indices, or neither")
+    if masks is not None:
+        validate_masks(masks, mask_indices, boxes)
     fused = fuse_levels(levels)  # (B, C_total, H0, W0)
     c_total = fused.shape[1]
     if c_total % 4:
@@ -119,13 +218,18 @@ def encode_objects(
     rois = [b.to(device=fused.device, dtype=fused.dtype) * input_size for b in boxes]
     pooled = roi_align(
         fused, rois, output_size=output_size, spatial_scale=fused.shape[-1] / input_size,
-        sampling_ratio=-1, aligned=False,
+        sampling_ratio=-1, aligned=aligned,
     )  # (sum K, C_total, 7, 7)
     feats = pooled.mean(dim=(2, 3))
+    if masks is not None and sum(int(m.shape[0]) for m in masks):
+        offsets = torch.tensor([0] + [int(b.shape[0]) for b in boxes[:-1]], device=feats.device).cumsum(0)
+        rows = torch.cat([ix.to(feats.device).long() + offsets[i] for i, ix in enumerate(mask_indices)])
+        feats = feats.index_copy(0, rows, mask_features(levels, masks).to(feats.dtype))
     if not box_embedding:
         return feats.to(out_dtype)
     norm = torch.cat([b.to(device=fused.device) for b in boxes], dim=0)
     return (feats + xyxy_box_embedding(norm, c_total // 4).to(feats.dtype)).to(out_dtype)
 
 
-__all__ = ["box_sine_embedding", "xyxy_box_embedding", "fuse_levels", "encode_objects", "validate_boxes"]
+__all__ = ["box_sine_embedding", "xyxy_box_embedding", "fuse_levels", "encode_objects", "validate_boxes",
+           "mask_features", "validate_masks"]

@@ -21,6 +21,12 @@ in the checkpoint's fixed chat format (``prompt_template``: Qwen2 ``<|im_start|>
 bos (if it has one), then each piece between the placeholders encoded on its own. The placeholders get the
 ids ``image_token_id`` (g² times) and ``objfeat_token_id`` given to the processor (the model config's).
 An answer there is its tokens followed by eos (the official training format), all of them labelled.
+
+Regions may also be masks: ``regions=`` (instead of ``boxes=``) takes, per image, a list mixing boxes and
+masks (binary arrays, COCO polygons, COCO RLE; :mod:`chatrex.mllm.regions`). Each region still takes
+one ``<objfeat>``; a mask region's box is its bounding box, and the output gains ``region_masks`` (B
+tensors (M_i, G, G), G = ``mask_size``) and ``region_mask_indices`` (B tensors (M_i,)) when any region
+of the batch is a mask. Without masks the output is exactly that of ``boxes=``.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from chatrex.mllm.image_processing import (
     denormalize_boxes,
     normalize_boxes,
 )
+from chatrex.mllm.regions import prepare_regions
 from chatrex.mllm.tokens import IMAGE_TOKEN, MAX_OBJECTS, OBJFEAT_TOKEN, chatrex_token_ids, obj_token
 
 PROCESSOR_FILE = "processor_config.json"
@@ -89,6 +96,8 @@ class ChatRexProcessor:
         prompt_template: official mode: the user turn with ``{input}`` where the prompt goes.
         image_token_id / objfeat_token_id: official mode: the placeholder ids the model expects
             (``config.image_token_id`` / ``objfeat_token_id``).
+        mask_size: G, the side of the grid mask regions are resized to (default ``image_size_aux // 4``,
+            the ConvNeXt's stride-4 map; the model resizes them on to each feature level).
     """
 
     def __init__(
@@ -109,6 +118,7 @@ class ChatRexProcessor:
         prompt_template: str | None = None,
         image_token_id: int | None = None,
         objfeat_token_id: int | None = None,
+        mask_size: int | None = None,
     ):
         if input_mode not in INPUT_MODES:
             raise ValueError(f"input_mode must be one of {INPUT_MODES}; got {input_mode!r}")
@@ -129,6 +139,9 @@ class ChatRexProcessor:
             raise ValueError(f"max_boxes_policy must be one of {MAX_BOXES_POLICIES}; got '{max_boxes_policy}'")
         self.max_boxes = int(max_boxes)
         self.max_boxes_policy = max_boxes_policy
+        self._mask_size = None if mask_size is None else int(mask_size)
+        if self.mask_size < 1:
+            raise ValueError(f"mask_size must be a positive number of cells, got {self.mask_size}")
         self.prompt_template = prompt_template
         if self.official:
             if not isinstance(prompt_template, str) or "{input}" not in prompt_template:
@@ -154,6 +167,11 @@ class ChatRexProcessor:
     @property
     def official(self) -> bool:
         return self.input_mode == "official"
+
+    @property
+    def mask_size(self) -> int:
+        """G: mask regions reach the model on a G x G grid of the padded square."""
+        return self._mask_size if self._mask_size is not None else max(1, self.image_processor.image_size_aux // 4)
 
     @property
     def num_image_tokens(self) -> int:
@@ -269,6 +287,7 @@ class ChatRexProcessor:
         max_boxes_policy: str | None = None,
         return_frames: bool = False,
         normalize_images: bool = True,
+        regions: Sequence[Any] | None = None,
     ) -> BatchFeature:
         """Batch of B (image, question, boxes[, answer]).
 
@@ -276,6 +295,9 @@ class ChatRexProcessor:
             images: B images (paths, PIL, arrays — anything :func:`chatrex.utils.image.load_image` takes).
             questions: B strings.
             boxes: B lists of ``[x0, y0, x1, y1]`` in original-image pixels (or None for no boxes).
+            regions: instead of ``boxes``: B lists (or None) of regions, each a box or a mask
+                (:mod:`chatrex.mllm.regions`); adds ``region_masks`` and ``region_mask_indices`` when any
+                is a mask.
             answers: B strings for training (adds ``labels``).
             scores: per image, box scores for ``max_boxes_policy="topk"``.
             padding_side: "left" (default for generation) or "right" (default when ``answers`` are given).
@@ -286,7 +308,8 @@ class ChatRexProcessor:
         Returns:
             ``BatchFeature`` with ``input_ids`` (B, L), ``attention_mask`` (B, L), ``pixel_values``
             (B, 3, 336, 336), ``pixel_values_aux`` (B, 3, 768, 768), ``boxes`` (B tensors (K_i, 4), xyxy in
-            [0, 1] of the padded square) and, with answers, ``labels`` (B, L).
+            [0, 1] of the padded square), with answers ``labels`` (B, L), and with mask regions
+            ``region_masks`` (B tensors (M_i, G, G)) and ``region_mask_indices`` (B tensors (M_i,)).
         """
         if isinstance(questions, str):
             raise ValueError("questions must be a list of strings (one per image); use process() for one image")
@@ -294,6 +317,12 @@ class ChatRexProcessor:
         n = len(images)
         if len(questions) != n:
             raise ValueError(f"got {n} images but {len(questions)} questions")
+        if regions is not None:
+            if boxes is not None:
+                raise ValueError("pass boxes or regions, not both (regions may hold boxes and masks)")
+            regions = list(regions)
+            if len(regions) != n:
+                raise ValueError(f"got {n} images but {len(regions)} region lists")
         boxes = list(boxes) if boxes is not None else [None] * n
         if len(boxes) != n:
             raise ValueError(f"got {n} images but {len(boxes)} box lists")
@@ -309,15 +338,25 @@ class ChatRexProcessor:
 
         vision = self.image_processor(images, normalize=normalize_images)
         frames: list[SquareFrame] = vision["frames"]
-        box_tensors, kept, seqs, labs = [], [], [], []
+        box_tensors, kept, seqs, labs, masks, mask_indices = [], [], [], [], [], []
         for i in range(n):
             what = f"image {i}"
-            try:
-                b = normalize_boxes(boxes[i], frames[i], clip=not self.official)
-            except ValueError as err:
-                raise ValueError(f"{what}: {err}") from None
+            if regions is not None:
+                prepared = prepare_regions(regions[i], frames[i], self.mask_size, what)
+                b = prepared.boxes
+            else:
+                try:
+                    b = normalize_boxes(boxes[i], frames[i], clip=not self.official)
+                except ValueError as err:
+                    raise ValueError(f"{what}: {err}") from None
             keep = select_boxes(b.shape[0], scores[i], self.max_boxes, policy, what)
             b = b[keep]
+            if regions is not None:
+                position = torch.full((prepared.boxes.shape[0],), -1, dtype=torch.long)
+                position[torch.tensor(keep, dtype=torch.long)] = torch.arange(len(keep))
+                new_index = position[prepared.mask_indices]
+                masks.append(prepared.masks[new_index >= 0])
+                mask_indices.append(new_index[new_index >= 0])
             ids, lab = self.encode_text(questions[i], b.shape[0], None if answers is None else answers[i])
             box_tensors.append(b)
             kept.append(keep)
@@ -343,16 +382,25 @@ class ChatRexProcessor:
         }
         if labels is not None:
             data["labels"] = labels
+        if any(m.shape[0] for m in masks):
+            data["region_masks"] = masks
+            data["region_mask_indices"] = mask_indices
         if return_frames:
             data["frames"] = frames
             data["kept_boxes"] = kept
         return BatchFeature(data=data)
 
     def process(self, image: Any, question: str, bbox: Any = None, answer: str | None = None,
-                scores: Sequence[float] | None = None, **kwargs: Any) -> BatchFeature:
-        """Single-image form of the official API: ``process(image=..., question=..., bbox=[[x0,y0,x1,y1], ...])``."""
+                scores: Sequence[float] | None = None, regions: Sequence[Any] | None = None,
+                **kwargs: Any) -> BatchFeature:
+        """Single-image form of the official API: ``process(image=..., question=..., bbox=[[x0,y0,x1,y1], ...])``;
+        ``regions=[...]`` instead of ``bbox`` takes boxes and masks."""
+        if regions is not None:
+            if bbox is not None:
+                raise ValueError("pass bbox or regions, not both (regions may hold boxes and masks)")
+            kwargs["regions"] = [regions]
         return self(
-            [image], [question], [bbox], None if answer is None else [answer],
+            [image], [question], None if regions is not None else [bbox], None if answer is None else [answer],
             None if scores is None else [scores], **kwargs,
         )
 

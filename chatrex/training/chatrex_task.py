@@ -302,11 +302,21 @@ class ChatRexTask:
     def collate(self, samples: list[dict[str, Any]]):
         if self.processor is None:
             raise RuntimeError("build_model() must run before collate() (the processor comes with the tokenizer)")
+        from chatrex.data.chatrex_dataset import with_masks
+        from chatrex.mllm.regions import quantize_mask_grid
+
         # uint8 pixels: 4x fewer bytes from the workers; compute_loss normalises them on the device
-        batch = self.processor([s["image"] for s in samples], [s["question"] for s in samples],
-                               [s["boxes"] for s in samples], answers=[s["answer"] for s in samples],
-                               normalize_images=False)
+        images, questions = [s["image"] for s in samples], [s["question"] for s in samples]
+        answers = [s["answer"] for s in samples]
+        if any(s.get("masks") for s in samples):  # mask regions: RLE decoded and resized here, in the workers
+            regions = [with_masks(s["boxes"], s.get("masks") or {}) for s in samples]
+            batch = self.processor(images, questions, answers=answers, normalize_images=False, regions=regions)
+        else:
+            batch = self.processor(images, questions, [s["boxes"] for s in samples], answers=answers,
+                                   normalize_images=False)
         out = dict(batch)
+        if "region_masks" in out:  # covered fractions as uint8 (4x fewer bytes); pooling weights are scale-free
+            out["region_masks"] = [quantize_mask_grid(m) for m in out["region_masks"]]
         out["tasks"] = [s.get("task", "unknown") for s in samples]  # for the per-task losses, not the model
         return out
 

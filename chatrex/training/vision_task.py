@@ -78,16 +78,20 @@ def vision_config(overrides: dict[str, Any]) -> ChatRexConfig:
 
 def vision_overrides(config: ChatRexConfig) -> dict[str, Any]:
     """The vision side of ``config`` as a ``task.vision`` dict: :func:`vision_config` of it gives it back."""
-    return {"vision_config": config.vision_config.to_dict(), "aux_vision_config": config.aux_vision_config,
-            "vision_feature_layer": config.vision_feature_layer, "roi_output_size": config.roi_output_size}
+    out = {"vision_config": config.vision_config.to_dict(), "aux_vision_config": config.aux_vision_config,
+           "vision_feature_layer": config.vision_feature_layer, "roi_output_size": config.roi_output_size}
+    if config.roi_aligned:  # written only when set: exports of the official layout stay as they were
+        out["roi_aligned"] = True
+    return out
 
 
 class VisionPretrainModel(nn.Module):
     """The two towers (named as in ``ChatRexForConditionalGeneration``) plus training heads.
 
-    ``forward(pixel_values (B,3,S,S), pixel_values_aux (B,3,S',S'), boxes [B x (K_i,4)])`` returns
-    ``dense_clip`` / ``dense_convnext`` (B, g², C) category logits per image token, and per box (sum K_i
-    rows) ``category`` (sum K, C) and one (sum K, V_a) tensor per attribute.
+    ``forward(pixel_values (B,3,S,S), pixel_values_aux (B,3,S',S'), boxes [B x (K_i,4)], region_masks=None,
+    region_mask_indices=None)`` returns ``dense_clip`` / ``dense_convnext`` (B, g², C) category logits per
+    image token, and per box (sum K_i rows) ``category`` (sum K, C) and one (sum K, V_a) tensor per
+    attribute. Region masks (as ChatRex takes them) make those boxes mask-pooled.
     """
 
     def __init__(self, config: ChatRexConfig, vocabulary: VisionVocabulary, head_dim: int = 512) -> None:
@@ -105,12 +109,14 @@ class VisionPretrainModel(nn.Module):
         self.object_heads = nn.ModuleDict(heads)
 
     def forward(self, pixel_values: torch.Tensor, pixel_values_aux: torch.Tensor,
-                boxes: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+                boxes: list[torch.Tensor], region_masks: Optional[list[torch.Tensor]] = None,
+                region_mask_indices: Optional[list[torch.Tensor]] = None) -> dict[str, torch.Tensor]:
         clip_tokens = self.vision_tower(pixel_values)  # (B, g², C_clip)
         levels = self.vision_tower_aux(pixel_values_aux)
         last = levels[-1].flatten(2).transpose(1, 2)  # (B, g², C_last), row-major like the ViT patches
         out = {"dense_clip": self.dense_clip(clip_tokens), "dense_convnext": self.dense_convnext(last)}
-        feats = encode_objects(levels, boxes, self.config.image_size_aux, self.config.roi_output_size)
+        feats = encode_objects(levels, boxes, self.config.image_size_aux, self.config.roi_output_size,
+                               masks=region_masks, mask_indices=region_mask_indices, aligned=self.config.roi_aligned)
         hidden = self.object_trunk(feats.to(self.object_trunk[0].weight.dtype))
         out.update({name: head(hidden) for name, head in self.object_heads.items()})
         return out
@@ -221,7 +227,7 @@ class VisionTask:
                  for k, v in batch.items()}
         pv = self.image_processor.normalize(moved["pixel_values"])
         pva = self.image_processor.normalize(moved["pixel_values_aux"], aux=True)
-        out = model(pv, pva, moved["boxes"])
+        out = model(pv, pva, moved["boxes"], moved.get("region_masks"), moved.get("region_mask_indices"))
         return vision_losses(out, moved, self.cfg, attributes, labelled)
 
     def export(self, model: nn.Module, out_dir: Path) -> None:

@@ -7,7 +7,7 @@ Pillow 10.1), so no font path is hard-coded.
 from __future__ import annotations
 
 import colorsys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -84,6 +84,30 @@ def draw_boxes(
             draw.rectangle([tx, ty, tx + tw, ty + th], fill=tuple(colors[i]))
             draw.text((tx + 2 - l, ty + 2 - t), labels[i], fill=_text_color(tuple(colors[i])), font=font)
     return out
+
+
+def overlay_masks(image: Image.Image, masks: Sequence[Any], colors: Optional[Sequence[Color]] = None,
+                  alpha: float = 0.45) -> Image.Image:
+    """Return a copy of ``image`` with each (H, W) binary mask filled in its colour at ``alpha`` opacity.
+
+    Args:
+        masks: N binary arrays of the image's size (later masks are drawn over earlier ones).
+        colors: N colours (default: one distinct colour per mask).
+    """
+    import numpy as np
+
+    out = np.asarray(image.convert("RGB"), dtype=np.float32).copy()
+    n = len(masks)
+    if colors is None:
+        colors = palette(n)
+    elif len(colors) != n:
+        raise ValueError(f"got {n} masks but {len(colors)} colours")
+    for mask, color in zip(masks, colors):
+        m = np.asarray(mask, dtype=bool)
+        if m.shape != out.shape[:2]:
+            raise ValueError(f"a mask is {m.shape[0]}x{m.shape[1]} but the image is {out.shape[0]}x{out.shape[1]}")
+        out[m] = (1 - alpha) * out[m] + alpha * np.asarray(color, dtype=np.float32)
+    return Image.fromarray(out.round().clip(0, 255).astype(np.uint8))
 
 
 def contact_sheet(images: Sequence[Image.Image], columns: int = 4, cell: int = 256, pad: int = 4) -> Image.Image:

@@ -121,3 +121,30 @@ def test_box_tolerance_and_unknown_size():
     assert validate_box([0, 0, 640.4, 480], 640, 480) == []
     assert validate_box([0, 0, 641, 480], 640, 480) != []
     assert validate_box([0, 0, 5000, 5000], None, None) == []
+
+
+def test_region_masks_validate_and_round_trip():
+    d = good_record()
+    d["regions"][0]["mask"] = {"size": [480, 640], "counts": "PPo0"}
+    d["regions"][2]["mask"] = {"size": [480, 640], "counts": [10, 5, 480 * 640 - 15]}
+    assert validate_record(d) == []
+    r = Record.from_dict(d)
+    assert r.region(0).mask == {"size": [480, 640], "counts": "PPo0"} and r.region(1).mask is None
+    assert r.to_dict() == d
+    old = good_record()  # records without masks stay valid and keep no mask key
+    assert "mask" not in Record.from_dict(old).to_dict()["regions"][0]
+
+
+@pytest.mark.parametrize("mask, expected", [
+    ({"size": [48, 640], "counts": "PP"}, "is not the image's [height, width] = [480, 640]"),
+    ({"size": [480], "counts": "PP"}, "mask.size: must be [height, width]"),
+    ({"size": [480, 640], "counts": ""}, "mask.counts: must be a compressed RLE string"),
+    ({"size": [480, 640], "counts": [1, -2]}, "non-negative integers"),
+    ({"size": [480, 640]}, "mask.counts"),
+    ([1, 2, 3], "must be COCO RLE"),
+])
+def test_bad_region_masks_are_reported(mask, expected):
+    d = good_record()
+    d["regions"][0]["mask"] = mask
+    errors = validate_record(d)
+    assert any(expected in e and e.startswith("regions[0].mask") for e in errors), errors

@@ -200,3 +200,38 @@ def test_all_combinations_forbidden_is_an_error():
     cfg = WorldConfig(categories=("car",), colors=("red",), forbidden_pairs=(("red", "car"),))
     with pytest.raises(ValueError, match="forbidden"):
         sample_layout(np.random.default_rng(0), cfg)
+
+
+def test_every_region_carries_its_visible_mask_as_rle():
+    from chatrex.utils.masks import decode_mask, mask_bbox
+
+    checked = 0
+    for seed in range(4):
+        _, rec = generate_scene(seed, SMALL)
+        masks = {}
+        for r in rec["regions"]:
+            m = decode_mask(r["mask"], rec["height"], rec["width"])
+            assert isinstance(r["mask"]["counts"], str) and r["mask"]["size"] == [rec["height"], rec["width"]]
+            assert int(m.sum()) == r["area"] and mask_bbox(m) == r["box"]
+            masks[r["id"]] = m
+            checked += 1
+        for r in rec["regions"]:
+            if r["level"] == "part":  # a part's visible pixels are its instance's
+                assert not (masks[r["id"]] & ~masks[r["parent"]]).any()
+        instances = [masks[r["id"]] for r in rec["regions"] if r["level"] == "instance"]
+        if len(instances) > 1:  # the visible masks of instances never overlap
+            assert int(np.sum(instances, axis=0).max()) == 1
+    assert checked > 20
+
+
+def test_region_mask_is_exactly_the_visible_pixels():
+    from chatrex.utils.masks import decode_mask
+
+    image, canvas, regions, _ = _scene([ObjectSpec("car", "red", 120, 60, 200, 150),
+                                        ObjectSpec("umbrella", "blue", 80, 80, 160, 120)])
+    for r in regions:
+        if r["level"] != "instance":
+            continue
+        index = 0 if r["category"] == "car" else 1
+        want = canvas.instance_map == index
+        assert (decode_mask(r["mask"], 300, 400) == want).all()

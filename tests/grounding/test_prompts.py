@@ -31,6 +31,7 @@ ARGS = {
     "caption_detailed": {},
     "conversation": dict(question="What is the man holding?"),
     "region_classification": dict(regions=[7]),
+    "region_relation": dict(regions=[1, 4]),
 }
 
 
@@ -58,6 +59,8 @@ def test_every_template_fills_its_arguments(task):
             assert "dog" in prompt
         if task == "referring":
             assert "the man in a yellow shirt" in prompt
+        if task == "region_relation":
+            assert prompt.index("<obj1>") < prompt.index("<obj4>")
 
 
 def test_default_is_template_zero_and_rng_varies():
@@ -137,3 +140,41 @@ def test_pluralize():
              "baby": "babies", "toy": "toys", "sheep": "sheep", "knife": "knives", "Person": "People"}
     for single, plural in cases.items():
         assert pluralize(single) == plural
+
+
+def test_region_relation_prompt_and_answer_round_trip():
+    from chatrex.grounding import REGIONGPT_TASKS, read_relation, relation_answer
+
+    p = build_prompt("region_relation", regions=[3, 1])
+    assert p.index("<obj3>") < p.index("<obj1>") and "relation" in p
+    a = build_answer("region_relation", subject=3, predicate="in front of", object=1)
+    assert a == relation_answer(3, "in front of", 1) == "<ground>in front of</ground><objects><obj3><obj1></objects>"
+    rel = read_relation(a)
+    assert (rel.subject, rel.predicate, rel.object) == (3, "in front of", 1)
+    assert rel.to_dict() == {"subject": 3, "predicate": "in front of", "object": 1}
+    for bad in ([1], [2, 2], [1, 2, 3]):
+        with pytest.raises(ValueError, match="two different regions"):
+            build_prompt("region_relation", regions=bad)
+    with pytest.raises(ValueError, match="two different regions"):
+        relation_answer(2, "left of", 2)
+    assert set(REGIONGPT_TASKS.values()) <= set(TASKS)
+
+
+def test_readers_turn_region_answers_into_data():
+    from chatrex.grounding import read_classification, read_region_captions, read_relation
+
+    captions = read_region_captions(build_answer("region_brief", captions={2: "the red car.", 0: "a tree"}))
+    assert captions == {2: "the red car", 0: "a tree"}
+    assert read_region_captions("no tags at all") == {}
+    assert read_region_captions("<ground>x</ground><objects><obj9></objects>", num_boxes=3) == {}  # out of range
+    cands = ["traffic light", "light", "car", "person"]
+    assert read_classification(build_answer("region_classification", captions={0: "Traffic lights"}), cands) == "traffic light"
+    assert read_classification("It is the car.", cands) == "car"
+    assert read_classification("Two people.", cands) == "person"  # plural of a candidate
+    assert read_classification("<ground>bus</ground><objects><obj0></objects>", cands) is None
+    assert read_classification("", cands) is None and read_classification("car", []) is None
+    rel = read_relation("<ground>it is left of</ground><objects><obj1><obj0></objects>", ["left of", "right of"])
+    assert (rel.subject, rel.predicate, rel.object) == (1, "left of", 0)
+    assert read_relation("<ground>far away</ground><objects><obj1><obj0></objects>", ["left of"]) is None
+    assert read_relation("<ground>left of</ground><objects><obj1></objects>") is None  # one region only
+    assert read_relation(None) is None

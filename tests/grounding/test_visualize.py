@@ -74,3 +74,25 @@ def test_draw_on_real_image(shared_dir):
     out = draw_grounded(image, ans, boxes)
     assert out.size == image.size and out.mode == "RGB"
     assert np.abs(np.asarray(out, dtype=int) - np.asarray(image, dtype=int)).sum() > 0
+
+
+def test_draw_grounded_fills_mask_regions_in_their_colour():
+    from chatrex.utils.masks import encode_rle
+
+    img = Image.new("RGB", (60, 40), (0, 0, 0))
+    m = np.zeros((40, 60), dtype=bool)
+    m[20:30, 30:50] = True
+    left = np.zeros((40, 60), dtype=bool)
+    left[:, :20] = True
+    answer = parse_grounded("<ground>dog</ground><objects><obj1></objects>", num_boxes=3)
+    out = np.asarray(draw_grounded(img, answer, [[1, 1, 10, 10], [30, 20, 50, 30], [0, 0, 20, 40]],
+                                   masks=[None, encode_rle(m), left]))
+    colour = np.asarray(phrase_colors(answer)["dog"], dtype=float)
+    inside = out[25, 40].astype(float)
+    np.testing.assert_allclose(inside, np.round(0.45 * colour), atol=1)  # filled at 45 % over black
+    np.testing.assert_allclose(out[35, 10], np.round(0.45 * np.asarray(UNGROUNDED_COLOR)), atol=1)  # grey
+    bare = np.asarray(draw_grounded(img, answer, [[1, 1, 10, 10], [30, 20, 50, 30], [0, 0, 20, 40]],
+                                    masks=[None, m, left], show_ungrounded=False))
+    assert not bare[35, 10].any() and bare[25, 40].any()
+    with pytest.raises(ValueError, match="mask entries"):
+        draw_grounded(img, answer, [[1, 1, 10, 10], [30, 20, 50, 30], [0, 0, 5, 5]], masks=[None])

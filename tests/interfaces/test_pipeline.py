@@ -285,3 +285,63 @@ def test_one_upn_pass_per_distinct_image(parts, images):
     assert got == [alone[0], alone[1], alone[0], alone[0]]
     got[0][0].append([0, 0, 1, 1])  # each query gets its own lists
     assert got[2][0] == alone[0][0]
+
+
+def _masks_for(images):
+    import numpy as np
+
+    from chatrex.utils.masks import encode_rle
+
+    out = []
+    for im in images:
+        m = np.zeros((im.height, im.width), dtype=bool)
+        m[5:25, 8:30] = True
+        m[5:15, 8:18] = False
+        out.append(m)
+    return out, [encode_rle(m) for m in out]
+
+
+def test_user_regions_mix_boxes_and_masks_and_batch_like_single(parts, images):
+    _, model, processor = parts
+    no_upn = ChatRexPipeline(None, model, processor)
+    arrays, rles = _masks_for(images)
+    poly = [[2, 2, 20, 2, 20, 20]]
+    regions = [[[1, 2, 30, 40], arrays[0]], [rles[1]], [poly, [10, 10, 20, 20], rles[2]]]
+    batched = no_upn(images, ["What is <obj0>?"] * 3, regions=regions, batch_size=3, **GEN)
+    assert batched[0].boxes == [[1.0, 2.0, 30.0, 40.0], [8.0, 5.0, 30.0, 25.0]]  # a mask's box: its bounding box
+    assert batched[0].masks[0] is None and batched[0].masks[1] == rles[0]
+    from chatrex.utils.masks import decode_mask, mask_bbox
+
+    triangle = decode_mask(poly, 64, 64)  # rasterised by pycocotools
+    assert batched[2].masks[1] is None and batched[2].boxes[0] == [float(v) for v in mask_bbox(triangle)]
+    for im, reg, r in zip(images, regions, batched):
+        single = no_upn(im, "What is <obj0>?", regions=reg, **GEN)[0]
+        assert single.raw_text == r.raw_text and single.masks == r.masks
+        assert "masks" in r.to_dict()
+    # boxes only: the same answers as boxes=, and no masks in the result
+    as_boxes = no_upn(images[0], "What is <obj0>?", boxes=[[1, 2, 30, 40]], **GEN)[0]
+    as_regions = no_upn(images[0], "What is <obj0>?", regions=[[1, 2, 30, 40]], **GEN)[0]
+    assert as_boxes.raw_text == as_regions.raw_text and as_regions.masks is None
+    assert "masks" not in as_regions.to_dict()
+    streamed = no_upn.stream(images[0], "What is <obj0>?", regions=regions[0], **GEN).result()
+    assert streamed.raw_text == batched[0].raw_text and streamed.masks == batched[0].masks
+
+
+@pytest.mark.parametrize("regions, match", [
+    ([[0, 0, 5, 5], "mask"], "region 1: a region must be a box .* got str"),
+    ([[0, 0, 5, 5], [[0, 0, 5, 5, 9, "x"]]], "region 1: polygon 0 must hold numbers only"),
+    ([{"size": [60, 80], "counts": [4800]}], "region 0: the mask is empty"),
+    ([{"size": [61, 80], "counts": [0, 4880]}], "region 0: the RLE mask is 61x80"),
+    ([{"size": [60, 80], "counts": "!!"}], "alphabet"),
+    ([[[1, 2, 3]]], "at least 6"),
+    ("not a list", "must be a list of boxes"),
+])
+def test_bad_regions_have_clear_errors(parts, images, regions, match):
+    _, model, processor = parts
+    with pytest.raises(ValueError, match=match):
+        ChatRexPipeline(None, model, processor)(images[0], "What is <obj0>?", regions=regions, **GEN)
+
+
+def test_boxes_and_regions_together_are_refused(pipe, images):
+    with pytest.raises(ValueError, match="not both"):
+        pipe(images[0], "q", boxes=[[0, 0, 5, 5]], regions=[[0, 0, 5, 5]], **GEN)

@@ -196,3 +196,42 @@ def test_the_shipped_tokenizer_does_not_ask_for_bpe_space_cleanup():
     assert config["clean_up_tokenization_spaces"] is False
     tok = AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR / "chatrex")
     assert tok.decode(tok("A dog , a cat .")["input_ids"]) == "A dog , a cat ."
+
+
+def test_predict_with_mask_regions(model_dir, image_path, tmp_path):
+    import numpy as np
+
+    from chatrex.utils.masks import decode_mask, encode_rle
+
+    m = np.zeros((60, 80), dtype=bool)
+    m[10:40, 20:50] = True
+    m[10:20, 20:30] = False
+    Image.fromarray(m.astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    spec = tmp_path / "regions.json"  # a mask image (relative to the file), an RLE, a polygon and a box
+    spec.write_text(json.dumps({"regions": [{"mask": "mask.png"}, encode_rle(m), [[5, 5, 30, 5, 30, 30]],
+                                            [1, 2, 30, 40]]}))
+    out = tmp_path / "vis.png"
+    res = _run("predict", image_path, "What is <obj0>?", "--model", model_dir, "--regions", spec, "--out", out, *FAST)
+    assert res.exit_code == 0, res.output
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["boxes"][0] == record["boxes"][1] == [20.0, 10.0, 50.0, 40.0]
+    assert record["masks"][3] is None and (decode_mask(record["masks"][0], 60, 80) == m).all()
+    assert record["granularity"] is None and "your regions (3 masks)" in res.output
+    assert Image.open(out).size == (80, 60)
+    inline = _run("predict", image_path, "What is <obj0>?", "--model", model_dir,
+                  "--regions", json.dumps([encode_rle(m)]), *FAST)
+    assert inline.exit_code == 0, inline.output
+
+
+@pytest.mark.parametrize("regions, message", [
+    ('[{"size": [60, 80], "counts": [4800]}]', "--regions: region 0: the mask is empty"),
+    ('[{"size": [10, 10], "counts": [0, 100]}]', "RLE mask is 10x10"),
+    ('[{"mask": "missing.png"}]', "could not read the mask image"),
+    ('{"boxes": []}', "without a 'regions' list"),
+    ("[[[1, 2, 3, 4]]]", "at least 6"),
+])
+def test_predict_bad_regions(model_dir, image_path, regions, message):
+    res = _run("predict", image_path, "What is this?", "--model", model_dir, "--regions", regions, *FAST)
+    assert res.exit_code == 1 and message in res.output, res.output
+    both = _run("predict", image_path, "q", "--model", model_dir, "--regions", "[[1, 2, 3, 4]]", "--boxes", "[[1, 2, 3, 4]]")
+    assert both.exit_code == 1 and "not both" in both.output

@@ -161,3 +161,22 @@ def test_generation_benchmark_runs_on_the_tiny_shape():
     assert head["decode_weight_bytes"] > 0 and [r["variant"] for r in rows] == ["default", "static"]
     assert all("error" not in r and r["tokens_per_s_batch"] > 0 for r in rows)
     assert rows[1]["same_tokens_as_default"] == [4, 4]  # the static path repeats default generate's tokens
+
+
+def test_mask_regions_reach_the_prefill_and_give_the_tokens_of_generate(lively_model, tiny_processor, tiny_tokenizer):
+    import numpy as np
+
+    mask = np.zeros((30, 40), dtype=bool)
+    mask[4:20, 6:30] = True
+    mask[4:12, 6:14] = False
+    images = [random_image(*IMAGES[0]), random_image(*IMAGES[1])]
+    b = tiny_processor(images, QUESTIONS[:2], regions=[[[2, 3, 30, 25], mask], [[1, 1, 20, 20]]])
+    assert "region_masks" in b
+    pad = tiny_tokenizer.pad_token_id
+    ref = _reference(lively_model, b, max_new_tokens=6, pad_token_id=pad)
+    out = StaticGenerator(lively_model, cache_multiple=16).generate(**b, max_new_tokens=6, pad_token_id=pad)
+    assert torch.equal(out, ref)
+    boxes_only = _reference(lively_model, {k: v for k, v in b.items() if not k.startswith("region_")},
+                            max_new_tokens=6, pad_token_id=pad)
+    assert StaticGenerator.unsupported(None, **b) is None
+    assert not torch.equal(boxes_only, ref)  # the mask changed the answer: it was not dropped

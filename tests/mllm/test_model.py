@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -203,3 +204,66 @@ def test_qwen2_llm_works(tiny_tokenizer, tiny_processor):
     assert model(**b).logits.shape[:2] == b["input_ids"].shape
     gen = model.generate(**b, max_new_tokens=3, do_sample=False)
     assert gen.shape == (2, b["input_ids"].shape[1] + 3)
+
+
+def _mixed_regions():
+    from chatrex.utils.masks import encode_rle
+
+    m = np.zeros((30, 40), dtype=bool)
+    m[4:20, 6:30] = True
+    m[22:28, 2:8] = True
+    poly = [[5, 5, 25, 5, 25, 40, 5, 40]]
+    return [[[2, 3, 30, 25], m, [0, 0, 40, 30]], [], [poly, encode_rle(np.pad(np.ones((10, 10), bool), ((5, 35), (8, 12))))]]
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_batch_mixing_boxes_and_masks_matches_items_one_by_one(tiny_model, tiny_processor, side):
+    regions = _mixed_regions()
+    images = [random_image(0, 40, 30), random_image(1, 30, 50), random_image(2, 30, 50)]
+    questions = ["What is the category name of <obj1> in this image, please?", "Detect dog.", "What is <obj0>?"]
+    batch = tiny_processor(images, questions, regions=regions, padding_side=side)
+    assert [t.tolist() for t in batch["region_mask_indices"]] == [[1], [], [0, 1]]
+    out = tiny_model(**batch).logits
+    for i in range(3):
+        single = tiny_processor([images[i]], [questions[i]], regions=[regions[i]])
+        ref = tiny_model(**single).logits[0]
+        valid = batch["attention_mask"][i].bool()
+        torch.testing.assert_close(out[i][valid], ref, atol=1e-4, rtol=1e-4)
+
+
+def test_a_mask_region_changes_only_its_object_token(tiny_model, tiny_processor):
+    m = np.zeros((30, 40), dtype=bool)
+    m[4:20, 6:30] = True
+    m[4:12, 6:14] = False  # not a rectangle: pooling differs from the box's RoIAlign
+    img = random_image(0, 40, 30)
+    with_box = tiny_processor([img], ["q"], regions=[[[1, 1, 10, 10], [6, 4, 30, 20]]])
+    with_mask = tiny_processor([img], ["q"], regions=[[[1, 1, 10, 10], m]])
+    torch.testing.assert_close(with_box["boxes"][0], with_mask["boxes"][0])  # the mask's box is its bounding box
+    levels = tiny_model.vision_tower_aux(with_box["pixel_values_aux"])
+    a = tiny_model.get_object_features(levels, with_box["boxes"])
+    b = tiny_model.get_object_features(levels, with_mask["boxes"], with_mask["region_masks"],
+                                       with_mask["region_mask_indices"])
+    torch.testing.assert_close(a[0], b[0])
+    assert not torch.allclose(a[1], b[1], atol=1e-4)
+
+
+def test_generation_with_masks_repeats_them_per_beam(tiny_model, tiny_processor):
+    images = [random_image(0, 40, 30), random_image(2, 30, 50)]
+    batch = tiny_processor(images, ["What is <obj1>?", "What is <obj0>?"], regions=[_mixed_regions()[0], _mixed_regions()[2]])
+    greedy = tiny_model.generate(**batch, max_new_tokens=4, do_sample=False)
+    beams = tiny_model.generate(**batch, max_new_tokens=4, do_sample=False, num_beams=2)
+    assert greedy.shape[0] == beams.shape[0] == 2
+    for i in range(2):  # the batch's greedy answer is each item's own
+        one = tiny_processor([images[i]], ["What is <obj1>?", "What is <obj0>?"][i:i + 1],
+                             regions=[[_mixed_regions()[0], _mixed_regions()[2]][i]])
+        alone = tiny_model.generate(**one, max_new_tokens=4, do_sample=False)
+        assert greedy[i, -4:].tolist() == alone[0, -4:].tolist()
+
+
+def test_masks_without_images_or_indices_are_refused(tiny_model, tiny_processor):
+    batch = tiny_processor([random_image(0, 40, 30)], ["q"], regions=[_mixed_regions()[0]])
+    with pytest.raises(ValueError, match="go together"):
+        tiny_model(**{k: v for k, v in batch.items() if k != "region_mask_indices"})
+    with pytest.raises(ValueError, match="without pixel_values"):
+        tiny_model(input_ids=batch["input_ids"], region_masks=batch["region_masks"],
+                   region_mask_indices=batch["region_mask_indices"])

@@ -7,8 +7,9 @@ hand:
 1. :func:`sample_layout` — image size, background, and a list of :class:`ObjectSpec` in drawing
    order (back to front), from a ``numpy.random.Generator``.
 2. :func:`render_layout` — sprites composited onto the background (:class:`~render.Canvas`).
-3. :func:`annotate_canvas` — regions (instance and part boxes of the *visible* pixels, categories,
-   attributes, parent links, visible fraction and area) and relations (catalogue ``PREDICATES``).
+3. :func:`annotate_canvas` — regions (instance and part boxes of the *visible* pixels, their masks as
+   COCO RLE, categories, attributes, parent links, visible fraction and area) and relations (catalogue
+   ``PREDICATES``).
 
 Boxes are ``[x0, y0, x1, y1]`` integer pixel edges: ``x1``/``y1`` are one past the last visible
 column/row. Instances less than ``min_visible`` visible (hidden by others or cut by the border) are
@@ -30,6 +31,7 @@ from chatrex.data.world.catalog import (
     CATEGORIES, CATEGORY_BY_NAME, COLOR_NAMES, FACING, PATTERNS, PREDICATES, SIZES, size_name,
 )
 from chatrex.data.world.render import MIN_PATTERN_SIDE, Canvas, Sprite, composite, render_object
+from chatrex.utils.masks import rle_from_crop
 
 _PRED_ORDER = {p: i for i, p in enumerate(PREDICATES)}
 
@@ -317,6 +319,13 @@ def _tight_box(mask: np.ndarray, x_off: int, y_off: int) -> list[int]:
     return [int(cols[0] + x_off), int(rows[0] + y_off), int(cols[-1] + 1 + x_off), int(rows[-1] + 1 + y_off)]
 
 
+def _rle(mask: np.ndarray, box: Sequence[int], x_off: int, y_off: int, layout: "SceneLayout") -> dict:
+    """COCO RLE (whole image) of ``mask``, a crop at ``(x_off, y_off)``, from its tight ``box`` only."""
+    x0, y0, x1, y1 = box
+    tight = mask[y0 - y_off:y1 - y_off, x0 - x_off:x1 - x_off]
+    return rle_from_crop(tight, x0, y0, layout.height, layout.width)
+
+
 @dataclass
 class _Kept:
     region_id: int
@@ -354,6 +363,7 @@ def annotate_canvas(layout: SceneLayout, canvas: Canvas, config: Optional[WorldC
                 "pattern": spec.pattern, "orientation": spec.orientation,
             },
             "visible": round(n_vis / full, 3), "area": n_vis,
+            "mask": _rle(vis, box, ix.start, iy.start, layout),
         })
         kept.append(_Kept(rid, i, np.asarray(box, dtype=np.float64), full))
         if not cfg.parts or not sprite.parts:
@@ -366,11 +376,12 @@ def annotate_canvas(layout: SceneLayout, canvas: Canvas, config: Optional[WorldC
             p_vis = int(np.count_nonzero(pvis))
             if p_vis < max(1, cfg.min_part_pixels) or p_full == 0 or p_vis / p_full < cfg.min_visible:
                 continue
-            region = {"id": len(regions), "box": _tight_box(pvis, ix.start, iy.start),
-                      "category": sprite.parts[j], "level": "part", "parent": rid}
+            pbox = _tight_box(pvis, ix.start, iy.start)
+            region = {"id": len(regions), "box": pbox, "category": sprite.parts[j], "level": "part", "parent": rid}
             if sprite.part_colors[j] is not None:
                 region["attributes"] = {"color": sprite.part_colors[j]}
-            region.update({"visible": round(p_vis / p_full, 3), "area": p_vis})
+            region.update({"visible": round(p_vis / p_full, 3), "area": p_vis,
+                           "mask": _rle(pvis, pbox, ix.start, iy.start, layout)})
             regions.append(region)
     relations = compute_relations(canvas, kept, cfg.neighbours)
     return regions, relations

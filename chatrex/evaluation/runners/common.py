@@ -16,11 +16,13 @@ class PredictorError(RuntimeError):
 
 @dataclass
 class Query:
-    """One request: an image file, the question, and optionally the boxes to give the model."""
+    """One request: an image file, the question, and optionally the boxes (or the regions: boxes and
+    masks, ``ChatRexPipeline(regions=...)``) to give the model."""
 
     image: str
     question: str
     boxes: Optional[list] = None
+    regions: Optional[list] = None
 
 
 @dataclass
@@ -119,8 +121,9 @@ def run_queries(
     ``nms`` (the proposals' NMS IoU) is passed on only when given; otherwise the predictor uses its own.
 
     Images are loaded with :func:`chatrex.utils.image.load_image` (each file once per batch). Queries
-    with ``boxes`` pass them to the predictor (the whole batch must then carry boxes). The progress bar
-    moves per answer when the predictor reports each one (an ``on_answer`` callback), else per batch.
+    with ``boxes`` pass them to the predictor (the whole batch must then carry boxes); queries with
+    ``regions`` pass those as ``regions=`` (likewise). The progress bar moves per answer when the predictor
+    reports each one (an ``on_answer`` callback), else per batch.
     """
     from chatrex.utils.image import load_image
 
@@ -150,9 +153,17 @@ def run_queries(
             with_boxes = [q.boxes is not None for q in chunk]
             if any(with_boxes) and not all(with_boxes):
                 raise ValueError("a batch mixes queries with and without boxes")
+            with_regions = [q.regions is not None for q in chunk]
+            if any(with_regions) and not all(with_regions):
+                raise ValueError("a batch mixes queries with and without regions")
+            if all(with_regions) and any(with_boxes):
+                raise ValueError("a query gives both boxes and regions")
             boxes = [q.boxes for q in chunk] if all(with_boxes) else None
+            kwargs = dict(extra)
+            if all(with_regions):
+                kwargs["regions"] = [q.regions for q in chunk]
             results = predictor(images, [q.question for q in chunk], boxes=boxes, granularity=granularity,
-                                min_score=min_score, max_boxes=max_boxes, **extra)
+                                min_score=min_score, max_boxes=max_boxes, **kwargs)
             results = list(results)
             if len(results) != len(chunk):
                 raise PredictorError(f"the predictor returned {len(results)} results for {len(chunk)} queries")

@@ -39,6 +39,11 @@ class ReferringBoxes(str, Enum):
     gt = "gt"
 
 
+class RegionKind(str, Enum):
+    boxes = "boxes"
+    masks = "masks"
+
+
 class CaptionKind(str, Enum):
     brief = "brief"
     detailed = "detailed"
@@ -253,14 +258,21 @@ def region_cmd(
     model: Path = _MODEL, upn: Optional[Path] = _UPN, data: Path = _DATA, images: Optional[Path] = _IMAGES, out: Optional[Path] = _OUT,
     limit: Optional[int] = _LIMIT, batch_size: int = _BATCH, device: Optional[str] = _DEVICE,
     max_new_tokens: Optional[int] = _TOKENS,
-    tasks: str = typer.Option("category,phrase,brief,sentence", "--tasks",
-                              help="Comma-separated: category, phrase, brief, sentence."),
+    tasks: str = typer.Option("category,classification,phrase,brief,sentence", "--tasks",
+                              help="Comma-separated: category, classification, phrase, brief, sentence."),
     level: Level = typer.Option(Level.all, "--level", help="World records: which regions are asked about."),
+    regions: RegionKind = typer.Option(RegionKind.boxes, "--regions",
+                                       help="Give the model each region's ground-truth box or its mask "
+                                            "(records' regions[*].mask, a COCO file's segmentation)."),
+    candidates: int = typer.Option(0, "--candidates", min=0,
+                                   help="Classification: categories listed per question; 0 = the whole category "
+                                        "list (RegionGPT's protocol), N = the true one and N-1 random others."),
 ) -> None:
-    """Region understanding: category accuracy, SS / S-IoU, caption BLEU/METEOR/ROUGE-L/CIDEr."""
+    """Region understanding: category accuracy, SS / S-IoU, classification from the category list (top-1),
+    caption BLEU/METEOR/ROUGE-L/CIDEr; on ground-truth boxes or masks."""
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     _pipeline_task("region")(model, data, images, out, limit, batch_size, device, max_new_tokens, upn=upn, tasks=names,
-                             level=level.value)
+                             level=level.value, regions=regions.value, candidates=candidates)
 
 
 def grounded_caption_cmd(

@@ -54,6 +54,50 @@ def _read_boxes(spec: str) -> list:
     return data
 
 
+def _read_regions(spec: str) -> list:
+    """``--regions``: inline JSON or a JSON file holding a list (or an object with a ``"regions"`` list) whose
+    entries are boxes ``[x0, y0, x1, y1]``, COCO RLE ``{"size": [H, W], "counts": ...}``, COCO polygons
+    ``[[x0, y0, x1, y1, x2, y2, ...], ...]``, or ``{"mask": "mask.png"}`` (a binary mask image: 0 / 255 or
+    0 / 1, the image's size; a relative path is taken from the JSON file's folder, else the current one)."""
+    import numpy as np
+    from PIL import Image
+
+    text, source, base = spec, "--regions", Path.cwd()
+    if not spec.lstrip().startswith(("[", "{")):
+        path = Path(spec)
+        if not path.is_file():
+            _fail(f"--regions '{spec}' is neither inline JSON nor an existing JSON file")
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            _fail(f"could not read the regions file '{path}': {exc}")
+        source, base = f"regions file '{path}'", path.parent
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        _fail(f"{source} is not valid JSON: {exc}")
+    if isinstance(data, dict):
+        if "regions" not in data:
+            _fail(f"{source} is a JSON object without a 'regions' list")
+        data = data["regions"]
+    if not isinstance(data, list):
+        _fail(f"{source} must be a list of regions (boxes, RLE masks, polygons), got {type(data).__name__}")
+    out = []
+    for k, region in enumerate(data):
+        if isinstance(region, dict) and "mask" in region and "counts" not in region:
+            if not isinstance(region["mask"], str):
+                _fail(f"{source}: region {k}: 'mask' must be the path of a mask image")
+            path = Path(region["mask"])
+            path = path if path.is_absolute() else base / path
+            try:
+                with Image.open(path) as im:
+                    region = np.asarray(im.convert("L") if im.mode not in ("1", "L") else im)
+            except (OSError, ValueError) as exc:
+                _fail(f"{source}: region {k}: could not read the mask image '{path}': {exc}")
+        out.append(region)
+    return out
+
+
 def answer_markup(answer: Any) -> "Any":
     """The answer's text as a rich ``Text`` with each grounded phrase in its drawing colour, followed by
     its box indices (dim)."""
@@ -91,6 +135,12 @@ def predict(
     ),
     boxes: Optional[str] = typer.Option(
         None, "--boxes", "-b", help="Your own boxes instead of UPN proposals: inline JSON [[x0,y0,x1,y1],...] or a JSON file."
+    ),
+    regions: Optional[str] = typer.Option(
+        None, "--regions", "-r",
+        help="Your own regions, boxes and masks mixed, instead of UPN proposals: inline JSON or a JSON file with a "
+             "list of [x0,y0,x1,y1], COCO RLE {\"size\": [H, W], \"counts\": ...}, COCO polygons [[x,y,x,y,...]] "
+             "or {\"mask\": \"mask.png\"}.",
     ),
     out: Optional[Path] = typer.Option(
         None, "--out", "-o", help="Picture to write with the grounded boxes drawn (.jpg, .png); an existing folder "
@@ -142,26 +192,35 @@ def predict(
         json_path = out.with_suffix(".json")
     if out is not None and json_path is not None and json_path.resolve() == out.resolve():
         _fail(f"--json and --out are the same file '{out}'")
+    if boxes is not None and regions is not None:
+        _fail("pass --boxes or --regions, not both (--regions takes boxes and masks)")
     if out is not None:  # before the model loads, not after the answer
         check_writable(out, "the picture")
     if json_path is not None:
         check_writable(json_path, "the JSON")
     user_boxes = _read_boxes(boxes) if boxes is not None else None
+    user_regions = _read_regions(regions) if regions is not None else None
     if upn is not None and not upn.exists():
         _fail(f"UPN checkpoint '{upn}' does not exist")
-    if upn is None and user_boxes is None and (model_dir / "config.json").is_file():
-        _fail(f"'{model_dir}' is an MLLM folder without a UPN: pass --upn (e.g. upn_large.pth) or --boxes")
+    if upn is None and user_boxes is None and user_regions is None and (model_dir / "config.json").is_file():
+        _fail(f"'{model_dir}' is an MLLM folder without a UPN: pass --upn (e.g. upn_large.pth), --boxes or --regions")
 
     try:
         picture = load_image(image)
     except ImageLoadError as exc:
         _fail(str(exc))
 
-    from chatrex.interfaces.pipeline import ChatRexPipeline, validate_boxes
+    from chatrex.interfaces.pipeline import ChatRexPipeline, validate_boxes, validate_regions
 
     if user_boxes is not None:
         try:
             validate_boxes(user_boxes, picture.width, picture.height, max_boxes, where="--boxes")
+        except ValueError as exc:
+            _fail(str(exc))
+    if user_regions is not None:
+        try:  # masks decoded once, before the model loads
+            user_regions = validate_regions(user_regions, picture.width, picture.height, max_boxes,
+                                            where="--regions")[0]
         except ValueError as exc:
             _fail(str(exc))
     with console.status(f"loading the model from {model_dir}"):
@@ -177,8 +236,8 @@ def predict(
 
         console.print(f"[yellow]model:[/yellow] {escape(card_line)}", highlight=False)
 
-    kwargs = dict(boxes=user_boxes, granularity=granularity.value, min_score=min_score, nms=nms,
-                  max_boxes=max_boxes, max_new_tokens=max_new_tokens)
+    kwargs = dict(boxes=user_boxes, regions=user_regions, granularity=granularity.value, min_score=min_score,
+                  nms=nms, max_boxes=max_boxes, max_new_tokens=max_new_tokens)
     try:
         if stream:
             streaming = pipe.stream(picture, question, **kwargs)
@@ -189,15 +248,20 @@ def predict(
         else:
             with console.status("proposing boxes and generating the answer"):
                 result = pipe([picture], question, boxes=None if user_boxes is None else [user_boxes],
-                              **{k: v for k, v in kwargs.items() if k != "boxes"})[0]
-    except ValueError as exc:  # bad boxes, a question naming a missing <objK>, ...
+                              regions=None if user_regions is None else [user_regions],
+                              **{k: v for k, v in kwargs.items() if k not in ("boxes", "regions")})[0]
+    except ValueError as exc:  # bad boxes or masks, a question naming a missing <objK>, ...
         _fail(str(exc), exc)
 
     stdout = Console()
     stdout.print(answer_markup(result.answer))
     for note in result.answer.dropped:
         console.print(f"[yellow]note:[/yellow] {note}", markup=True, highlight=False)
-    source = "your boxes" if user_boxes is not None else f"UPN {granularity.value}-grained proposals"
+    if user_regions is not None:
+        n_masks = sum(m is not None for m in (result.masks or []))
+        source = f"your regions ({n_masks} masks)"
+    else:
+        source = "your boxes" if user_boxes is not None else f"UPN {granularity.value}-grained proposals"
     console.print(
         f"{len(result.boxes)} boxes from {source}; {len(result.answer.groundings)} groundings", highlight=False
     )
@@ -208,7 +272,8 @@ def predict(
 
         try:
             with open_atomic(out, "wb") as handle:
-                draw_grounded(picture, result.answer, result.boxes).save(handle, format=picture_formats()[out.suffix.lower()])
+                drawn = draw_grounded(picture, result.answer, result.boxes, masks=result.masks)
+                drawn.save(handle, format=picture_formats()[out.suffix.lower()])
         except OSError as exc:
             _fail(f"could not write the picture '{out}': {exc}", exc)
         console.print(f"picture -> {out}", highlight=False)
@@ -220,7 +285,7 @@ def predict(
             "question": question,
             "model": str(model_dir),
             "model_card": card_line,
-            "granularity": granularity.value if user_boxes is None else None,
+            "granularity": granularity.value if user_boxes is None and user_regions is None else None,
             **result.to_dict(),
         }
         from chatrex.utils.atomic import atomic_write_text
