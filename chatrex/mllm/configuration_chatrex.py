@@ -56,6 +56,9 @@ class ChatRexConfig(PretrainedConfig):
             ``mm_object_pointer`` scores each answer position against the prompt's object tokens (queries
             and keys of width P) and the ``<objK>`` logits become "an index" x "which box"
             (:mod:`chatrex.mllm.object_pointer`).
+        mask_adapter_dim: 0: mask regions' pooled features enter the trunk as they are. D > 0 (ours):
+            they first pass ``mm_mask_adapter``, a residual MLP of hidden width D
+            (:class:`chatrex.mllm.object_encoder.MaskAdapter`); box regions never do.
         object_index_token_ids: ids of ``<obj0>`` … ``<obj{max_boxes-1}>`` (set by ``add_chatrex_tokens``;
             the pointer needs them).
         official_config: the official flat ``config.json`` a model was converted from
@@ -80,6 +83,7 @@ class ChatRexConfig(PretrainedConfig):
     roi_aligned: bool = False
     object_trunk_dim: int = 0
     object_pointer_dim: int = 0
+    mask_adapter_dim: int = 0
     object_index_token_ids: list[int] | None = None
     tie_word_embeddings: bool = False
     official_config: dict | None = None
@@ -207,6 +211,8 @@ class ChatRexConfig(PretrainedConfig):
             )
         if not isinstance(self.object_trunk_dim, int) or self.object_trunk_dim < 0:
             raise ValueError(f"object_trunk_dim must be a non-negative integer (0: no trunk), got {self.object_trunk_dim!r}")
+        if not isinstance(self.mask_adapter_dim, int) or isinstance(self.mask_adapter_dim, bool) or self.mask_adapter_dim < 0:
+            raise ValueError(f"mask_adapter_dim must be a non-negative integer (0: no adapter), got {self.mask_adapter_dim!r}")
         if not isinstance(self.object_pointer_dim, int) or self.object_pointer_dim < 0:
             raise ValueError(
                 f"object_pointer_dim must be a non-negative integer (0: no pointer), got {self.object_pointer_dim!r}")

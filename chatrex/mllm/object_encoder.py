@@ -20,6 +20,13 @@ order, so the result has the C_total channels of a RoI feature, and the sine emb
 bounding box is added. A mask token thus has the width of a box token and goes through the same
 trunk and projector. Every mask of the batch goes through one batched matrix product per level.
 
+A model trained on box tokens alone has seen only averages over whole boxes, background included; a
+mask average leaves the background out, and such a model reads it worse (the shipped model: region
+category accuracy 0.30 on masks against 0.72 on the same regions' boxes). :class:`MaskAdapter`
+(``config.mask_adapter_dim`` > 0) is a residual MLP on the mask-pooled features, before the box
+embedding, that maps them to where that model expects a region's features
+(:mod:`chatrex.training.mask_adapter` trains it); box tokens never pass through it.
+
 Where a box and its filled-rectangle mask differ: RoIAlign samples the *bilinearly upsampled* fused map
 at ``output_size``² x (sampling ratio)² points inside the box, while mask pooling averages the cells of
 each level weighted by exact area coverage. With ``aligned=False`` (the official layout) RoIAlign also
@@ -34,8 +41,11 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from typing import Callable, Optional
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torchvision.ops import roi_align
 
 
@@ -172,6 +182,31 @@ def mask_features(levels: Sequence[torch.Tensor], masks: Sequence[torch.Tensor])
     return out.flatten(0, 1).index_select(0, rows)
 
 
+class MaskAdapter(nn.Module):
+    """Residual MLP on mask-pooled features: ``x + fc2(gelu(fc1(norm(x))))``, (N, C) → (N, C).
+
+    ``fc2`` starts at zero (:meth:`reset_to_identity`), so an adapter added to a trained model changes
+    nothing until it is trained. Computes in its weights' dtype and returns ``x``'s dtype.
+    """
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        self.fc1 = nn.Linear(channels, hidden)
+        self.fc2 = nn.Linear(hidden, channels)
+        self.reset_to_identity()
+
+    @torch.no_grad()
+    def reset_to_identity(self) -> None:
+        """Zero ``fc2`` so that the adapter is the identity."""
+        self.fc2.weight.zero_()
+        self.fc2.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.to(self.fc1.weight.dtype)
+        return (h + self.fc2(F.gelu(self.fc1(self.norm(h))))).to(x.dtype)
+
+
 def encode_objects(
     levels: Sequence[torch.Tensor],
     boxes: Sequence[torch.Tensor],
@@ -181,6 +216,7 @@ def encode_objects(
     masks: Sequence[torch.Tensor] | None = None,
     mask_indices: Sequence[torch.Tensor] | None = None,
     aligned: bool = False,
+    mask_transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> torch.Tensor:
     """Object features of every box (or mask region) of every image, before the projector.
 
@@ -196,6 +232,8 @@ def encode_objects(
             the padded square) and B integer tensors (M_i,), which box each mask stands for. Those
             boxes' RoI features are replaced by the masks' pooled features (:func:`mask_features`).
         aligned: RoIAlign's ``aligned`` (False: the official layout; True: no half-cell shift).
+        mask_transform: applied to the mask-pooled features (M, C_total) before the box embedding is
+            added (a :class:`MaskAdapter`); box features never pass through it.
     Returns:
         (sum K_i, C_total), boxes of image 0 first, then image 1, … in the given order.
     """
@@ -224,7 +262,10 @@ def encode_objects(
     if masks is not None and sum(int(m.shape[0]) for m in masks):
         offsets = torch.tensor([0] + [int(b.shape[0]) for b in boxes[:-1]], device=feats.device).cumsum(0)
         rows = torch.cat([ix.to(feats.device).long() + offsets[i] for i, ix in enumerate(mask_indices)])
-        feats = feats.index_copy(0, rows, mask_features(levels, masks).to(feats.dtype))
+        pooled_masks = mask_features(levels, masks)
+        if mask_transform is not None:
+            pooled_masks = mask_transform(pooled_masks)
+        feats = feats.index_copy(0, rows, pooled_masks.to(feats.dtype))
     if not box_embedding:
         return feats.to(out_dtype)
     norm = torch.cat([b.to(device=fused.device) for b in boxes], dim=0)
@@ -232,4 +273,4 @@ def encode_objects(
 
 
 __all__ = ["box_sine_embedding", "xyxy_box_embedding", "fuse_levels", "encode_objects", "validate_boxes",
-           "mask_features", "validate_masks"]
+           "mask_features", "validate_masks", "MaskAdapter"]

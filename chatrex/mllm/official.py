@@ -100,7 +100,7 @@ CHATREX_TO_OFFICIAL_KEY_MAPPING: dict[str, str] = {
 #: Official modules that LLaVA's layout keeps inside the LLM body (``model.vision_tower.*``).
 _NESTED_IN_LLAVA = ("vision_tower.", "vision_tower_aux.", "mm_projector.", "mm_object_projector.")
 #: Our modules that the official layout has no place for.
-NOT_OFFICIAL_PREFIXES = ("mm_object_trunk.", "mm_object_pointer.")
+NOT_OFFICIAL_PREFIXES = ("mm_object_trunk.", "mm_object_pointer.", "mm_mask_adapter.")
 
 
 class OfficialCheckpointError(ValueError):
@@ -392,10 +392,12 @@ def official_config_from_chatrex(config, mm_vision_tower: str) -> dict[str, Any]
     A model that came from an official checkpoint gets its original config back (when its sizes still match);
     otherwise the flat config is written from ours, with ``chatrex_config`` holding our full config.
     """
-    if config.object_trunk_dim or config.object_pointer_dim:
+    mask_adapter_dim = getattr(config, "mask_adapter_dim", 0)
+    if config.object_trunk_dim or config.object_pointer_dim or mask_adapter_dim:
         raise OfficialCheckpointError(
-            f"the model has object_trunk_dim={config.object_trunk_dim} and object_pointer_dim="
-            f"{config.object_pointer_dim}; the official layout holds only the paper's (both 0)")
+            f"the model has object_trunk_dim={config.object_trunk_dim}, object_pointer_dim="
+            f"{config.object_pointer_dim} and mask_adapter_dim={mask_adapter_dim}; the official layout holds "
+            "only the paper's (all 0)")
     family = config.text_config.model_type
     if family not in OFFICIAL_TYPE_OF_FAMILY:
         raise OfficialCheckpointError(f"the official layout has Qwen2 or Llama language models, not {family!r}")

@@ -151,5 +151,82 @@ def assemble(
     typer.echo(str(out))
 
 
+@train_app.command("mask-adapter")
+def mask_adapter(
+    model_dir: Path = typer.Argument(..., help="a model directory (upn/ + chatrex/) or its chatrex/ folder"),
+    data: list[Path] = typer.Option(..., "--data", "-d", help="JSONL records whose regions carry masks (world data)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write a copy here (default: change MODEL_DIR in place)"),
+    hidden: int = typer.Option(256, min=1, help="the adapter's hidden width"),
+    epochs: int = typer.Option(30, min=1),
+    images: int = typer.Option(0, min=0, help="use the first N records (0: all)"),
+    levels: str = typer.Option("instance,part", help="regions to learn from"),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda for the feature pass (default: cuda when available)"),
+    features: Optional[Path] = typer.Option(None, help="cache of the extracted features (.pt): read if it exists, else written"),
+) -> None:
+    """Teach a model trained on box regions to read mask regions: add a mask adapter fitted to the model's own
+    box tokens (chatrex.training.mask_adapter). Box answers stay exactly as they were."""
+    import json
+    import shutil
+
+    import torch
+    from rich.console import Console
+
+    from chatrex.interfaces.commands.common import fail
+    from chatrex.interfaces.pipeline import CHATREX_SUBDIR
+    from chatrex.mllm.delta import DeltaError, add_module_to_delta, is_delta_dir, load_delta
+    from chatrex.mllm.modeling_chatrex import ChatRexForConditionalGeneration
+    from chatrex.mllm.processing_chatrex import ChatRexProcessor
+    from chatrex.training.mask_adapter import (MaskAdapterConfig, RegionFeatures, extract_region_features,
+                                               fit_mask_adapter)
+    from chatrex.upn.wrapper import resolve_device
+    from chatrex.utils.atomic import open_atomic, staged_directory
+
+    console = Console(stderr=True)
+    try:
+        cfg = MaskAdapterConfig(hidden=hidden, epochs=epochs, images=images,
+                                levels=tuple(x.strip() for x in levels.split(",") if x.strip()))
+    except ValueError as exc:
+        fail(str(exc), exc)
+    root = out or model_dir
+    if out is not None:
+        if not model_dir.is_dir():
+            fail(f"{model_dir} is not a directory")
+        with staged_directory(out) as staging:
+            shutil.copytree(model_dir, staging, dirs_exist_ok=True)
+    mllm_dir = root / CHATREX_SUBDIR if (root / CHATREX_SUBDIR).is_dir() else root
+    delta = is_delta_dir(mllm_dir)
+    if not delta and not (mllm_dir / "config.json").is_file():
+        fail(f"{mllm_dir} holds neither a ChatRex delta nor a saved ChatRex model")
+    try:
+        dev = resolve_device(device)
+        model = (load_delta(mllm_dir)[0] if delta else ChatRexForConditionalGeneration.from_pretrained(mllm_dir))
+        if getattr(model.config, "mask_adapter_dim", 0):
+            console.print(f"{mllm_dir} already has a mask adapter: it is fitted again from scratch")
+        processor = ChatRexProcessor.from_pretrained(mllm_dir)
+        model = model.to(dev).eval()
+        if features is not None and features.is_file():
+            feats = RegionFeatures.from_state(torch.load(features, weights_only=True))
+        else:
+            feats = extract_region_features(
+                model, processor, [str(d) for d in data], cfg,
+                progress=lambda i, n: console.print(f"features: {i}/{n} images") if i % 500 == 0 or i == n else None)
+            if features is not None:
+                with open_atomic(features, "wb", encoding=None) as f:
+                    torch.save(feats.state(), f)
+        console.print(f"{len(feats)} regions of {feats.images} images")
+        adapter, report = fit_mask_adapter(model, feats, cfg, log=console.print)
+        tensors = {f"mm_mask_adapter.{k}": v for k, v in adapter.state_dict().items()}
+        if delta:
+            add_module_to_delta(mllm_dir, "mask_adapter", tensors, {"mask_adapter_dim": cfg.hidden})
+        else:
+            model.config.mask_adapter_dim = cfg.hidden
+            model.mm_mask_adapter = adapter
+            model.save_pretrained(mllm_dir)
+    except (ValueError, FileNotFoundError, DeltaError) as exc:
+        fail(str(exc), exc)
+    console.print(json.dumps(report.as_dict()))
+    typer.echo(str(mllm_dir))
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(train_app, name="train")
