@@ -10,6 +10,10 @@ import torch
 import torch.distributed as dist
 
 
+#: Environment that keeps NVLink multicast off (NCCL's NVLS algorithms and symmetric memory's multicast).
+MULTICAST_OFF_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
+
+
 @dataclass(frozen=True)
 class DistInfo:
     rank: int
@@ -30,9 +34,14 @@ def init_distributed(device: str | None = None) -> DistInfo:
     """Join the process group described by torchrun's environment (RANK, WORLD_SIZE, ...).
 
     One process without those variables gives a plain single-process setup. CUDA uses NCCL, CPU gloo.
+    NVLink multicast is switched off (:data:`MULTICAST_OFF_ENV`) unless the environment already says.
     A collective that waits longer than ``$CHATREX_DIST_TIMEOUT_S`` seconds (default 600) fails
     instead of hanging.
     """
+    # NVLink multicast (NVLS in NCCL, multicast in symmetric memory) stays off: set here, in every process
+    # the launcher starts, before any communicator exists; a value the user exported wins.
+    for key, value in MULTICAST_OFF_ENV.items():
+        os.environ.setdefault(key, value)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -53,3 +53,21 @@ class ToyTask:
     def export(self, model: nn.Module, out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), out_dir / "model.pt")
+
+
+class DyingToyTask(ToyTask):
+    """ToyTask whose process ends abruptly (``os._exit``, no cleanup, as a killed rank) on its
+    ``die_at``-th loss computation."""
+
+    def __init__(self, die_at: int) -> None:
+        super().__init__()
+        self.die_at = die_at
+        self.calls = 0
+
+    def compute_loss(self, model, batch, device):
+        import os
+
+        self.calls += 1
+        if self.calls == self.die_at:
+            os._exit(17)
+        return super().compute_loss(model, batch, device)
