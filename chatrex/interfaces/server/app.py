@@ -45,7 +45,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from chatrex.interfaces.model_card import model_card_line
-from chatrex.interfaces.pipeline import validate_boxes
+from chatrex.interfaces.pipeline import validate_boxes, validate_regions
 from chatrex.interfaces.server.config import ServerConfig
 from chatrex.interfaces.server.images import load_image_url
 from chatrex.interfaces.server.metrics import CONTENT_TYPE_LATEST, ServerMetrics
@@ -266,13 +266,22 @@ def build_app(pipe: Any, config: ServerConfig = ServerConfig(), scheduler: Optio
         max_new = config.max_tokens if max_tokens is None else int(max_tokens)
         if not 1 <= max_new <= config.max_tokens:
             raise RequestFailed(400, f"max_tokens is {max_new}; the server generates at most {config.max_tokens} tokens")
-        if opts.boxes is not None and len(opts.boxes) > config.max_boxes:
-            raise RequestFailed(400, f"boxes: {len(opts.boxes)} boxes given but at most {config.max_boxes} are "
-                                     "allowed (ChatRex reads at most 100)")
+        if opts.boxes is not None and opts.regions is not None:
+            raise RequestFailed(400, "give boxes or regions, not both (regions may hold boxes and masks)")
+        for name, given in (("boxes", opts.boxes), ("regions", opts.regions)):
+            if given is not None and len(given) > config.max_boxes:
+                raise RequestFailed(400, f"{name}: {len(given)} {name} given but at most {config.max_boxes} are "
+                                         "allowed (ChatRex reads at most 100)")
         await check_question(question)
         image = await load_image(image_url, bare_base64)
-        boxes = None
-        if opts.boxes is not None:
+        boxes = regions = masks = None
+        if opts.regions is not None:
+            try:  # masks are decoded and checked against the image (size, binary, RLE runs) off the event loop
+                regions, boxes, masks = await asyncio.to_thread(
+                    validate_regions, opts.regions, image.width, image.height, config.max_boxes, "regions")
+            except ValueError as exc:
+                raise RequestFailed(400, str(exc)) from None
+        elif opts.boxes is not None:
             try:
                 boxes = validate_boxes(opts.boxes, image.width, image.height, config.max_boxes, where="boxes")
             except ValueError as exc:
@@ -281,7 +290,8 @@ def build_app(pipe: Any, config: ServerConfig = ServerConfig(), scheduler: Optio
                 boxes = [[float(v) for v in box] for box in opts.boxes]
         return Job(image, question, boxes, ProposalSettings(opts.granularity, opts.min_score, opts.nms, opts.max_boxes),
                    GenerationSettings(max_new, float(temperature or 0.0), float(1.0 if top_p is None else top_p)),
-                   timeout_s=config.request_timeout_s)
+                   timeout_s=config.request_timeout_s, regions=regions,
+                   masks=masks if masks is not None and any(m is not None for m in masks) else None)
 
     async def run(request: Request, job: Job) -> JobOutcome:
         scheduler.submit(job)

@@ -139,13 +139,18 @@ class Job:
 
     def __init__(self, image: Any, question: Optional[str] = None, boxes: Optional[list[list[float]]] = None,
                  proposal: ProposalSettings = ProposalSettings(), generation: Optional[GenerationSettings] = None,
-                 timeout_s: float = 300.0, loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
+                 timeout_s: float = 300.0, loop: Optional[asyncio.AbstractEventLoop] = None,
+                 regions: Optional[list[Any]] = None, masks: Optional[list[Optional[dict]]] = None) -> None:
         if generation is not None and not question:
             raise ValueError("a generate job needs a question")
         self.id = uuid.uuid4().hex
         self.image = image
         self.question = question
+        if regions is not None and (boxes is None or len(boxes) != len(regions)):
+            raise ValueError("a job with regions needs their boxes, one per region")
         self.boxes = boxes
+        self.regions = regions  # the request's regions (boxes and decoded masks), or None
+        self.masks = masks  # per region its mask as COCO RLE (None for a box), or None without masks
         self.scores: Optional[list[float]] = None
         self.user_boxes = boxes is not None
         self.proposal = proposal
@@ -542,8 +547,12 @@ class Scheduler:
             job.announce_boxes()
         start = time.perf_counter()
         try:
+            if any(j.regions is not None for j in group):  # masks among them: every row as regions
+                where = {"regions": [j.regions if j.regions is not None else j.boxes for j in group]}
+            else:
+                where = {"boxes": [j.boxes for j in group]}
             results = self.pipe(
-                [j.image for j in group], [j.question for j in group], boxes=[j.boxes for j in group],
+                [j.image for j in group], [j.question for j in group], **where,
                 batch_size=len(group), max_new_tokens=max_new, streamer=streamer,
                 stopping_criteria=StoppingCriteriaList([stop]), **settings.generate_kwargs(),
             )
@@ -579,6 +588,6 @@ class Scheduler:
                     job._post("text", rest)
             else:  # the incremental decoding disagreed with the final text (should not happen)
                 logger.warning("streamed text %r is not a prefix of the final answer %r", sent, res.raw_text)
-            result = PipelineResult(res.answer, res.raw_text, job.boxes, job.scores)
+            result = PipelineResult(res.answer, res.raw_text, job.boxes, job.scores, job.masks)
             job.finish(JobOutcome(job.boxes, job.scores, result, streamer.prompt_tokens[r], len(streamer.ids[r]),
                                   "stop" if streamer.saw_eos[r] else "length"))

@@ -52,9 +52,12 @@ class ChatMessage(BaseModel):
 
 class ProposalOptions(BaseModel):
     """Where the boxes come from: the request's own ``boxes`` ([x0, y0, x1, y1] in pixels, at most 100),
-    else the UPN's proposals with this granularity and filter (default: the model directory's)."""
+    or its ``regions`` (boxes and masks mixed: a mask as COCO RLE ``{"size": [H, W], "counts": ...}`` or
+    COCO polygons ``[[x0, y0, x1, y1, x2, y2, ...], ...]``; :mod:`chatrex.mllm.regions`), else the UPN's
+    proposals with this granularity and filter (default: the model directory's)."""
 
     boxes: Optional[list[list[float]]] = None
+    regions: Optional[list[Union[list[float], list[list[float]], dict[str, Any]]]] = None
     granularity: Literal["fine", "coarse"] = "fine"
     min_score: Optional[float] = Field(None, ge=0.0, le=1.0)
     nms: Optional[float] = Field(None, le=1.0)

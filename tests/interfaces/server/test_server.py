@@ -117,6 +117,36 @@ def test_native_propose_and_ground(http):
         assert g["boxes"] == [props["boxes"][i] for i in g["indices"]]
 
 
+def test_regions_with_masks_match_the_pipeline_and_come_back_as_rle(http, client, tiny_pipe):
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    image = png_data_url(6, 80, 60)
+    mask = np.zeros((60, 80), dtype=np.uint8)
+    mask[10:30, 5:40] = 1
+    mask[30:50, 20:30] = 1
+    rle = mask_utils.encode(np.asfortranarray(mask))
+    rle = {"size": [60, 80], "counts": rle["counts"].decode("ascii")}
+    polygon = [[50, 5, 75, 5, 75, 40]]
+    regions = [rle, [2, 2, 20, 20], polygon]
+    question = "What is <obj0>?"
+    r = http.post("/v1/ground", json={"image": image, "question": question, "regions": regions, "max_tokens": 8})
+    body = r.json()
+    assert r.status_code == 200, body
+    assert body["boxes"] == [[5.0, 10.0, 40.0, 50.0], [2.0, 2.0, 20.0, 20.0], body["boxes"][2]]
+    assert body["masks"][1] is None and body["masks"][0]["size"] == [60, 80]
+    assert np.array_equal(mask_utils.decode({"size": [60, 80], "counts": body["masks"][0]["counts"].encode()}), mask)
+    assert body["masks"][2] is not None and body["boxes_from"] == "request"
+    # the same answer as the pipeline called directly with these regions
+    pil = Image.open(io.BytesIO(base64.b64decode(image.split(",", 1)[1]))).convert("RGB")
+    [ref] = tiny_pipe(pil, question, regions=[mask.astype(bool), [2, 2, 20, 20], polygon], max_new_tokens=8)
+    assert body["raw_text"] == ref.raw_text
+    # the OpenAI route takes them as an extension field too
+    out = client.chat.completions.create(model="x", messages=user_message(image, question), max_tokens=8,
+                                         extra_body={"regions": regions})
+    assert out.choices[0].message.content == ref.raw_text and out.chatrex["masks"][0] == body["masks"][0]
+
+
 def test_native_ground_stream(http):
     image = png_data_url(5)
     with http.stream("POST", "/v1/ground", json={"image": image, "question": QUESTION, "max_tokens": 10,
@@ -183,6 +213,11 @@ BAD_REQUESTS = [
      400, "non-finite"),
     ("/v1/ground", _ground(boxes=[[30, 30, 10, 10]]), 400, "empty or inverted"),
     ("/v1/ground", _ground(boxes=[[0, 0, 10]]), 400, "has 3 values"),
+    ("/v1/ground", _ground(regions=[{"size": [60, 80], "counts": "0"}]), 400, "region 0"),
+    ("/v1/ground", _ground(regions=[{"size": [7, 7], "counts": "07"}]), 400, "region 0"),
+    ("/v1/ground", _ground(regions=[[[1, 1, 2, 2]]]), 400, "region 0"),
+    ("/v1/ground", _ground(regions=[[0, 0, 10, 10]] * 150), 400, "150 regions"),
+    ("/v1/ground", _ground(boxes=[[0, 0, 10, 10]], regions=[[0, 0, 10, 10]]), 400, "not both"),
     ("/v1/chat/completions", _chat(png_data_url(), text="dog " * 100_000), 400, "at most 200 tokens"),
     ("/v1/ground", _ground(question="red car " * 120), 400, "tokens long; the server accepts at most 200"),
     ("/v1/ground", _ground(question="What is <obj5>?", boxes=[[0, 0, 10, 10]]), 400, "<obj5>"),
