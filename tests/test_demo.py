@@ -313,18 +313,34 @@ def test_build_demo_and_answer(pipe, image, use_annotator, tmp_path):
         extra = []
     else:
         value, extra = image, ["1,2,30,40"]
-    steps = list(answer(value, REGION, "", "", "fine", 0.3, 100, 4, *extra))
+    steps = list(answer(value, REGION, "", "", "fine", 0.3, 100, 4, None, *extra))
     raw, highlighted, picture, summary, record = steps[-1]
     assert picture.size == image.size and record["boxes"] == [[1.0, 2.0, 30.0, 40.0]]
     assert raw == record["raw_text"] and summary.startswith("1 box from your boxes; ")
     with pytest.raises(gr.Error, match="upload an image first"):
-        list(answer(None, DETECTION, "fish", "", "fine", 0.3, 100, 4, *extra))
+        list(answer(None, DETECTION, "fish", "", "fine", 0.3, 100, 4, None, *extra))
     with pytest.raises(gr.Error, match="draw at least one box"):
-        list(answer({"image": image, "boxes": []} if use_annotator else image, REGION, "", "", "fine", 0.3, 100, 4,
+        list(answer({"image": image, "boxes": []} if use_annotator else image, REGION, "", "", "fine", 0.3, 100, 4, None,
                     *[""] * len(extra)))
     on_input = _handler(demo, "on_input")
-    assert on_input(DETECTION, "fish", value, *extra) == build_prompt("detection", categories="fish")
-    assert on_input(REGION, "", value, *extra) == build_prompt("region_category", regions=[0])
+    assert on_input(DETECTION, "fish", value, None, *extra) == build_prompt("detection", categories="fish")
+    assert on_input(REGION, "", value, None, *extra) == build_prompt("region_category", regions=[0])
+    # a region mask: two grey levels are two more regions, numbered after the box; drawn filled
+    mask = Image.new("L", image.size)
+    mask.paste(200, (40, 10, 70, 50))
+    mask.paste(90, (5, 45, 25, 58))
+    assert on_input(REGION, "", value, mask, *extra) == build_prompt("region_category", regions=[0, 1, 2])
+    *_, (raw, highlighted, picture, summary, record) = answer(value, REGION, "", "", "fine", 0.3, 100, 4, mask, *extra)
+    assert record["boxes"] == [[1.0, 2.0, 30.0, 40.0], [5.0, 45.0, 25.0, 58.0], [40.0, 10.0, 70.0, 50.0]]
+    assert record["masks"][0] is None and record["masks"][1]["size"] == [60, 80]
+    assert summary.startswith("3 boxes from your regions (2 masks); ")
+    [ref] = pipe(image, build_prompt("region_category", regions=[0, 1, 2]),
+                 regions=[[1, 2, 30, 40], np.asarray(mask) == 90, np.asarray(mask) == 200], max_new_tokens=4)
+    assert raw == ref.raw_text
+    with pytest.raises(gr.Error, match="region mask is all black"):
+        list(answer(value, REGION, "", "", "fine", 0.3, 100, 4, Image.new("L", image.size), *extra))
+    with pytest.raises(gr.Error, match="the mask is 10x10 .* but the image is 60x80"):
+        list(answer(value, REGION, "", "", "fine", 0.3, 100, 4, Image.new("L", (10, 10), 255), *extra))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -381,11 +397,12 @@ def test_a_new_task_clears_the_previous_tasks_text_and_boxes(pipe, image):
         on_task = _handler(demo, "on_task")
         if use_annotator:
             drawn = {"image": image, "boxes": [{"xmin": 1, "ymin": 2, "xmax": 30, "ymax": 40}], "orientation": 0}
-            field, prompt, image_value = on_task(QUESTION, "what is this?", drawn)
+            field, prompt, image_value, mask_value = on_task(QUESTION, "what is this?", drawn, image)
             assert image_value["boxes"] == [] and image_value["image"] is image
         else:
-            field, prompt, boxes_text = on_task(QUESTION, "what is this?", image, "1,2,30,40")
+            field, prompt, boxes_text, mask_value = on_task(QUESTION, "what is this?", image, image, "1,2,30,40")
             assert boxes_text == ""
+        assert mask_value is None  # the region mask is cleared too
         assert field.value == "" and prompt == ""  # the question task waits for its own text
 
 

@@ -3,6 +3,7 @@
 :func:`build_demo` makes the app around a loaded :class:`~chatrex.interfaces.pipeline.ChatRexPipeline`::
 
     inputs   image (boxes drawn on it with gradio_image_annotation, else typed as x0,y0,x1,y1 lines),
+             an optional region-mask image (each non-zero grey level one mask region, after the boxes),
              task + its text, the prompt (filled from chatrex.grounding.prompts, editable),
              proposal granularity, settings (min score, most boxes, longest answer)
     outputs  the model's text as it is generated, the parsed answer (phrase -> box indices), the image
@@ -33,7 +34,8 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 from PIL import Image
 
 from chatrex.grounding import GroundedAnswer, build_prompt, draw_grounded, phrase_colors
-from chatrex.interfaces.pipeline import MAX_BOXES, OFFICIAL_MIN_SCORE, PipelineResult, validate_boxes
+from chatrex.interfaces.pipeline import (MAX_BOXES, OFFICIAL_MIN_SCORE, PipelineResult, validate_boxes,
+                                        validate_regions)
 from chatrex.utils.image import load_image
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
     "annotation_boxes",
     "split_image_input",
     "count_boxes",
+    "mask_regions",
     "make_request",
     "stream_answer",
     "answer_highlights",
@@ -261,12 +264,41 @@ def split_image_input(image_value: Any, boxes_text: Optional[str] = None) -> tup
     return image_value, parse_boxes_text(boxes_text)
 
 
-def count_boxes(image_value: Any, boxes_text: Optional[str] = None) -> int:
-    """How many boxes the user has given so far (0 while what they typed is malformed)."""
+def count_boxes(image_value: Any, boxes_text: Optional[str] = None, mask_image: Any = None) -> int:
+    """How many regions (boxes, and masks of ``mask_image``) the user has given so far (0 while what they
+    typed is malformed)."""
     try:
-        return len(split_image_input(image_value, boxes_text)[1] or [])
+        boxes = len(split_image_input(image_value, boxes_text)[1] or [])
     except DemoInputError:
         return 0
+    try:
+        return boxes + len(mask_regions(mask_image))
+    except DemoInputError:
+        return boxes
+
+
+def mask_regions(mask_image: Any) -> list:
+    """The mask regions of an uploaded mask image: each distinct non-zero grey level (after conversion to
+    8-bit grey) is one region, in ascending order, so a black-and-white mask is one region. ``None`` → [].
+
+    Raises:
+        DemoInputError: the file is not a readable image, holds no non-zero pixel, or more than
+            ``MAX_BOXES`` levels.
+    """
+    import numpy as np
+
+    if mask_image is None:
+        return []
+    try:
+        grey = np.asarray(load_image(mask_image).convert("L"))
+    except ValueError as exc:  # ImageLoadError
+        raise DemoInputError(f"the region mask: {exc}") from None
+    levels = [int(v) for v in np.unique(grey) if v != 0]
+    if not levels:
+        raise DemoInputError("the region mask is all black: paint each region in a non-black grey level")
+    if len(levels) > MAX_BOXES:
+        raise DemoInputError(f"the region mask has {len(levels)} grey levels (regions); at most {MAX_BOXES} are allowed")
+    return [grey == v for v in levels]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -280,8 +312,11 @@ class DemoRequest:
         image: the RGB image.
         prompt: the text sent to the model.
         task: the menu label it came from.
-        boxes: the user's boxes in image pixels (clipped), or ``None`` for UPN proposals.
+        boxes: the user's boxes in image pixels (clipped), or ``None`` for UPN proposals; with mask regions,
+            each region's box (a mask's bounding box).
         granularity / min_score / max_boxes / max_new_tokens: as ``ChatRexPipeline.__call__`` takes them.
+        regions: with mask regions: the boxes and then the masks (decoded), as ``regions=`` takes them;
+            else ``None``.
     """
 
     image: Image.Image
@@ -292,10 +327,12 @@ class DemoRequest:
     min_score: float = 0.3
     max_boxes: int = MAX_BOXES
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    regions: Optional[list[Any]] = None
 
     def pipeline_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``ChatRexPipeline.stream`` / ``__call__`` after the image and prompt."""
-        return dict(boxes=self.boxes, granularity=self.granularity, min_score=self.min_score,
+        where = dict(regions=self.regions) if self.regions is not None else dict(boxes=self.boxes)
+        return dict(**where, granularity=self.granularity, min_score=self.min_score,
                     max_boxes=self.max_boxes, max_new_tokens=self.max_new_tokens)
 
 
@@ -310,6 +347,7 @@ def make_request(
     max_boxes: int = MAX_BOXES,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     can_type_boxes: bool = True,
+    masks: Optional[Sequence[Any]] = None,
 ) -> DemoRequest:
     """Check the page's inputs and turn them into a :class:`DemoRequest`.
 
@@ -324,6 +362,8 @@ def make_request(
             (at most :data:`MAX_NEW_TOKENS`).
         can_type_boxes: whether the page has a field for typed boxes (the message for a region task
             without boxes mentions it only then).
+        masks: mask regions ((H, W) binary arrays of the image's size, e.g. :func:`mask_regions`), asked
+            about after the boxes (``<objK>`` numbering continues); ``None`` or empty: none.
 
     Raises:
         DemoInputError: no image, an unreadable image, bad boxes, a region task without boxes, an empty
@@ -353,11 +393,19 @@ def make_request(
             checked = validate_boxes(boxes, picture.width, picture.height, int(max_boxes), where="your boxes")
         except ValueError as exc:
             raise DemoInputError(str(exc)) from None
+    regions = None
+    if masks is not None and len(masks) > 0:
+        try:
+            regions, boxes_of, _ = validate_regions([*(checked or []), *masks], picture.width, picture.height,
+                                                    int(max_boxes), where="your regions")
+        except ValueError as exc:
+            raise DemoInputError(str(exc)) from None
+        checked = boxes_of
     if menu.needs_boxes and checked is None:
         raise _missing_boxes(menu, can_type_boxes)
     question = (prompt or "").strip() or task_prompt(menu, text, len(checked or []))
     return DemoRequest(picture, question, menu.label, checked, granularity, float(min_score), int(max_boxes),
-                       int(max_new_tokens))
+                       int(max_new_tokens), regions)
 
 
 def stream_answer(pipeline: Any, request: DemoRequest) -> Iterator[tuple[str, Optional[PipelineResult]]]:
@@ -459,7 +507,11 @@ def render_result(request: DemoRequest, result: PipelineResult, model: Optional[
     from chatrex.interfaces.commands.predict import answer_markup
 
     highlights, color_map = answer_highlights(result.answer)
-    source = "your boxes" if request.boxes is not None else f"UPN {request.granularity}-grained proposals"
+    n_masks = sum(m is not None for m in (result.masks or []))
+    if request.boxes is None:
+        source = f"UPN {request.granularity}-grained proposals"
+    else:
+        source = f"your regions ({_count(n_masks, 'mask', 'masks')})" if n_masks else "your boxes"
     summary = f"{_count(len(result.boxes), 'box', 'boxes')} from {source}; " \
               f"{_count(len(result.answer.groundings), 'grounding', 'groundings')}"
     if result.answer.dropped:
@@ -468,7 +520,7 @@ def render_result(request: DemoRequest, result: PipelineResult, model: Optional[
         text=answer_markup(result.answer).plain,
         highlights=highlights,
         color_map=color_map,
-        image=draw_grounded(request.image, result.answer, result.boxes),
+        image=draw_grounded(request.image, result.answer, result.boxes, masks=result.masks),
         record=result_record(request, result, model),
         summary=summary,
     )
@@ -566,9 +618,11 @@ def build_demo(
         raise ImportError("drawing boxes needs gradio_image_annotation: pip install 'chatrex[demo]'")
 
     # The image input's events run with preprocess=False and decode it with decode_upload (see there).
-    def on_task(label: str, text: str, raw_image: Any, boxes_text: Optional[str] = None) -> tuple[Any, ...]:
-        """A new task starts clean: the text typed and the boxes drawn (or typed) for the previous task are
-        cleared, so they neither reach the new task's prompt nor replace its proposals unseen."""
+    def on_task(label: str, text: str, raw_image: Any, raw_mask: Any = None,
+                boxes_text: Optional[str] = None) -> tuple[Any, ...]:
+        """A new task starts clean: the text typed, the boxes drawn (or typed) and the region mask of the
+        previous task are cleared, so they neither reach the new task's prompt nor replace its proposals
+        unseen."""
         image_value = decode_upload(image_in, raw_image)
         task = find_task(label)
         field = gr.Textbox(value="", label=f"{task.label}: what to ask about", placeholder=task.hint,
@@ -578,16 +632,19 @@ def build_demo(
             image = {**image_value, "boxes": []} if drawn else gr.skip()
         else:
             image = "" if boxes_text is not None else gr.skip()
-        return field, suggest_prompt(label, "", 0), image
+        return field, suggest_prompt(label, "", 0), image, None if raw_mask is not None else gr.skip()
 
-    def on_input(label: str, text: str, raw_image: Any, boxes_text: Optional[str] = None) -> str:
-        return suggest_prompt(label, text, count_boxes(decode_upload(image_in, raw_image), boxes_text))
+    def on_input(label: str, text: str, raw_image: Any, raw_mask: Any = None, boxes_text: Optional[str] = None) -> str:
+        return suggest_prompt(label, text, count_boxes(decode_upload(image_in, raw_image), boxes_text,
+                                                       decode_upload(mask_in, raw_mask)))
 
-    def on_answer(raw_image, label, text, prompt, granularity, min_score, max_boxes, max_new_tokens, boxes_text=None):
+    def on_answer(raw_image, label, text, prompt, granularity, min_score, max_boxes, max_new_tokens, raw_mask=None,
+                  boxes_text=None):
         try:
             image, boxes = split_image_input(decode_upload(image_in, raw_image), boxes_text)
+            masks = mask_regions(decode_upload(mask_in, raw_mask))
             request = make_request(image, label, text, prompt, boxes, granularity, min_score, max_boxes, max_new_tokens,
-                                   can_type_boxes=not use_annotator)
+                                   can_type_boxes=not use_annotator, masks=masks)
             for raw, result in stream_answer(pipeline, request):
                 if result is None:
                     yield raw, gr.skip(), gr.skip(), gr.skip(), gr.skip()
@@ -610,6 +667,9 @@ def build_demo(
                 image_in, boxes_in = _image_input(gr, use_annotator)
                 if examples:
                     gr.Examples(_example_values(examples, use_annotator), inputs=[image_in])
+                mask_in = gr.Image(type="pil", image_mode="L", elem_id="chatrex-mask", height=160,
+                                   label="Region masks (optional): an image of the same size, each non-black grey "
+                                         "level one region, numbered after your boxes")
                 task_in = gr.Dropdown([t.label for t in DEMO_TASKS], value=first.label, label="Task", elem_id="chatrex-task")
                 text_in = gr.Textbox(label=f"{first.label}: what to ask about", placeholder=first.hint,
                                      max_length=MAX_PROMPT_CHARS, elem_id="chatrex-text")
@@ -634,14 +694,16 @@ def build_demo(
                 json_out = gr.JSON(label="Result JSON", elem_id="chatrex-json")
 
         extra = [boxes_in] if boxes_in is not None else []
-        watch = [task_in, text_in, image_in, *extra]
+        watch = [task_in, text_in, image_in, mask_in, *extra]
         raw = dict(preprocess=False)  # the handlers decode the image input themselves (decode_upload)
         quiet = dict(api_visibility="private", show_progress="hidden", **raw)  # prompt filling: page only
-        task_in.change(on_task, watch, [text_in, prompt_in, boxes_in if boxes_in is not None else image_in], **quiet)
-        for component in (text_in, image_in, *extra):
+        task_in.change(on_task, watch, [text_in, prompt_in, boxes_in if boxes_in is not None else image_in, mask_in],
+                       **quiet)
+        for component in (text_in, image_in, mask_in, *extra):
             component.change(on_input, watch, prompt_in, **quiet)
         demo.load(on_input, watch, prompt_in, **quiet)
-        inputs = [image_in, task_in, text_in, prompt_in, granularity_in, min_score_in, max_boxes_in, tokens_in, *extra]
+        inputs = [image_in, task_in, text_in, prompt_in, granularity_in, min_score_in, max_boxes_in, tokens_in, mask_in,
+                  *extra]
         outputs = [raw_out, answer_out, image_out, summary_out, json_out]
         # one model: one answer at a time; clients call it as api_name="/answer"
         run.click(on_answer, inputs, outputs, api_name="answer", concurrency_limit=1, concurrency_id="answer", **raw)
