@@ -156,6 +156,16 @@ def test_cli_fails_cleanly_without_masks(tmp_path, tiny_delta):
     assert "no region with a mask" in result.output
 
 
+def test_cli_refuses_an_official_checkpoint(tmp_path, mask_data, shared_dir):
+    from chatrex.interfaces.cli import build_app
+
+    official = str(shared_dir / "fixtures" / "rexseek_tiny" / "checkpoint")
+    result = CliRunner().invoke(build_app(), ["train", "mask-adapter", official, "--data", str(mask_data),
+                                              "--out", str(tmp_path / "copy"), "--device", "cpu"])
+    assert result.exit_code == 1 and "official checkpoint" in result.output
+    assert not (tmp_path / "copy").exists()  # refused before anything was written
+
+
 def test_add_module_to_delta_refuses_clashes_and_bad_names(tiny_delta):
     from chatrex.mllm.delta import DeltaError, add_module_to_delta
 

@@ -161,7 +161,8 @@ def mask_adapter(
     images: int = typer.Option(0, min=0, help="use the first N records (0: all)"),
     levels: str = typer.Option("instance,part", help="regions to learn from"),
     device: Optional[str] = typer.Option(None, help="cpu or cuda for the feature pass (default: cuda when available)"),
-    features: Optional[Path] = typer.Option(None, help="cache of the extracted features (.pt): read if it exists, else written"),
+    features: Optional[Path] = typer.Option(None, help="cache of the extracted features (.pt): read if it exists, "
+                                                      "else written; a cache of another model or data is not detected"),
 ) -> None:
     """Teach a model trained on box regions to read mask regions: add a mask adapter fitted to the model's own
     box tokens (chatrex.training.mask_adapter). Box answers stay exactly as they were."""
@@ -175,6 +176,7 @@ def mask_adapter(
     from chatrex.interfaces.pipeline import CHATREX_SUBDIR
     from chatrex.mllm.delta import DeltaError, add_module_to_delta, is_delta_dir, load_delta
     from chatrex.mllm.modeling_chatrex import ChatRexForConditionalGeneration
+    from chatrex.mllm.official import is_official_dir
     from chatrex.mllm.processing_chatrex import ChatRexProcessor
     from chatrex.training.mask_adapter import (MaskAdapterConfig, RegionFeatures, extract_region_features,
                                                fit_mask_adapter)
@@ -187,6 +189,10 @@ def mask_adapter(
                                 levels=tuple(x.strip() for x in levels.split(",") if x.strip()))
     except ValueError as exc:
         fail(str(exc), exc)
+    source = model_dir / CHATREX_SUBDIR if (model_dir / CHATREX_SUBDIR).is_dir() else model_dir
+    if is_official_dir(source):
+        fail(f"{source} is an official checkpoint, which has no place for a mask adapter; convert it first "
+             "(chatrex convert) and fit the adapter on the converted folder")
     root = out or model_dir
     if out is not None:
         if not model_dir.is_dir():
