@@ -133,6 +133,8 @@ def add_module_to_delta(folder: str | os.PathLike, name: str, tensors: dict[str,
 
     present: set[str] = set()
     for f in others:  # the names only: nothing else is read
+        if not (folder / f).is_file():
+            raise DeltaError(f"delta shard missing: {folder / f}")
         with safe_open(str(folder / f), framework="pt") as handle:
             present.update(handle.keys())
     clash = sorted(set(tensors) & present)
