@@ -27,31 +27,39 @@ class Granularity(str, Enum):
     coarse = "coarse"
 
 
-def _read_boxes(spec: str) -> list:
-    """``--boxes``: inline JSON (``[[x0,y0,x1,y1], ...]``) or a JSON file holding such a list or an object
-    with a ``"boxes"`` list (e.g. the JSON ``chatrex propose`` writes)."""
-    text = spec
-    source = "--boxes"
+def _read_json_list(spec: str, option: str, key: str, what: str) -> tuple[list, str, Path]:
+    """Inline JSON, or the path of a JSON file, holding a list or an object with a ``key`` list.
+
+    Returns ``(the list, where it came from for messages, the folder relative paths in it start from)``;
+    every problem ends the command with a message naming ``option`` or the file.
+    """
+    text, source, base = spec, option, Path.cwd()
     if not spec.lstrip().startswith(("[", "{")):
         path = Path(spec)
         if not path.is_file():
-            _fail(f"--boxes '{spec}' is neither inline JSON nor an existing JSON file")
+            _fail(f"{option} '{spec}' is neither inline JSON nor an existing JSON file")
         try:
             text = path.read_text()
         except OSError as exc:
-            _fail(f"could not read the boxes file '{path}': {exc}")
-        source = f"boxes file '{path}'"
+            _fail(f"could not read the {key} file '{path}': {exc}")
+        source, base = f"{key} file '{path}'", path.parent
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         _fail(f"{source} is not valid JSON: {exc}")
     if isinstance(data, dict):
-        if "boxes" not in data:
-            _fail(f"{source} is a JSON object without a 'boxes' list")
-        data = data["boxes"]
+        if key not in data:
+            _fail(f"{source} is a JSON object without a '{key}' list")
+        data = data[key]
     if not isinstance(data, list):
-        _fail(f"{source} must be a list of [x0, y0, x1, y1] boxes, got {type(data).__name__}")
-    return data
+        _fail(f"{source} must be a list of {what}, got {type(data).__name__}")
+    return data, source, base
+
+
+def _read_boxes(spec: str) -> list:
+    """``--boxes``: inline JSON (``[[x0,y0,x1,y1], ...]``) or a JSON file holding such a list or an object
+    with a ``"boxes"`` list (e.g. the JSON ``chatrex propose`` writes)."""
+    return _read_json_list(spec, "--boxes", "boxes", "[x0, y0, x1, y1] boxes")[0]
 
 
 def _read_regions(spec: str) -> list:
@@ -62,26 +70,7 @@ def _read_regions(spec: str) -> list:
     import numpy as np
     from PIL import Image
 
-    text, source, base = spec, "--regions", Path.cwd()
-    if not spec.lstrip().startswith(("[", "{")):
-        path = Path(spec)
-        if not path.is_file():
-            _fail(f"--regions '{spec}' is neither inline JSON nor an existing JSON file")
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            _fail(f"could not read the regions file '{path}': {exc}")
-        source, base = f"regions file '{path}'", path.parent
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        _fail(f"{source} is not valid JSON: {exc}")
-    if isinstance(data, dict):
-        if "regions" not in data:
-            _fail(f"{source} is a JSON object without a 'regions' list")
-        data = data["regions"]
-    if not isinstance(data, list):
-        _fail(f"{source} must be a list of regions (boxes, RLE masks, polygons), got {type(data).__name__}")
+    data, source, base = _read_json_list(spec, "--regions", "regions", "regions (boxes, RLE masks, polygons)")
     out = []
     for k, region in enumerate(data):
         if isinstance(region, dict) and "mask" in region and "counts" not in region:
