@@ -274,10 +274,10 @@ def build_app(pipe: Any, config: ServerConfig = ServerConfig(), scheduler: Optio
                                          "allowed (ChatRex reads at most 100)")
         await check_question(question)
         image = await load_image(image_url, bare_base64)
-        boxes = regions = masks = None
+        boxes = regions = None
         if opts.regions is not None:
             try:  # masks are decoded and checked against the image (size, binary, RLE runs) off the event loop
-                regions, boxes, masks = await asyncio.to_thread(
+                regions, boxes, _ = await asyncio.to_thread(
                     validate_regions, opts.regions, image.width, image.height, config.max_boxes, "regions")
             except ValueError as exc:
                 raise RequestFailed(400, str(exc)) from None
@@ -290,8 +290,7 @@ def build_app(pipe: Any, config: ServerConfig = ServerConfig(), scheduler: Optio
                 boxes = [[float(v) for v in box] for box in opts.boxes]
         return Job(image, question, boxes, ProposalSettings(opts.granularity, opts.min_score, opts.nms, opts.max_boxes),
                    GenerationSettings(max_new, float(temperature or 0.0), float(1.0 if top_p is None else top_p)),
-                   timeout_s=config.request_timeout_s, regions=regions,
-                   masks=masks if masks is not None and any(m is not None for m in masks) else None)
+                   timeout_s=config.request_timeout_s, regions=regions)
 
     async def run(request: Request, job: Job) -> JobOutcome:
         scheduler.submit(job)

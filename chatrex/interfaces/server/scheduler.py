@@ -140,7 +140,7 @@ class Job:
     def __init__(self, image: Any, question: Optional[str] = None, boxes: Optional[list[list[float]]] = None,
                  proposal: ProposalSettings = ProposalSettings(), generation: Optional[GenerationSettings] = None,
                  timeout_s: float = 300.0, loop: Optional[asyncio.AbstractEventLoop] = None,
-                 regions: Optional[list[Any]] = None, masks: Optional[list[Optional[dict]]] = None) -> None:
+                 regions: Optional[list[Any]] = None) -> None:
         if generation is not None and not question:
             raise ValueError("a generate job needs a question")
         self.id = uuid.uuid4().hex
@@ -150,7 +150,6 @@ class Job:
             raise ValueError("a job with regions needs their boxes, one per region")
         self.boxes = boxes
         self.regions = regions  # the request's regions (boxes and decoded masks), or None
-        self.masks = masks  # per region its mask as COCO RLE (None for a box), or None without masks
         self.scores: Optional[list[float]] = None
         self.user_boxes = boxes is not None
         self.proposal = proposal
@@ -588,6 +587,6 @@ class Scheduler:
                     job._post("text", rest)
             else:  # the incremental decoding disagreed with the final text (should not happen)
                 logger.warning("streamed text %r is not a prefix of the final answer %r", sent, res.raw_text)
-            result = PipelineResult(res.answer, res.raw_text, job.boxes, job.scores, job.masks)
+            result = PipelineResult(res.answer, res.raw_text, job.boxes, job.scores, res.masks)
             job.finish(JobOutcome(job.boxes, job.scores, result, streamer.prompt_tokens[r], len(streamer.ids[r]),
                                   "stop" if streamer.saw_eos[r] else "length"))
