@@ -202,6 +202,7 @@ def fit_mask_adapter(model, feats: RegionFeatures, cfg: MaskAdapterConfig,
                      log: Optional[Callable[[str], None]] = None) -> tuple[MaskAdapter, MaskAdapterReport]:
     """Fit a new :class:`MaskAdapter` (identity at the start) on ``feats``; the model stays frozen.
 
+    ``model`` is moved to the CPU in float32 and its parameters are left with ``requires_grad=False``.
     Returns the adapter (on the CPU, float32) and a report with the held-out cosine before and after.
     """
     g = torch.Generator().manual_seed(cfg.seed)
