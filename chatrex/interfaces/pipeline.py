@@ -350,7 +350,7 @@ class ChatRexPipeline:
         generation: how greedy answers are decoded (:mod:`chatrex.mllm.fast_generation`): ``"default"``
             (``model.generate``), ``"static"`` (a static KV cache, one prefill pass), ``"compiled"`` (that,
             with the decode step compiled and, on CUDA, replayed as a CUDA graph; the first call per
-            batch size and cache length compiles), ``"auto"`` (``"compiled"`` on CUDA, else ``"default"``).
+            batch size and cache length compiles), ``"auto"`` (``"compiled"`` on CUDA, else ``"static"``).
             Settings other than greedy (sampling, beams, ...) always use ``model.generate``. The tokens
             are the same either way.
     """
@@ -595,7 +595,10 @@ class ChatRexPipeline:
             raise ValueError(f"max_boxes must be in 1..{MAX_BOXES}, got {max_boxes}")
         if not 0.0 <= float(min_score) <= 1.0:
             raise ValueError(f"min_score must be in [0, 1], got {min_score}")
-        pils = [load_image(im) for im in images]
+        # each distinct input loaded once, so that repeats of one image stay one object (one UPN pass in
+        # ``propose``, which groups by identity; evaluation asks several questions about one image)
+        loaded: dict[int, Any] = {}
+        pils = [loaded[id(im)] if id(im) in loaded else loaded.setdefault(id(im), load_image(im)) for im in images]
         box_lists: list[Optional[list[list[float]]]] = [None] * len(pils)
         score_lists: list[Optional[list[float]]] = [None] * len(pils)
         region_lists: list[Optional[list]] = [None] * len(pils)

@@ -40,11 +40,12 @@ from torch import nn
 
 from chatrex.mllm.object_pointer import point_logits
 
-__all__ = ["StaticGenerator", "GENERATION_BACKENDS", "resolve_backend"]
+__all__ = ["StaticGenerator", "GENERATION_BACKENDS", "PrefixPlan", "resolve_backend", "shared_prefixes"]
 
 #: ``generation`` settings the pipeline takes: ``"default"`` = ``model.generate``; ``"static"`` = static
 #: cache, eager step; ``"compiled"`` = static cache, ``torch.compile``d step and (on CUDA) CUDA graphs;
-#: ``"auto"`` = ``"compiled"`` on CUDA, ``"default"`` elsewhere.
+#: ``"auto"`` = ``"compiled"`` on CUDA, ``"static"`` elsewhere (no compilation; shared prefixes, the same
+#: tokens as ``"default"``).
 GENERATION_BACKENDS = ("auto", "default", "static", "compiled")
 
 #: Generation settings whose defaults leave greedy decoding unchanged; any other value is not supported here.
@@ -67,12 +68,94 @@ _INPUT_KEYS = ("input_ids", "attention_mask", "pixel_values", "pixel_values_aux"
                "region_mask_indices")
 
 
+@dataclass
+class PrefixPlan:
+    """How a batch's prompts split into shared prefixes and own suffixes (:func:`shared_prefixes`).
+
+    Attributes:
+        first: the first row of each distinct prefix (U ≤ B rows). inverse: (B,) long, each row's prefix
+            as a position in ``first``.
+        prefix_ids / prefix_mask: (B, P) each row's prefix (its prompt up to and including its last
+            placeholder), left padded to the longest.
+        suffix_ids / suffix_mask: (B, S) the rest of each row's prompt, left padded to the longest.
+    """
+
+    first: list[int]
+    inverse: torch.Tensor
+    prefix_ids: torch.Tensor
+    prefix_mask: torch.Tensor
+    suffix_ids: torch.Tensor
+    suffix_mask: torch.Tensor
+
+
+def _same(a: Optional[list[torch.Tensor]], i: int, j: int) -> bool:
+    return a is None or (a[i].shape == a[j].shape and torch.equal(a[i], a[j]))
+
+
+def shared_prefixes(input_ids: torch.Tensor, attention_mask: torch.Tensor, placeholder_ids: tuple[int, ...],
+                    pixel_values: torch.Tensor, pixel_values_aux: torch.Tensor,
+                    boxes: Optional[list[torch.Tensor]] = None, region_masks: Optional[list[torch.Tensor]] = None,
+                    region_mask_indices: Optional[list[torch.Tensor]] = None) -> Optional[PrefixPlan]:
+    """Find rows of a left-padded multimodal batch that only differ after their image and object tokens.
+
+    A row's prefix is its prompt up to and including its last placeholder (``placeholder_ids``: the
+    ``<image>`` and ``<objfeat>`` ids); two rows share it when the prefix ids, both image inputs, the
+    boxes and the region masks are equal. Everything a prefix's keys and values depend on is then equal,
+    so one prefill of it serves every row that has it.
+
+    Args:
+        input_ids / attention_mask: (B, L), left padded.
+        pixel_values: (B, 3, S, S); pixel_values_aux: (B, 3, S', S'); boxes: B tensors (K_i, 4);
+            region_masks / region_mask_indices: B tensors or None.
+    Returns:
+        a :class:`PrefixPlan`, or None when no two rows share a prefix (or a row has no placeholder).
+    """
+    batch = input_ids.shape[0]
+    ids = [row[m.bool()] for row, m in zip(input_ids, attention_mask)]
+    is_placeholder = [torch.isin(r, torch.tensor(placeholder_ids, device=r.device)) for r in ids]
+    if not all(bool(p.any()) for p in is_placeholder):
+        return None
+    cut = [int(p.nonzero()[-1]) + 1 for p in is_placeholder]
+    first: list[int] = []
+    inverse: list[int] = []
+    for i in range(batch):
+        for u, j in enumerate(first):
+            if (cut[i] == cut[j] and torch.equal(ids[i][: cut[i]], ids[j][: cut[j]])
+                    and torch.equal(pixel_values[i], pixel_values[j])
+                    and torch.equal(pixel_values_aux[i], pixel_values_aux[j])
+                    and _same(boxes, i, j) and _same(region_masks, i, j) and _same(region_mask_indices, i, j)):
+                inverse.append(u)
+                break
+        else:
+            inverse.append(len(first))
+            first.append(i)
+    if len(first) == batch:
+        return None
+
+    def left_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(r) for r in rows)
+        out = input_ids.new_zeros(batch, width)
+        mask = attention_mask.new_zeros(batch, width)
+        for k, r in enumerate(rows):
+            if len(r):
+                out[k, width - len(r):] = r
+                mask[k, width - len(r):] = 1
+        return out, mask
+
+    if any(len(r) == c for r, c in zip(ids, cut)):
+        return None  # a prompt that ends at a placeholder: no suffix to read the first token from
+    prefix_ids, prefix_mask = left_pad([r[:c] for r, c in zip(ids, cut)])
+    suffix_ids, suffix_mask = left_pad([r[c:] for r, c in zip(ids, cut)])
+    return PrefixPlan(first, torch.tensor(inverse, dtype=torch.long, device=input_ids.device), prefix_ids,
+                      prefix_mask, suffix_ids, suffix_mask)
+
+
 def resolve_backend(backend: str, device: torch.device | str) -> str:
-    """``"auto"`` → ``"compiled"`` on CUDA, else ``"default"``; other names are checked and returned."""
+    """``"auto"`` → ``"compiled"`` on CUDA, else ``"static"``; other names are checked and returned."""
     if backend not in GENERATION_BACKENDS:
         raise ValueError(f"generation must be one of {', '.join(GENERATION_BACKENDS)}; got {backend!r}")
     if backend == "auto":
-        return "compiled" if torch.device(device).type == "cuda" else "default"
+        return "compiled" if torch.device(device).type == "cuda" else "static"
     return backend
 
 
@@ -121,12 +204,17 @@ class StaticGenerator:
             used dropped first).
         check_every: without a streamer or a stop signal, how many steps run between checks whether
             every row has finished (each check waits for the device).
+        share_prefixes: rows whose prompts agree up to their last ``<image>`` / ``<objfeat>`` and show the
+            same image with the same boxes (several questions about one image) share one prefill of that
+            part (see :func:`shared_prefixes`); their tokens are those of separate prefills up to
+            floating-point rounding.
 
     Calls are serialised with a lock (one cache per shape); run one generator per model.
     """
 
     def __init__(self, model: nn.Module, compile: bool | dict[str, Any] = False, cuda_graphs: Optional[bool] = None,
-                 cache_multiple: int = 256, max_shapes: int = 8, check_every: int = 16) -> None:
+                 cache_multiple: int = 256, max_shapes: int = 8, check_every: int = 16,
+                 share_prefixes: bool = True) -> None:
         if cache_multiple < 1 or max_shapes < 1 or check_every < 1:
             raise ValueError("cache_multiple, max_shapes and check_every must be positive")
         self.model = model
@@ -139,6 +227,7 @@ class StaticGenerator:
         self.cache_multiple = int(cache_multiple)
         self.max_shapes = int(max_shapes)
         self.check_every = int(check_every)
+        self.share_prefixes = bool(share_prefixes)
         self._slots: "OrderedDict[tuple[int, int], _Slot]" = OrderedDict()
         self._lock = threading.Lock()
         self._pool = None
@@ -267,6 +356,56 @@ class StaticGenerator:
             self._step_fn(s)
         s.graph = graph
 
+    # ------------------------------------------------------------------------------------ prefill
+    def _placeholder_ids(self) -> tuple[int, ...]:
+        return tuple(int(i) for i in (self.config.image_token_id, self.config.objfeat_token_id) if i is not None)
+
+    def _set_keys(self, s: _Slot, keys: Optional[torch.Tensor], key_mask: Optional[torch.Tensor]) -> None:
+        """Put the pointer's keys (B, K, P) / (B, K) from a prefill into the slot (models with a pointer)."""
+        if s.keys is None:
+            return
+        k = keys.shape[1]
+        if k > s.keys.shape[1]:
+            raise ValueError(f"{k} boxes but the model names at most {s.keys.shape[1]}")
+        s.keys.zero_()
+        s.key_mask.zero_()
+        s.keys[:, :k] = keys
+        s.key_mask[:, :k] = key_mask
+
+    def _shared_prefill(self, s: _Slot, plan: "PrefixPlan", pixel_values, pixel_values_aux, boxes, region_masks,
+                        region_mask_indices) -> tuple[Any, int]:
+        """Prefill with each distinct prefix read once: the U prefixes (images and boxes merged) into a
+        temporary cache, their keys and values copied to the rows that share them (cache columns
+        [0, P)), then the B suffixes (the questions) in one pass at columns [P, P + S).
+
+        Returns the suffix pass's output (its last logits) and P + S, the columns the prompt uses."""
+        from transformers import DynamicCache
+
+        first, inverse = plan.first, plan.inverse
+        prefix_len, suffix_len = plan.prefix_ids.shape[1], plan.suffix_ids.shape[1]
+        scratch = DynamicCache(config=self.config.text_config)
+        sel = torch.tensor(first, device=plan.prefix_ids.device)
+        out = self.model(
+            input_ids=plan.prefix_ids[sel], attention_mask=plan.prefix_mask[sel],
+            pixel_values=pixel_values[sel], pixel_values_aux=pixel_values_aux[sel],
+            boxes=None if boxes is None else [boxes[j] for j in first],
+            region_masks=None if region_masks is None else [region_masks[j] for j in first],
+            region_mask_indices=None if region_mask_indices is None else [region_mask_indices[j] for j in first],
+            past_key_values=scratch, use_cache=True, logits_to_keep=1)
+        for layer_idx, layer in enumerate(scratch.layers):
+            s.cache.update(layer.keys[inverse], layer.values[inverse], layer_idx)
+        del scratch
+        keys = None if out.object_keys is None else out.object_keys[inverse]
+        key_mask = None if out.object_key_mask is None else out.object_key_mask[inverse]
+        self._set_keys(s, keys, key_mask)
+        mask = torch.cat([plan.prefix_mask, plan.suffix_mask], dim=1)
+        s.mask[:, : prefix_len + suffix_len] = mask
+        position_ids = plan.prefix_mask.long().sum(-1, keepdim=True) + plan.suffix_mask.long().cumsum(-1) - 1
+        out = self.model(input_ids=plan.suffix_ids, attention_mask=mask, position_ids=position_ids.clamp(min=0),
+                         past_key_values=s.cache, use_cache=True, logits_to_keep=1,
+                         object_keys=keys, object_key_mask=key_mask)
+        return out, prefix_len + suffix_len
+
     # ------------------------------------------------------------------------------------ generate
     @torch.inference_mode()
     def generate(
@@ -298,8 +437,9 @@ class StaticGenerator:
         Returns:
             (B, L + T) prompt and generated ids, as ``model.generate`` returns them.
         Raises:
-            ValueError: settings that need ``model.generate`` (see :meth:`unsupported`), or a prompt
-                longer than the LLM's positions allow.
+            ValueError: settings that need ``model.generate`` (see :meth:`unsupported`), or a prompt that
+                fills the LLM's positions (``max_position_embeddings``; answers are cut at the last one,
+                where ``model.generate`` would go on past it).
         """
         reason = self.unsupported(generation_config, **kwargs)
         if reason is not None:
@@ -330,9 +470,10 @@ class StaticGenerator:
         if max_new <= 0:
             return input_ids
         limit = getattr(self.config.text_config, "max_position_embeddings", None)
-        if limit is not None and length + max_new > limit:
-            raise ValueError(f"the prompt ({length} tokens) and max_new_tokens ({max_new}) exceed the LLM's "
-                             f"{limit} positions")
+        if limit is not None:
+            if length >= limit:
+                raise ValueError(f"the prompt ({length} tokens) fills the LLM's {limit} positions")
+            max_new = min(max_new, limit - length)  # an answer ends at the LLM's last position
         with self._lock:
             return self._generate(input_ids, attention_mask, pixel_values, pixel_values_aux, boxes, max_new,
                                   eos_ids, int(pad), streamer, should_stop, region_masks, region_mask_indices)
@@ -343,6 +484,13 @@ class StaticGenerator:
         batch, length = input_ids.shape
         need = length + max_new
         cache_len = -(-need // self.cache_multiple) * self.cache_multiple
+        plan = None
+        if self.share_prefixes and batch > 1 and pixel_values is not None:
+            plan = shared_prefixes(input_ids, attention_mask, self._placeholder_ids(), pixel_values,
+                                   pixel_values_aux, boxes, region_masks, region_mask_indices)
+        if plan is not None:  # the prompt is laid out again: [prefix, left padded][suffix, left padded]
+            need = plan.prefix_ids.shape[1] + plan.suffix_ids.shape[1] + max_new
+            cache_len = -(-need // self.cache_multiple) * self.cache_multiple
         s = self._slot(batch, cache_len, device)
         s.eos.fill_(-1)
         if eos_ids:
@@ -350,30 +498,28 @@ class StaticGenerator:
         s.pad.fill_(pad)
         s.cache.reset()
         s.mask.zero_()
-        s.mask[:, :length] = attention_mask
         s.finished.zero_()
         s.tokens.fill_(pad)
         s.step.zero_()
         if streamer is not None:
             streamer.put(input_ids.cpu())
 
-        # prefill: the whole prompt in one pass, images and boxes merged by the model's forward
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
-                         pixel_values_aux=pixel_values_aux, boxes=boxes, region_masks=region_masks,
-                         region_mask_indices=region_mask_indices, past_key_values=s.cache, use_cache=True,
-                         logits_to_keep=1)
-        if s.keys is not None:
-            k = out.object_keys.shape[1]
-            if k > s.keys.shape[1]:
-                raise ValueError(f"{k} boxes but the model names at most {s.keys.shape[1]}")
-            s.keys.zero_()
-            s.key_mask.zero_()
-            s.keys[:, :k] = out.object_keys
-            s.key_mask[:, :k] = out.object_key_mask
+        if plan is None:
+            # prefill: the whole prompt in one pass, images and boxes merged by the model's forward
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
+                             pixel_values_aux=pixel_values_aux, boxes=boxes, region_masks=region_masks,
+                             region_mask_indices=region_mask_indices, past_key_values=s.cache, use_cache=True,
+                             logits_to_keep=1)
+            self._set_keys(s, out.object_keys, out.object_key_mask)
+            used = length
+            s.mask[:, :length] = attention_mask
+        else:
+            out, used = self._shared_prefill(s, plan, pixel_values, pixel_values_aux, boxes, region_masks,
+                                             region_mask_indices)
         # the first new token comes from the prefill's logits; _advance moves position and slot one on, to
-        # the token's own place (position = the row's real tokens, slot = L)
+        # the token's own place (position = the row's real tokens, slot = the prompt's columns)
         s.pos.copy_(attention_mask.long().sum(-1, keepdim=True) - 1)
-        s.slot.fill_(length - 1)
+        s.slot.fill_(used - 1)
         self._advance(s, out.logits[:, -1])
 
         steps = 1

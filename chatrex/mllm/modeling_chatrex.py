@@ -441,7 +441,15 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
             if n != b.shape[0]:
                 raise ValueError(f"sequence {i} has {n} <objfeat> tokens but {b.shape[0]} boxes")
 
-        image_embeds, levels = self.get_image_features(pixel_values, pixel_values_aux)
+        if torch.is_grad_enabled():
+            image_embeds, levels = self.get_image_features(pixel_values, pixel_values_aux)
+        else:  # inference: rows showing the same image (several questions about it) share one tower pass
+            first, inverse = distinct_images(pixel_values, pixel_values_aux)
+            if len(first) == batch:
+                image_embeds, levels = self.get_image_features(pixel_values, pixel_values_aux)
+            else:
+                image_embeds, levels = self.get_image_features(pixel_values[first], pixel_values_aux[first])
+                image_embeds, levels = image_embeds[inverse], [lv[inverse] for lv in levels]
         image_embeds = image_embeds.to(inputs_embeds.dtype).reshape(-1, inputs_embeds.shape[-1])
         inputs_embeds = inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), image_embeds)
         if (region_masks is None) != (region_mask_indices is None):
@@ -643,6 +651,29 @@ class ChatRexCausalLMOutput(CausalLMOutputWithPast):
 
     object_keys: torch.Tensor | None = None
     object_key_mask: torch.Tensor | None = None
+
+
+def distinct_images(pixel_values: torch.Tensor, pixel_values_aux: torch.Tensor) -> tuple[list[int], torch.Tensor]:
+    """Which rows of a batch show the same image: both inputs equal, element for element.
+
+    Args:
+        pixel_values: (B, 3, S, S); pixel_values_aux: (B, 3, S', S').
+    Returns:
+        ``first``: the first row of each distinct image, in order (U ≤ B indices); ``inverse``: (B,) long on
+        the inputs' device, the position in ``first`` of each row's image, so ``x[first][inverse]`` equals
+        ``x`` for per-image results ``x``.
+    """
+    first: list[int] = []
+    inverse: list[int] = []
+    for i in range(pixel_values.shape[0]):
+        for u, j in enumerate(first):
+            if torch.equal(pixel_values[i], pixel_values[j]) and torch.equal(pixel_values_aux[i], pixel_values_aux[j]):
+                inverse.append(u)
+                break
+        else:
+            inverse.append(len(first))
+            first.append(i)
+    return first, torch.tensor(inverse, dtype=torch.long, device=pixel_values.device)
 
 
 def labelled_positions(labels: torch.Tensor, ignore_index: int = -100) -> tuple[torch.Tensor, torch.Tensor]:

@@ -61,10 +61,14 @@ class UPNTransform:
 
     def resize(self, image: Image.Image) -> Image.Image:
         """Resize with PIL bilinear (antialiased when shrinking), as torchvision does for PIL input."""
-        h, w = resized_size(image.width, image.height, self.size, self.max_size)
+        h, w = self.resized_size(image)
         if (h, w) == (image.height, image.width):
             return image
         return TF.resize(image, [h, w], interpolation=TF.InterpolationMode.BILINEAR)
+
+    def resized_size(self, image: Image.Image) -> tuple[int, int]:
+        """(height, width) of ``image`` after :meth:`resize`."""
+        return resized_size(image.width, image.height, self.size, self.max_size)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """Return the normalised tensor (3, H', W') float32 for an RGB PIL image."""
@@ -103,3 +107,35 @@ def batch_images(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.T
         images[i, :, : t.shape[1], : t.shape[2]].copy_(t)
         mask[i, : t.shape[1], : t.shape[2]] = False
     return images, mask
+
+
+def size_batches(sizes: Sequence[tuple[int, int]], max_batch: Optional[int] = None,
+                 max_padding: float = 0.25) -> list[list[int]]:
+    """Group images into padded batches that waste little: images of alike shape go together.
+
+    Padding to the batch's largest height and width costs compute on every padded pixel (a portrait and
+    a landscape image padded together run on a square more than twice the area of each). Images are
+    taken in order of aspect ratio, and a batch takes the next one while its padded area stays within
+    ``1 + max_padding`` times the images' own area and it holds fewer than ``max_batch``.
+
+    Args:
+        sizes: (height, width) of each image as the model sees it (after resizing).
+        max_batch: most images per batch (None: no limit).
+        max_padding: padded area allowed beyond the images' own, as a fraction of it.
+    Returns:
+        the batches, as lists of indices into ``sizes``, every index once.
+    """
+    if max_batch is not None and max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1 or None, got {max_batch}")
+    order = sorted(range(len(sizes)), key=lambda i: (sizes[i][0] / sizes[i][1], sizes[i][0] * sizes[i][1]))
+    out: list[list[int]] = []
+    for i in order:
+        if out and (max_batch is None or len(out[-1]) < max_batch):
+            group = out[-1] + [i]
+            h = max(sizes[j][0] for j in group)
+            w = max(sizes[j][1] for j in group)
+            if h * w * len(group) <= (1.0 + max_padding) * sum(sizes[j][0] * sizes[j][1] for j in group):
+                out[-1].append(i)
+                continue
+        out.append([i])
+    return out

@@ -27,7 +27,7 @@ from torch import nn
 
 from chatrex.upn.config import PROMPT_TYPES, canonical_prompt_type
 from chatrex.upn.postprocess import filter_proposals, postprocess
-from chatrex.upn.transforms import UPNTransform, batch_images
+from chatrex.upn.transforms import UPNTransform, batch_images, size_batches
 from chatrex.utils.image import ImageInput, load_image
 
 #: Name of the default config preset (used to tell "not given" from an explicit choice).
@@ -252,8 +252,8 @@ class UPNWrapper:
         """Propose boxes for one image or a list of images.
 
         Args:
-            image: a path, PIL image, numpy array or tensor, or a list of them (one padded batch, or
-                chunks of ``batch_size``).
+            image: a path, PIL image, numpy array or tensor, or a list of them, run in padded batches of
+                alike shapes (:func:`chatrex.upn.transforms.size_batches`), at most ``batch_size`` each.
             prompt_type: ``"fine_grained_prompt"`` / ``"fine"`` (parts and small objects) or
                 ``"coarse_grained_prompt"`` / ``"coarse"`` (whole objects).
 
@@ -268,14 +268,24 @@ class UPNWrapper:
         images = list(image) if isinstance(image, (list, tuple)) else [image]
         if not images:
             raise ValueError("inference got an empty list of images")
-        step = self.batch_size or len(images)
+        pils = [load_image(im) for im in images]
+        # batches of alike shapes (at most batch_size each): padding a portrait and a landscape image
+        # together would more than double the pixels the model runs on
+        groups = size_batches([self.transform.resized_size(im) for im in pils], self.batch_size)
         was_training = self.model.training
         self.model.eval()
         try:
-            parts = [self._forward(images[i : i + step], prompt) for i in range(0, len(images), step)]
+            parts = [(group, self._forward([pils[i] for i in group], prompt)) for group in groups]
         finally:
             self.model.train(was_training)
-        return {key: np.concatenate([p[key] for p in parts], axis=0) for key in ("original_xyxy_boxes", "scores")}
+        out = {}
+        for key in ("original_xyxy_boxes", "scores"):
+            first = parts[0][1][key]
+            merged = np.empty((len(pils), *first.shape[1:]), dtype=first.dtype)
+            for group, part in parts:
+                merged[group] = part[key]
+            out[key] = merged
+        return out
 
     __call__ = inference
 

@@ -285,6 +285,21 @@ def test_one_upn_pass_per_distinct_image(parts, images):
     assert got == [alone[0], alone[1], alone[0], alone[0]]
     got[0][0].append([0, 0, 1, 1])  # each query gets its own lists
     assert got[2][0] == alone[0][0]
+    # answering questions: still one UPN pass over the two distinct images, and one tower pass each
+    towers = []
+    get_image_features = model.get_image_features
+
+    def counting(pv, aux):
+        towers.append(pv.shape[0])
+        return get_image_features(pv, aux)
+
+    model.get_image_features = counting
+    try:
+        results = pipe(batch, ["What is this?"] * 4, min_score=0.0, max_boxes=5, batch_size=4, **GEN)
+    finally:
+        del model.get_image_features
+    assert seen == [2, 2, 2] and towers == [2]
+    assert [r.boxes for r in results] == [alone[0][0], alone[1][0], alone[0][0], alone[0][0]]
 
 
 def _masks_for(images):

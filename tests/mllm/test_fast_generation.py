@@ -136,12 +136,17 @@ def test_settings_other_than_greedy_are_refused_with_the_reason(lively_model, ti
     assert "logits_processor" in StaticGenerator.unsupported(None, logits_processor=[])
     with pytest.raises(ValueError, match="greedy decoding only.*num_beams"):
         StaticGenerator(lively_model).generate(**_inputs(tiny_processor, (1,)), num_beams=2)
+    b = _inputs(tiny_processor, (1,))
+    limit = lively_model.config.text_config.max_position_embeddings
+    out = StaticGenerator(lively_model).generate(**b, max_new_tokens=10_000, eos_token_id=None)
+    assert out.shape[1] == limit  # the answer ends at the LLM's last position
+    too_long = {**b, "input_ids": b["input_ids"].repeat(1, limit // b["input_ids"].shape[1] + 1)}
     with pytest.raises(ValueError, match="positions"):
-        StaticGenerator(lively_model).generate(**_inputs(tiny_processor, (1,)), max_new_tokens=10_000)
+        StaticGenerator(lively_model).generate(**too_long, max_new_tokens=1)
 
 
 def test_backend_names():
-    assert resolve_backend("auto", "cpu") == "default"
+    assert resolve_backend("auto", "cpu") == "static"
     assert resolve_backend("auto", "cuda") == "compiled"
     assert resolve_backend("static", "cpu") == "static"
     with pytest.raises(ValueError, match="generation must be one of"):
@@ -180,3 +185,65 @@ def test_mask_regions_reach_the_prefill_and_give_the_tokens_of_generate(lively_m
                             max_new_tokens=6, pad_token_id=pad)
     assert StaticGenerator.unsupported(None, **b) is None
     assert not torch.equal(boxes_only, ref)  # the mask changed the answer: it was not dropped
+
+
+def _shared_batch(proc):
+    """Rows 0, 1 and 3 ask different questions about one image with the same boxes (one shared prefix);
+    row 2 shows another image. The questions differ in length, so the suffixes are padded too."""
+    im0, im1 = random_image(*IMAGES[0]), random_image(*IMAGES[1])
+    questions = ["What is the category name of <obj1> in this image?", "Detect dog.", QUESTIONS[1],
+                 "Please detect dog; car in this image. Answer the question with object indexes."]
+    return proc([im0, im0, im1, im0], questions, [BOXES[0], BOXES[0], BOXES[1], BOXES[0]])
+
+
+def test_shared_prefixes_group_rows_of_one_image_and_boxes(lively_model, tiny_processor):
+    from chatrex.mllm.fast_generation import shared_prefixes
+
+    b = _shared_batch(tiny_processor)
+    cfg = lively_model.config
+    ph = (cfg.image_token_id, cfg.objfeat_token_id)
+    plan = shared_prefixes(b["input_ids"], b["attention_mask"], ph, b["pixel_values"], b["pixel_values_aux"], b["boxes"])
+    assert plan.first == [0, 2] and plan.inverse.tolist() == [0, 0, 1, 0]
+    for i in range(4):  # prefix + suffix (padding dropped) is the row's prompt, and the prefix ends at a placeholder
+        real = b["input_ids"][i][b["attention_mask"][i].bool()]
+        pre = plan.prefix_ids[i][plan.prefix_mask[i].bool()]
+        suf = plan.suffix_ids[i][plan.suffix_mask[i].bool()]
+        assert torch.equal(torch.cat([pre, suf]), real) and int(pre[-1]) in ph and len(suf) > 0
+    other_boxes = list(b["boxes"])
+    other_boxes[1] = other_boxes[1] + 0.01  # the same image with other boxes: no longer shared
+    plan = shared_prefixes(b["input_ids"], b["attention_mask"], ph, b["pixel_values"], b["pixel_values_aux"], other_boxes)
+    assert plan.first == [0, 1, 2] and plan.inverse.tolist() == [0, 1, 2, 0]
+    c = _inputs(tiny_processor, (0, 1, 2))  # three images: nothing to share
+    assert shared_prefixes(c["input_ids"], c["attention_mask"], ph, c["pixel_values"], c["pixel_values_aux"], c["boxes"]) is None
+
+
+@pytest.mark.parametrize("use_pointer", [False, True])
+def test_a_shared_prefix_prefill_gives_the_tokens_of_separate_prefills(use_pointer, lively_model, pointer_model,
+                                                                       tiny_processor, tiny_tokenizer):
+    model = pointer_model if use_pointer else lively_model
+    b = _shared_batch(tiny_processor)
+    pad = tiny_tokenizer.pad_token_id
+    ref = _reference(model, b, max_new_tokens=8, pad_token_id=pad)
+    assert len({tuple(r) for r in ref[:, b["input_ids"].shape[1]:].tolist()}) == 4  # four different answers
+    shared = StaticGenerator(model, cache_multiple=16)
+    for compile in (False, TRACED):
+        gen = StaticGenerator(model, cache_multiple=16, compile=compile)
+        assert torch.equal(gen.generate(**b, max_new_tokens=8, pad_token_id=pad), ref), compile
+    separate = StaticGenerator(model, cache_multiple=16, share_prefixes=False)
+    assert torch.equal(separate.generate(**b, max_new_tokens=8, pad_token_id=pad), ref)
+    # the shared path ran: the LLM read the image and objects of two prompts, not four
+    rows = []
+    merge = model.merge_multimodal_embeddings
+
+    def counting(input_ids, *args, **kwargs):
+        rows.append(input_ids.shape[0])
+        return merge(input_ids, *args, **kwargs)
+
+    for gen, expected in ((shared, [2]), (separate, [4])):
+        rows.clear()
+        model.merge_multimodal_embeddings = counting
+        try:
+            gen.generate(**b, max_new_tokens=2, pad_token_id=pad)
+        finally:
+            del model.merge_multimodal_embeddings
+        assert rows == expected

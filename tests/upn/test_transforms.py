@@ -85,3 +85,21 @@ def test_batch_images_errors():
         batch_images([torch.zeros(4, 4)])
     with pytest.raises(ValueError, match="channel"):
         batch_images([torch.zeros(3, 4, 4), torch.zeros(1, 4, 4)])
+
+
+def test_size_batches_keep_padding_low_and_respect_the_batch_limit():
+    from chatrex.upn.transforms import size_batches
+
+    sizes = [(512, 896), (896, 512), (512, 880), (880, 512), (512, 512)]
+    groups = size_batches(sizes)
+    assert sorted(i for g in groups for i in g) == list(range(5))  # every image once
+    for g in groups:
+        h, w = max(sizes[i][0] for i in g), max(sizes[i][1] for i in g)
+        assert h * w * len(g) <= 1.25 * sum(sizes[i][0] * sizes[i][1] for i in g)
+    together = {frozenset(g) for g in groups}
+    assert any({0, 2} <= g and not g & {1, 3} for g in together)  # landscapes together, portraits apart
+    assert any({1, 3} <= g for g in together)
+    assert size_batches([(64, 64)] * 5, max_batch=2) == [[0, 1], [2, 3], [4]]
+    assert [sorted(g) for g in size_batches([(64, 64), (64, 128)], max_padding=10.0)] == [[0, 1]]
+    with pytest.raises(ValueError, match="max_batch"):
+        size_batches([(1, 1)], max_batch=0)

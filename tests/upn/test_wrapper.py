@@ -229,3 +229,24 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_mixed_shapes_run_in_alike_batches_and_come_back_in_order(upn, tiny, monkeypatch):
+    # portrait, landscape, portrait, landscape: two batches of alike shapes, answers in the input's order
+    images = [_rgb(50, 90, 11), _rgb(90, 50, 12), _rgb(52, 92, 13), _rgb(92, 52, 14)]
+    seen = []
+    forward = upn._forward
+
+    def spy(batch, prompt):
+        seen.append([im.size for im in batch])
+        return forward(batch, prompt)
+
+    monkeypatch.setattr(upn, "_forward", spy)
+    out = upn.inference(images)
+    assert sorted(len(b) for b in seen) == [2, 2]
+    assert all(len({w > h for w, h in b}) == 1 for b in seen)  # no batch mixes orientations
+    monkeypatch.undo()
+    for i, im in enumerate(images):  # each row is that image's own result
+        alone = upn.inference(im)
+        np.testing.assert_allclose(out["scores"][i], alone["scores"][0], atol=1e-5)
+        np.testing.assert_allclose(out["original_xyxy_boxes"][i], alone["original_xyxy_boxes"][0], atol=1e-3)

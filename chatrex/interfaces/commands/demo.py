@@ -41,7 +41,7 @@ def demo(
     share: bool = typer.Option(False, "--share/--no-share", help="Also ask Gradio for a public share link."),
     examples: Optional[Path] = typer.Option(None, "--examples", help="Folder of example images shown under the image input."),
     generation: str = typer.Option("auto", "--generation", help="Decoding: auto (compiled static cache on CUDA, "
-                                   "else transformers' generate), default, static, compiled."),
+                                   "else the static cache uncompiled), default, static, compiled."),
 ) -> None:
     """Serve a web page to ask ChatRex about your images: tasks, your own boxes, the grounded answer drawn."""
     from chatrex.interfaces.pipeline import DEFAULT_MODEL_DIR
