@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional
 
 from chatrex.evaluation.datasets import EvalData, load_eval_data
 from chatrex.evaluation.report import write_results
+from chatrex.evaluation.sharding import current_shard
 from chatrex.evaluation.runners import (run_counting, run_detection, run_grounded_caption, run_object_tokens, run_pope,
                                         run_proposals, run_referring, run_region, run_retrieval)
 
@@ -51,7 +52,8 @@ def evaluate(
         data: a ``.jsonl`` of records, a COCO ``.json``, a RefCOCO-style ``.json``, or loaded
             :class:`EvalData`.
         images: image folder for COCO/RefCOCO files (default: the data file's folder).
-        out: where to write the JSON (a ``.md`` table is written beside it); None writes nothing.
+        out: where to write the JSON (a ``.md`` table is written beside it); None writes nothing. In a
+            ``torchrun`` job (:mod:`chatrex.evaluation.sharding`) process 0 writes it.
         limit: evaluate only the first N images / samples (as each task counts them).
         options: task-specific keyword arguments of the runner (e.g. ``level``, ``kind``).
     """
@@ -73,7 +75,7 @@ def evaluate(
     result["config"]["model"] = model_name
     result["config"]["batch_size"] = batch_size
     result["wall_seconds"] = round(time.perf_counter() - start, 3)
-    if out is not None:
+    if out is not None and current_shard().is_main:  # a torchrun job writes its merged results once
         json_path, md_path = write_results(result, out)
         result["files"] = {"json": str(json_path), "markdown": str(md_path)}
     return result

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 from chatrex.evaluation.boxes import BoxError, as_boxes
+from chatrex.evaluation.sharding import Shard, current_shard
 
 
 class PredictorError(RuntimeError):
@@ -115,8 +116,12 @@ def run_queries(
     desc: str = "evaluating",
     progress: bool = True,
     nms: Optional[float] = None,
+    shard: Optional[Shard] = None,
 ) -> list[Answer]:
     """Ask ``predictor`` every query, ``batch_size`` at a time, and read the answers.
+
+    In an evaluation spread over processes (``shard``, default :func:`chatrex.evaluation.sharding.current_shard`)
+    this process asks its block of the queries and the answers of all come back in order, on every process.
 
     ``nms`` (the proposals' NMS IoU) is passed on only when given; otherwise the predictor uses its own.
 
@@ -132,8 +137,10 @@ def run_queries(
         extra["batch_size"] = batch_size
     if nms is not None:
         extra["nms"] = nms
+    shard = current_shard() if shard is None else shard
+    queries = shard.take(queries)
     answers: list[Answer] = []
-    with progress_bar(len(queries), desc, progress) as bar:
+    with progress_bar(len(queries), desc, progress and shard.is_main) as bar:
         reported = [0]  # answers of the current batch the predictor has reported as done
 
         def on_answer() -> None:
@@ -169,7 +176,7 @@ def run_queries(
                 raise PredictorError(f"the predictor returned {len(results)} results for {len(chunk)} queries")
             answers.extend(to_answer(r, f"result for '{q.image}'") for r, q in zip(results, chunk))
             bar.update(max(0, len(chunk) - reported[0]))
-    return answers
+    return shard.gather(answers)
 
 
 def answer_stats(answers: Sequence[Answer]) -> dict:

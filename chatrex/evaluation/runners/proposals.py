@@ -11,6 +11,7 @@ from chatrex.evaluation.coco import region_in_level
 from chatrex.evaluation.datasets import EvalData, EvalDataError, coco_image_annotations
 from chatrex.evaluation.proposals import DEFAULT_KS, IOU_THRESHOLDS, proposal_recall, recalled_at_k
 from chatrex.evaluation.runners.common import PredictorError, batches, limit_items, progress_bar
+from chatrex.evaluation.sharding import current_shard
 
 #: Box kinds for ``--boxes``: world records' region levels.
 BOX_KINDS = {"instances": "instance", "parts": "part", "all": "all"}
@@ -86,13 +87,16 @@ def run_proposals(
     samples = limit_items(proposal_ground_truth(data, kind), limit)
     metrics: dict = {"num_images": len(samples), "num_ground_truth": int(sum(len(b) for _, b in samples))}
     per_image = [{"image": path, "num_ground_truth": len(gt)} for path, gt in samples]
+    shard = current_shard()  # in a torchrun job: this process's block of the images, then everyone's
+    mine = shard.take(samples)
     for g in granularities:
         ranked: list[np.ndarray] = []
-        with progress_bar(len(samples), f"proposals ({g})", progress) as bar:
-            for chunk in batches(samples, batch_size):
+        with progress_bar(len(mine), f"proposals ({g})", progress and shard.is_main) as bar:
+            for chunk in batches(mine, batch_size):
                 images = [load_image(path) for path, _ in chunk]
                 ranked += _read(upn.inference(images, prompt_type=g), len(chunk), min_score, nms)
                 bar.update(len(chunk))
+        ranked = shard.gather(ranked)
         stats = proposal_recall([gt for _, gt in samples], ranked, ks=ks)
         for k in ks:
             metrics[f"{g}/AR@{k}"] = stats[f"AR@{k}"]

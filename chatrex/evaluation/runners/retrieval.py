@@ -16,6 +16,7 @@ import torch
 
 from chatrex.evaluation.datasets import EvalData
 from chatrex.evaluation.runners.common import progress_bar, sample_items
+from chatrex.evaluation.sharding import current_shard
 from chatrex.evaluation.runners.object_tokens import model_and_processor
 from chatrex.evaluation.runners.referring import ground_truth_box_lists, referring_samples
 
@@ -44,9 +45,10 @@ def run_retrieval(
     samples = sample_items(referring_samples(data), limit)
     lists = ground_truth_box_lists(data, samples, max_boxes)
     index_ids = torch.tensor(processor.tokenizer.convert_tokens_to_ids(OBJ_TOKENS), device=param.device)
+    shard = current_shard()  # in a torchrun job: this process's block of the samples, then everyone's
     predictions = []
-    with progress_bar(len(samples), "retrieval", progress) as bar:
-        for s, boxes in zip(samples, lists):
+    with progress_bar(len(shard.take(samples)), "retrieval", progress and shard.is_main) as bar:
+        for s, boxes in zip(shard.take(samples), shard.take(lists)):
             target = boxes.index([float(v) for v in s["box"]])
             answer = build_answer("referring", detections={s["expression"]: [target]})
             question = build_prompt("referring", expression=s["expression"])
@@ -69,6 +71,7 @@ def run_retrieval(
                 "nll": -float(logits[t].log_softmax(-1)[labels[t]]),
             })
             bar.update(1)
+    predictions = shard.gather(predictions)
     n = len(predictions)
     metrics: dict = {"num_samples": n}
     if n:

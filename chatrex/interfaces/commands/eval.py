@@ -55,10 +55,28 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def job_device(device: Optional[str]) -> str:
+    """The device of this process: ``device`` (default cuda when available), or in a ``torchrun`` job
+    (``WORLD_SIZE`` > 1) this process's GPU after joining the job's process group: the evaluation is
+    then spread over the processes (:mod:`chatrex.evaluation.sharding`)."""
+    import os
+
+    device = device or _default_device()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from chatrex.training.distributed import init_distributed
+
+        try:
+            device = str(init_distributed(device).device)
+        except (RuntimeError, ValueError) as exc:
+            _fail(f"could not join the torchrun job: {type(exc).__name__}: {exc}", exc)
+    return device
+
+
 def load_pipeline(model: Path, device: Optional[str], upn: Optional[Path] = None) -> Any:
     """``ChatRexPipeline.from_pretrained(model, device=..., upn=...)`` with a clear error on failure."""
     from chatrex.interfaces.pipeline import ChatRexPipeline
 
+    device = job_device(device)
     if upn is not None and not upn.exists():
         _fail(f"UPN checkpoint '{upn}' does not exist")
     try:
@@ -74,6 +92,7 @@ def load_upn(model: Path, device: Optional[str], config: str) -> Any:
 
     from chatrex.upn.wrapper import UPNWrapper
 
+    device = job_device(device)
     path = model / "upn" if (model / "upn").is_dir() else model
     size = {}
     settings = model / "pipeline_config.json"
@@ -126,13 +145,18 @@ def run_eval_command(
     from chatrex.evaluation.runners.common import PredictorError
     from chatrex.utils.image import ImageLoadError
 
+    from chatrex.evaluation.sharding import current_shard
+    from chatrex.training.distributed import cleanup
+
     out = results_path(task, out)
     try:
         result = evaluate(task, predictor, data, images=images, out=out, limit=limit, batch_size=batch_size,
                           progress=progress, model_name=model_name, **options)
     except (EvalDataError, CocoFormatError, BoxError, ImageLoadError, PredictorError, ValueError, OSError) as exc:
         _fail(f"{task}: {exc}", exc)
-    show_result(f"{task} ({result['config'].get('data_kind')})", result)
+    if current_shard().is_main:  # a torchrun job: the merged result, shown once
+        show_result(f"{task} ({result['config'].get('data_kind')})", result)
+    cleanup()
     return result
 
 
