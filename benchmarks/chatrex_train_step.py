@@ -3,6 +3,7 @@
     python benchmarks/chatrex_train_step.py --recipe recipes/chatrex_small_stage2.json \
         --init-from chatrex/assets/chatrex-small/chatrex --data data/world/train.jsonl \
         --batch 32 --steps 10 [--compile] [--profile] [--count-ops]
+    python benchmarks/chatrex_train_step.py --base runs/rb --image-token-pool 2 ...   # a fresh model, 144 image tokens
 
 The model starts from ``--init-from`` (an exported stage, e.g. the shipped delta), so no earlier stage
 has to run first. Batches are real world scenes rendered into the recipe's task mix and run through
@@ -33,8 +34,12 @@ def main() -> None:
                     help="start a fresh model (random towers) from this base LLM directory instead of --init-from "
                          "(e.g. benchmarks/random_base_llm.py's output); the towers train as in stage 0's absence")
     ap.add_argument("--compile", action="store_true", help="compile the decoder layers (train.compile)")
+    ap.add_argument("--image-token-pool", type=int, default=None,
+                    help="with --base: the fresh model's image_token_pool (2: 144 image tokens instead of 576)")
     add_step_arguments(ap, batch=32)
     args = ap.parse_args()
+    if args.image_token_pool is not None and not args.base:
+        ap.error("--image-token-pool needs --base (an exported stage keeps the pooling it was trained with)")
 
     from chatrex.training.chatrex_task import ChatRexTask, ChatRexTaskConfig
     from chatrex.training.config import load_recipe
@@ -43,6 +48,8 @@ def main() -> None:
     overrides = {"task.data.files": json.dumps([args.data]), "task.init_from": json.dumps(args.init_from)}
     if args.base:
         overrides.update({"task.base": args.base, "task.init_from": "null", "task.vision_lr_mult": "1.0"})
+        if args.image_token_pool is not None:
+            overrides["task.vision.image_token_pool"] = str(args.image_token_pool)
     spec = load_recipe(args.recipe, overrides)
     task = ChatRexTask(ChatRexTaskConfig.from_dict(spec["task"]))
     device = torch.device(args.device)

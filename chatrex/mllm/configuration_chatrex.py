@@ -59,6 +59,11 @@ class ChatRexConfig(PretrainedConfig):
         mask_adapter_dim: 0: mask regions' pooled features enter the trunk as they are. D > 0 (ours):
             they first pass ``mm_mask_adapter``, a residual MLP of hidden width D
             (:class:`chatrex.mllm.object_encoder.MaskAdapter`); box regions never do.
+        image_token_pool: 1 (the paper's layout): one image token per cell of the g x g grid (576 at full
+            size). k > 1 (ours, for fast training of small models): the concatenated CLIP + ConvNeXt features
+            are averaged over k x k cells before ``mm_projector``, so ``<image>`` stands for (g/k)² tokens
+            (144 at k = 2); g must be a multiple of k. Object tokens are unchanged (RoIAlign reads the
+            ConvNeXt levels).
         object_index_token_ids: ids of ``<obj0>`` … ``<obj{max_boxes-1}>`` (set by ``add_chatrex_tokens``;
             the pointer needs them).
         official_config: the official flat ``config.json`` a model was converted from
@@ -84,6 +89,7 @@ class ChatRexConfig(PretrainedConfig):
     object_trunk_dim: int = 0
     object_pointer_dim: int = 0
     mask_adapter_dim: int = 0
+    image_token_pool: int = 1
     object_index_token_ids: list[int] | None = None
     tie_word_embeddings: bool = False
     official_config: dict | None = None
@@ -165,9 +171,14 @@ class ChatRexConfig(PretrainedConfig):
         return self.image_size // int(self.vision_config.patch_size)
 
     @property
+    def image_token_grid(self) -> int:
+        """Side of the image tokens' grid: g / ``image_token_pool`` (24 at full size without pooling)."""
+        return self.image_grid // int(self.image_token_pool)
+
+    @property
     def num_image_tokens(self) -> int:
-        """g² embeddings that one ``<image>`` stands for (576 at full size)."""
-        return self.image_grid**2
+        """Embeddings that one ``<image>`` stands for: (g / ``image_token_pool``)² (576 at full size)."""
+        return self.image_token_grid**2
 
     @property
     def image_feature_dim(self) -> int:
@@ -216,6 +227,10 @@ class ChatRexConfig(PretrainedConfig):
         if not isinstance(self.object_pointer_dim, int) or self.object_pointer_dim < 0:
             raise ValueError(
                 f"object_pointer_dim must be a non-negative integer (0: no pointer), got {self.object_pointer_dim!r}")
+        pool = self.image_token_pool
+        if not isinstance(pool, int) or isinstance(pool, bool) or pool < 1 or g_clip % pool:
+            raise ValueError(f"image_token_pool must be a positive integer that divides the image grid ({g_clip}), "
+                             f"got {pool!r}")
         if not 1 <= self.max_boxes:
             raise ValueError(f"max_boxes must be positive, got {self.max_boxes}")
 

@@ -350,7 +350,8 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
             pixel_values: (B, 3, S, S) for CLIP (S = 336 at full size).
             pixel_values_aux: (B, 3, S', S') for ConvNeXt (S' = 768).
         Returns:
-            image_embeds (B, g², H) after ``mm_projector``; the four ConvNeXt levels (B, C_l, S'/s_l, S'/s_l).
+            image_embeds (B, N, H) after ``mm_projector``, N = (g / ``config.image_token_pool``)² (g² without
+            pooling); the four ConvNeXt levels (B, C_l, S'/s_l, S'/s_l).
         """
         if pixel_values.shape[0] != pixel_values_aux.shape[0]:
             raise ValueError(
@@ -363,7 +364,12 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
             raise ValueError(
                 f"CLIP gives {clip_tokens.shape[1]} tokens but the last ConvNeXt level has {last.shape[1]} cells"
             )
-        feats = torch.cat([clip_tokens, last.to(clip_tokens.dtype)], dim=-1)
+        feats = torch.cat([clip_tokens, last.to(clip_tokens.dtype)], dim=-1)  # (B, g², C)
+        pool = int(self.config.image_token_pool)
+        if pool > 1:  # average k x k cells: (B, g², C) -> (B, (g/k)², C)
+            g = self.config.image_grid
+            grid = feats.transpose(1, 2).reshape(feats.shape[0], feats.shape[2], g, g)
+            feats = nn.functional.avg_pool2d(grid, pool).flatten(2).transpose(1, 2)
         proj_dtype = self.mm_projector[0].weight.dtype
         return self.mm_projector(feats.to(proj_dtype)), levels
 
@@ -431,8 +437,9 @@ class ChatRexForConditionalGeneration(ChatRexPreTrainedModel, GenerationMixin):
         for i, n in enumerate(n_image):
             if n != expected:
                 raise ValueError(
-                    f"sequence {i} has {n} <image> tokens but the model needs exactly {expected} (g² = "
-                    f"{cfg.image_grid}²); build inputs with ChatRexProcessor, which expands <image>"
+                    f"sequence {i} has {n} <image> tokens but the model needs exactly {expected} "
+                    f"({cfg.image_token_grid}², image_token_pool {cfg.image_token_pool}); build inputs with a "
+                    "ChatRexProcessor of the model's settings, which expands <image>"
                 )
         if boxes is None:
             boxes = [inputs_embeds.new_zeros((0, 4))] * batch

@@ -398,6 +398,10 @@ def official_config_from_chatrex(config, mm_vision_tower: str) -> dict[str, Any]
             f"the model has object_trunk_dim={config.object_trunk_dim}, object_pointer_dim="
             f"{config.object_pointer_dim} and mask_adapter_dim={mask_adapter_dim}; the official layout holds "
             "only the paper's (all 0)")
+    if getattr(config, "image_token_pool", 1) != 1:
+        raise OfficialCheckpointError(
+            f"the model pools its image tokens (image_token_pool={config.image_token_pool}); the official layout "
+            "has one token per grid cell (image_token_pool 1)")
     family = config.text_config.model_type
     if family not in OFFICIAL_TYPE_OF_FAMILY:
         raise OfficialCheckpointError(f"the official layout has Qwen2 or Llama language models, not {family!r}")

@@ -90,6 +90,8 @@ class ChatRexProcessor:
             (:func:`chatrex.mllm.tokens.add_chatrex_tokens`).
         image_processor: a :class:`ChatRexImageProcessor`; built from the size/mean/std arguments if omitted.
         patch_size: CLIP patch size; ``<image>`` stands for ``(image_size // patch_size)²`` tokens.
+        image_token_pool: the model's ``config.image_token_pool``; ``<image>`` then stands for
+            ``(image_size // patch_size // image_token_pool)²`` tokens.
         max_boxes / max_boxes_policy: see :func:`select_boxes`.
         input_mode: ``"chatrex"`` (ours) or ``"official"`` (the official code's inputs, see the module
             docstring); the image processor must be in the same mode.
@@ -119,6 +121,7 @@ class ChatRexProcessor:
         image_token_id: int | None = None,
         objfeat_token_id: int | None = None,
         mask_size: int | None = None,
+        image_token_pool: int = 1,
     ):
         if input_mode not in INPUT_MODES:
             raise ValueError(f"input_mode must be one of {INPUT_MODES}; got {input_mode!r}")
@@ -133,6 +136,12 @@ class ChatRexProcessor:
         self.patch_size = int(patch_size)
         if self.image_processor.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_processor.image_size} is not a multiple of patch_size {patch_size}")
+        grid = self.image_processor.image_size // self.patch_size
+        if isinstance(image_token_pool, bool) or int(image_token_pool) != image_token_pool or image_token_pool < 1 \
+                or grid % int(image_token_pool):
+            raise ValueError(f"image_token_pool must be a positive integer that divides the image grid ({grid}), "
+                             f"got {image_token_pool!r}")
+        self.image_token_pool = int(image_token_pool)
         if not 1 <= max_boxes <= MAX_OBJECTS:
             raise ValueError(f"max_boxes must be in [1, {MAX_OBJECTS}]; got {max_boxes}")
         if max_boxes_policy not in MAX_BOXES_POLICIES:
@@ -175,7 +184,8 @@ class ChatRexProcessor:
 
     @property
     def num_image_tokens(self) -> int:
-        return (self.image_processor.image_size // self.patch_size) ** 2
+        """Tokens one ``<image>`` expands to: (image_size / patch_size / image_token_pool)²."""
+        return (self.image_processor.image_size // self.patch_size // self.image_token_pool) ** 2
 
     @property
     def special_ids(self) -> set[int]:
@@ -426,6 +436,8 @@ class ChatRexProcessor:
     def to_dict(self) -> dict[str, Any]:
         d = {"processor_class": "ChatRexProcessor", "patch_size": self.patch_size, "max_boxes": self.max_boxes,
              "max_boxes_policy": self.max_boxes_policy}
+        if self.image_token_pool != 1:
+            d["image_token_pool"] = self.image_token_pool
         if self.official:
             d.update(input_mode=self.input_mode, prompt_template=self.prompt_template,
                      image_token_id=self.image_token_id, objfeat_token_id=self.objfeat_token_id)

@@ -236,7 +236,8 @@ class ChatRexTask:
         vc = model.config.vision_config
         self.processor = ChatRexProcessor(tokenizer, image_size=vc.image_size,
                                           image_size_aux=model.config.aux_vision_config["image_size"],
-                                          patch_size=vc.patch_size, max_boxes_policy="error")
+                                          patch_size=vc.patch_size, max_boxes_policy="error",
+                                          image_token_pool=model.config.image_token_pool)
         lora = self.uses_lora
         if lora:  # inject first: peft freezes everything but the adapters, we then choose what trains
             from peft import LoraConfig, inject_adapter_in_model

@@ -267,3 +267,43 @@ def test_masks_without_images_or_indices_are_refused(tiny_model, tiny_processor)
     with pytest.raises(ValueError, match="without pixel_values"):
         tiny_model(input_ids=batch["input_ids"], region_masks=batch["region_masks"],
                    region_mask_indices=batch["region_mask_indices"])
+
+
+@torch.no_grad()
+def test_image_token_pool_averages_cells_and_shortens_the_prompt(tiny_model, tiny_tokenizer, tiny_processor, tmp_path):
+    """image_token_pool = k averages k x k cells of the (CLIP + ConvNeXt) grid before mm_projector: <image>
+    stands for (g/k)² tokens, the processor writes that many, and both round-trip through save/load."""
+    from chatrex.mllm.presets import with_overrides
+    from chatrex.mllm.processing_chatrex import ChatRexProcessor
+    from tests.mllm.conftest import make_processor
+
+    cfg = with_overrides(tiny_model.config, {"image_token_pool": 2})
+    assert (cfg.image_grid, cfg.image_token_grid, cfg.num_image_tokens) == (4, 2, 4)
+    model = ChatRexForConditionalGeneration(cfg).eval()
+    model.load_state_dict(tiny_model.state_dict())  # the same weights: only the pooling differs
+    proc = make_processor(tiny_tokenizer, image_token_pool=2)
+    b = _batch(proc)
+    plain = _batch(tiny_processor)
+    assert (b["input_ids"] == cfg.image_token_id).sum(1).tolist() == [4, 4]
+    assert b["input_ids"].shape[1] == plain["input_ids"].shape[1] - 12
+    pooled, levels = model.get_image_features(b["pixel_values"], b["pixel_values_aux"])
+    clip = tiny_model.vision_tower(b["pixel_values"])
+    last = levels[-1].flatten(2).transpose(1, 2)
+    cells = torch.cat([clip, last], -1).reshape(2, 2, 2, 2, 2, -1)  # (B, gy/2, 2, gx/2, 2, C)
+    expected = tiny_model.mm_projector(cells.mean(dim=(2, 4)).reshape(2, 4, -1))
+    torch.testing.assert_close(pooled, expected)
+    # the object tokens do not change with pooling; the model runs on the pooled prompt
+    torch.testing.assert_close(model.get_object_features(levels, b["boxes"]),
+                               tiny_model.get_object_features(levels, b["boxes"]))
+    assert model(**b).logits.shape[1] == b["input_ids"].shape[1]
+    with pytest.raises(ValueError, match="needs exactly 4"):  # a processor without pooling: a clear error
+        model(**plain)
+    proc.save_pretrained(tmp_path / "p")
+    assert ChatRexProcessor.from_pretrained(tmp_path / "p").num_image_tokens == 4
+    model.save_pretrained(tmp_path / "m")
+    assert ChatRexForConditionalGeneration.from_pretrained(tmp_path / "m").config.image_token_pool == 2
+    for bad in (3, 0, True):
+        with pytest.raises(ValueError, match="image_token_pool"):
+            with_overrides(tiny_model.config, {"image_token_pool": bad})
+        with pytest.raises(ValueError, match="image_token_pool"):
+            make_processor(tiny_tokenizer, image_token_pool=bad)

@@ -417,6 +417,11 @@ def test_models_outside_the_paper_layout_are_refused(tmp_path):
     with pytest.raises(OfficialCheckpointError, match="object_trunk_dim=12"):
         convert_chatrex_to_official(tmp_path / "trunk", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    pooled = ChatRexForConditionalGeneration(with_overrides(model.config, {"image_token_pool": 2}))
+    pooled.save_pretrained(tmp_path / "pooled")
+    with pytest.raises(OfficialCheckpointError, match="image_token_pool=2"):
+        convert_chatrex_to_official(tmp_path / "pooled", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -303,7 +303,8 @@ def test_a_delta_save_that_fails_midway_keeps_the_previous_delta(tmp_path, data_
 
 
 def test_assembled_delta_model_runs_in_the_pipeline(tmp_path, data_file, base_dir):
-    """stage 1 export (a delta) + a UPN, put together by `chatrex train assemble`, load in the pipeline."""
+    """stage 1 export (a delta) + a UPN, put together by `chatrex train assemble`, load in the pipeline. The
+    model pools its image tokens (image_token_pool 2): the saved processor must write as many as it reads."""
     from typer.testing import CliRunner
 
     from chatrex.interfaces.cli import build_app
@@ -312,7 +313,8 @@ def test_assembled_delta_model_runs_in_the_pipeline(tmp_path, data_file, base_di
     from chatrex.upn.config import resolve_config
     from chatrex.upn.model import build_upn
 
-    task = ChatRexTask(ChatRexTaskConfig.from_dict({"stage": "stage1", "base": str(base_dir), "vision": TINY_VISION,
+    task = ChatRexTask(ChatRexTaskConfig.from_dict({"stage": "stage1", "base": str(base_dir),
+                                                    "vision": {**TINY_VISION, "image_token_pool": 2},
                                                     "data": {"files": [str(data_file)]}}))
     cfg = TrainConfig(output_dir=str(tmp_path / "s1"), max_steps=1, batch_size=2, warmup_steps=1, num_workers=0)
     Trainer(task, cfg, device="cpu", progress=False).fit()
@@ -324,6 +326,7 @@ def test_assembled_delta_model_runs_in_the_pipeline(tmp_path, data_file, base_di
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "model" / "pipeline_config.json").read_text()) == {"upn_resize": 64, "upn_max_size": 128}
     pipe = ChatRexPipeline.from_pretrained(tmp_path / "model")
+    assert pipe.model.config.image_token_pool == 2 and pipe.processor.num_image_tokens == 4  # (56/14/2)²
     out = pipe([str(data_file.parent / "images" / "0.png")], ["Please detect car in this image."],
                boxes=[[[4, 4, 40, 30], [50, 10, 90, 50]]], max_new_tokens=4)
     assert len(out) == 1 and out[0].boxes == [[4, 4, 40, 30], [50, 10, 90, 50]]
