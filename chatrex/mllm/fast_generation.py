@@ -116,11 +116,12 @@ def shared_prefixes(input_ids: torch.Tensor, attention_mask: torch.Tensor, place
     if not all(bool(p.any()) for p in is_placeholder):
         return None
     cut = [int(p.nonzero()[-1]) + 1 for p in is_placeholder]
+    sums = pixel_values_aux.flatten(1).float().sum(1).tolist()  # rows with other sums show other images
     first: list[int] = []
     inverse: list[int] = []
     for i in range(batch):
         for u, j in enumerate(first):
-            if (cut[i] == cut[j] and torch.equal(ids[i][: cut[i]], ids[j][: cut[j]])
+            if (cut[i] == cut[j] and sums[i] == sums[j] and torch.equal(ids[i][: cut[i]], ids[j][: cut[j]])
                     and torch.equal(pixel_values[i], pixel_values[j])
                     and torch.equal(pixel_values_aux[i], pixel_values_aux[j])
                     and _same(boxes, i, j) and _same(region_masks, i, j) and _same(region_mask_indices, i, j)):

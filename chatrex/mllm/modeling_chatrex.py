@@ -672,9 +672,12 @@ def distinct_images(pixel_values: torch.Tensor, pixel_values_aux: torch.Tensor) 
     """
     first: list[int] = []
     inverse: list[int] = []
+    # a sum per row first (one device sync): only rows with equal sums are compared element for element
+    sums = pixel_values_aux.flatten(1).float().sum(1).tolist()
     for i in range(pixel_values.shape[0]):
         for u, j in enumerate(first):
-            if torch.equal(pixel_values[i], pixel_values[j]) and torch.equal(pixel_values_aux[i], pixel_values_aux[j]):
+            if sums[i] == sums[j] and torch.equal(pixel_values_aux[i], pixel_values_aux[j]) \
+                    and torch.equal(pixel_values[i], pixel_values[j]):
                 inverse.append(u)
                 break
         else:
