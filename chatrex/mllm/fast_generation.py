@@ -130,8 +130,8 @@ def shared_prefixes(input_ids: torch.Tensor, attention_mask: torch.Tensor, place
         else:
             inverse.append(len(first))
             first.append(i)
-    if len(first) == batch:
-        return None
+    if len(first) == batch or any(len(r) == c for r, c in zip(ids, cut)):
+        return None  # nothing shared, or a prompt that ends at a placeholder (no suffix to read a token from)
 
     def left_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
@@ -143,8 +143,6 @@ def shared_prefixes(input_ids: torch.Tensor, attention_mask: torch.Tensor, place
                 mask[k, width - len(r):] = 1
         return out, mask
 
-    if any(len(r) == c for r, c in zip(ids, cut)):
-        return None  # a prompt that ends at a placeholder: no suffix to read the first token from
     prefix_ids, prefix_mask = left_pad([r[:c] for r, c in zip(ids, cut)])
     suffix_ids, suffix_mask = left_pad([r[c:] for r, c in zip(ids, cut)])
     return PrefixPlan(first, torch.tensor(inverse, dtype=torch.long, device=input_ids.device), prefix_ids,

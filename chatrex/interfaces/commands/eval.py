@@ -143,10 +143,9 @@ def run_eval_command(
     from chatrex.evaluation.datasets import EvalDataError
     from chatrex.evaluation.evaluate import evaluate
     from chatrex.evaluation.runners.common import PredictorError
-    from chatrex.utils.image import ImageLoadError
-
     from chatrex.evaluation.sharding import current_shard
     from chatrex.training.distributed import cleanup
+    from chatrex.utils.image import ImageLoadError
 
     out = results_path(task, out)
     try:
