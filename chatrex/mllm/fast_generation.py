@@ -38,6 +38,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from chatrex.mllm.modeling_chatrex import distinct_images
 from chatrex.mllm.object_pointer import point_logits
 
 __all__ = ["StaticGenerator", "GENERATION_BACKENDS", "PrefixPlan", "resolve_backend", "shared_prefixes"]
@@ -116,14 +117,12 @@ def shared_prefixes(input_ids: torch.Tensor, attention_mask: torch.Tensor, place
     if not all(bool(p.any()) for p in is_placeholder):
         return None
     cut = [int(p.nonzero()[-1]) + 1 for p in is_placeholder]
-    sums = pixel_values_aux.flatten(1).float().sum(1).tolist()  # rows with other sums show other images
+    image_of = distinct_images(pixel_values, pixel_values_aux)[1].tolist()
     first: list[int] = []
     inverse: list[int] = []
     for i in range(batch):
         for u, j in enumerate(first):
-            if (cut[i] == cut[j] and sums[i] == sums[j] and torch.equal(ids[i][: cut[i]], ids[j][: cut[j]])
-                    and torch.equal(pixel_values[i], pixel_values[j])
-                    and torch.equal(pixel_values_aux[i], pixel_values_aux[j])
+            if (image_of[i] == image_of[j] and cut[i] == cut[j] and torch.equal(ids[i][: cut[i]], ids[j][: cut[j]])
                     and _same(boxes, i, j) and _same(region_masks, i, j) and _same(region_mask_indices, i, j)):
                 inverse.append(u)
                 break
