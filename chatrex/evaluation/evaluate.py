@@ -11,9 +11,9 @@ from typing import Any, Callable, Optional
 
 from chatrex.evaluation.datasets import EvalData, load_eval_data
 from chatrex.evaluation.report import write_results
-from chatrex.evaluation.sharding import current_shard
 from chatrex.evaluation.runners import (run_counting, run_detection, run_grounded_caption, run_object_tokens, run_pope,
                                         run_proposals, run_referring, run_region, run_retrieval)
+from chatrex.evaluation.sharding import current_shard
 
 #: Task name → runner. ``proposals`` takes a UPN (``.inference``); the others a pipeline
 #: (``object-tokens`` and ``retrieval`` read its ``.model`` and ``.processor``, they generate nothing).

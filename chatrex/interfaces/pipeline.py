@@ -598,7 +598,10 @@ class ChatRexPipeline:
         # each distinct input loaded once, so that repeats of one image stay one object (one UPN pass in
         # ``propose``, which groups by identity; evaluation asks several questions about one image)
         loaded: dict[int, Any] = {}
-        pils = [loaded[id(im)] if id(im) in loaded else loaded.setdefault(id(im), load_image(im)) for im in images]
+        for im in images:
+            if id(im) not in loaded:
+                loaded[id(im)] = load_image(im)
+        pils = [loaded[id(im)] for im in images]
         box_lists: list[Optional[list[list[float]]]] = [None] * len(pils)
         score_lists: list[Optional[list[float]]] = [None] * len(pils)
         region_lists: list[Optional[list]] = [None] * len(pils)

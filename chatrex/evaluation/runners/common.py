@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 from chatrex.evaluation.boxes import BoxError, as_boxes
-from chatrex.evaluation.sharding import Shard, current_shard
+from chatrex.evaluation.sharding import current_shard
 
 
 class PredictorError(RuntimeError):
@@ -116,12 +116,11 @@ def run_queries(
     desc: str = "evaluating",
     progress: bool = True,
     nms: Optional[float] = None,
-    shard: Optional[Shard] = None,
 ) -> list[Answer]:
     """Ask ``predictor`` every query, ``batch_size`` at a time, and read the answers.
 
-    In an evaluation spread over processes (``shard``, default :func:`chatrex.evaluation.sharding.current_shard`)
-    this process asks its block of the queries and the answers of all come back in order, on every process.
+    In an evaluation spread over processes (:func:`chatrex.evaluation.sharding.current_shard`) this process
+    asks its block of the queries and the answers of all come back in order, on every process.
 
     ``nms`` (the proposals' NMS IoU) is passed on only when given; otherwise the predictor uses its own.
 
@@ -137,7 +136,7 @@ def run_queries(
         extra["batch_size"] = batch_size
     if nms is not None:
         extra["nms"] = nms
-    shard = current_shard() if shard is None else shard
+    shard = current_shard()
     queries = shard.take(queries)
     answers: list[Answer] = []
     with progress_bar(len(queries), desc, progress and shard.is_main) as bar:

@@ -16,9 +16,9 @@ import torch
 
 from chatrex.evaluation.datasets import EvalData
 from chatrex.evaluation.runners.common import progress_bar, sample_items
-from chatrex.evaluation.sharding import current_shard
 from chatrex.evaluation.runners.object_tokens import model_and_processor
 from chatrex.evaluation.runners.referring import ground_truth_box_lists, referring_samples
+from chatrex.evaluation.sharding import current_shard
 
 
 @torch.no_grad()
@@ -46,9 +46,10 @@ def run_retrieval(
     lists = ground_truth_box_lists(data, samples, max_boxes)
     index_ids = torch.tensor(processor.tokenizer.convert_tokens_to_ids(OBJ_TOKENS), device=param.device)
     shard = current_shard()  # in a torchrun job: this process's block of the samples, then everyone's
+    mine = shard.take(list(zip(samples, lists)))
     predictions = []
-    with progress_bar(len(shard.take(samples)), "retrieval", progress and shard.is_main) as bar:
-        for s, boxes in zip(shard.take(samples), shard.take(lists)):
+    with progress_bar(len(mine), "retrieval", progress and shard.is_main) as bar:
+        for s, boxes in mine:
             target = boxes.index([float(v) for v in s["box"]])
             answer = build_answer("referring", detections={s["expression"]: [target]})
             question = build_prompt("referring", expression=s["expression"])
